@@ -1,0 +1,446 @@
+// Package cluster runs the hashicorp/raft node that replicates the
+// watermarks: its stores, its transport, membership, leadership events and
+// Reserve, the one write on the sign path.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/kms-ha/kms-ha/fsm"
+)
+
+// Config is what a raft node needs; node builds it from kms.yaml.
+type Config struct {
+	NodeID string
+	// DataDir holds raft.db (log and stable store) and snapshots/.
+	DataDir string
+	// BindAddr is where the raft transport listens; AdvertiseAddr is what
+	// peers dial (defaults to BindAddr).
+	BindAddr      string
+	AdvertiseAddr string
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// ApplyTimeout bounds a Reserve: the validator waits 5 s and drops the
+	// connection after that, so a Reserve that cannot commit gives up first.
+	ApplyTimeout time.Duration
+
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	SnapshotRetain    int
+
+	Logger *slog.Logger
+
+	// Transport replaces the TCP transport; tests use raft's in-memory one
+	// to cut links between nodes.
+	Transport raft.Transport
+}
+
+func (c *Config) setDefaults() {
+	if c.AdvertiseAddr == "" {
+		c.AdvertiseAddr = c.BindAddr
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = 500 * time.Millisecond
+	}
+	if c.LeaderLeaseTimeout == 0 {
+		c.LeaderLeaseTimeout = 250 * time.Millisecond
+	}
+	if c.CommitTimeout == 0 {
+		c.CommitTimeout = 20 * time.Millisecond
+	}
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = 2 * time.Second
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = 2 * time.Minute
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.SnapshotRetain == 0 {
+		c.SnapshotRetain = 3
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) raftConfig() *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.NodeID)
+	rc.HeartbeatTimeout = c.HeartbeatTimeout
+	rc.ElectionTimeout = c.ElectionTimeout
+	rc.LeaderLeaseTimeout = c.LeaderLeaseTimeout
+	rc.CommitTimeout = c.CommitTimeout
+	rc.SnapshotInterval = c.SnapshotInterval
+	rc.SnapshotThreshold = c.SnapshotThreshold
+	rc.Logger = newHCLogAdapter(c.Logger.With("component", "raft"))
+	return rc
+}
+
+// stores are the durable parts of a raft node.
+type stores struct {
+	bolt  *raftboltdb.BoltStore
+	snaps raft.SnapshotStore
+}
+
+func openStores(c *Config) (*stores, error) {
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster: create data dir %s: %w", c.DataDir, err)
+	}
+	path := filepath.Join(c.DataDir, "raft.db")
+	// NoSync stays false: a watermark must be on disk before a quorum
+	// counts it, or a power cut could roll a majority back.
+	bs, err := raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{Timeout: time.Second},
+	})
+	if err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?)", path)
+		}
+		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(c.DataDir, c.SnapshotRetain,
+		newHCLogAdapter(c.Logger.With("component", "snapshots")))
+	if err != nil {
+		bs.Close()
+		return nil, fmt.Errorf("cluster: open snapshot store in %s: %w", c.DataDir, err)
+	}
+	return &stores{bolt: bs, snaps: snaps}, nil
+}
+
+// HasState reports whether dataDir already holds raft state.
+func HasState(c Config) (bool, error) {
+	c.setDefaults()
+	st, err := openStores(&c)
+	if err != nil {
+		return false, err
+	}
+	defer st.bolt.Close()
+	return raft.HasExistingState(st.bolt, st.bolt, st.snaps)
+}
+
+// Server is one voter of an initial configuration.
+type Server struct {
+	ID      string
+	Address string
+}
+
+// ErrAlreadyBootstrapped is returned when bootstrap finds existing state.
+var ErrAlreadyBootstrapped = errors.New("raft state already exists")
+
+// Bootstrap writes the first configuration into an empty data dir. It is
+// run once, on one node, before that node's first start.
+func Bootstrap(c Config, servers []Server) error {
+	c.setDefaults()
+	st, err := openStores(&c)
+	if err != nil {
+		return err
+	}
+	defer st.bolt.Close()
+	exists, err := raft.HasExistingState(st.bolt, st.bolt, st.snaps)
+	if err != nil {
+		return fmt.Errorf("cluster: bootstrap: read %s: %w", c.DataDir, err)
+	}
+	if exists {
+		return fmt.Errorf("cluster: bootstrap %s: %w", c.DataDir, ErrAlreadyBootstrapped)
+	}
+	if len(servers) == 0 {
+		servers = []Server{{ID: c.NodeID, Address: c.AdvertiseAddr}}
+	}
+	var conf raft.Configuration
+	seen := map[string]bool{}
+	self := false
+	for _, s := range servers {
+		if s.ID == "" || s.Address == "" {
+			return fmt.Errorf("cluster: bootstrap: server %q needs an id and an address", s.ID+"="+s.Address)
+		}
+		if seen[s.ID] {
+			return fmt.Errorf("cluster: bootstrap: server id %q listed twice", s.ID)
+		}
+		seen[s.ID] = true
+		self = self || s.ID == c.NodeID
+		conf.Servers = append(conf.Servers, raft.Server{
+			Suffrage: raft.Voter, ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address),
+		})
+	}
+	if !self {
+		return fmt.Errorf("cluster: bootstrap: this node (%s) must be one of the voters", c.NodeID)
+	}
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(c.AdvertiseAddr))
+	if err := raft.BootstrapCluster(c.raftConfig(), st.bolt, st.bolt, st.snaps, trans, conf); err != nil {
+		return fmt.Errorf("cluster: bootstrap: %w", err)
+	}
+	return nil
+}
+
+// Node is a running raft member.
+type Node struct {
+	cfg   Config
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	st    *stores
+	trans raft.Transport
+	log   *slog.Logger
+
+	notifyCh chan bool
+	done     chan struct{}
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	onLead   []func(ctx context.Context)
+	leadStop context.CancelFunc
+	leadWG   sync.WaitGroup
+}
+
+// Open starts a raft member on cfg.DataDir. A node with no state waits to
+// be added by a leader (see Join) or bootstrapped.
+func Open(cfg Config, f *fsm.FSM) (*Node, error) {
+	cfg.setDefaults()
+	if cfg.NodeID == "" {
+		return nil, errors.New("cluster: node id is empty")
+	}
+	st, err := openStores(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	trans := cfg.Transport
+	if trans == nil {
+		adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
+		if err != nil {
+			st.bolt.Close()
+			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.AdvertiseAddr, err)
+		}
+		nt, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 5, 2*time.Second,
+			newHCLogAdapter(cfg.Logger.With("component", "raft-transport")))
+		if err != nil {
+			st.bolt.Close()
+			return nil, fmt.Errorf("cluster: listen on raft address %s: %w", cfg.BindAddr, err)
+		}
+		trans = nt
+	}
+	rc := cfg.raftConfig()
+	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
+		notifyCh: make(chan bool, 16), done: make(chan struct{})}
+	rc.NotifyCh = n.notifyCh
+	r, err := raft.NewRaft(rc, f, st.bolt, st.bolt, st.snaps, trans)
+	if err != nil {
+		st.bolt.Close()
+		if c, ok := trans.(io.Closer); ok && cfg.Transport == nil {
+			c.Close()
+		}
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	n.raft = r
+	n.wg.Add(1)
+	go n.watchLeadership()
+	return n, nil
+}
+
+// FSM returns the node's state machine, for local reads.
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// ID returns this node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// Raft exposes the raft node to the API layer (status, membership).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether this node is the leader right now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// OnLeadership registers fn to run each time this node becomes leader,
+// once raft.Barrier has returned on the new term (so the FSM holds every
+// entry of earlier terms). fn's ctx is cancelled as soon as leadership is
+// lost, and the next term's fn starts only after the previous one returned.
+// Register before leadership can be won, i.e. right after Open.
+func (n *Node) OnLeadership(fn func(ctx context.Context)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onLead = append(n.onLead, fn)
+}
+
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			n.stopLeading()
+			return
+		case leader := <-n.notifyCh:
+			if leader {
+				n.startLeading()
+			} else {
+				n.stopLeading()
+			}
+		}
+	}
+}
+
+func (n *Node) startLeading() {
+	n.stopLeading()
+	ctx, cancel := context.WithCancel(context.Background())
+	n.mu.Lock()
+	n.leadStop = cancel
+	fns := append([]func(context.Context){}, n.onLead...)
+	n.mu.Unlock()
+	n.leadWG.Add(1)
+	go func() {
+		defer n.leadWG.Done()
+		start := time.Now()
+		// Barrier commits a no-op of this term and waits until the FSM has
+		// applied everything before it: only then does the local state
+		// hold every watermark the previous leader committed.
+		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+			n.log.Warn("leadership: barrier failed; not serving validators this term", "err", err)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
+		var wg sync.WaitGroup
+		for _, fn := range fns {
+			wg.Add(1)
+			go func() { defer wg.Done(); fn(ctx) }()
+		}
+		wg.Wait()
+	}()
+}
+
+func (n *Node) stopLeading() {
+	n.mu.Lock()
+	stop := n.leadStop
+	n.leadStop = nil
+	n.mu.Unlock()
+	if stop == nil {
+		return
+	}
+	stop()
+	n.leadWG.Wait()
+	n.log.Info("lost leadership")
+}
+
+// ErrNotLeader is returned by writes on a node that is not the leader.
+var ErrNotLeader = errors.New("not the leader")
+
+// Reserve commits a reservation of hrs for chainID through raft and returns
+// the FSM's decision once the entry is committed by a quorum and applied.
+// It never waits longer than the apply timeout or ctx allows; on error
+// nothing may be signed.
+func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error) {
+	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes})
+	if err != nil {
+		return fsm.Decision{}, err
+	}
+	res, err := n.apply(ctx, data)
+	if err != nil {
+		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
+	}
+	switch r := res.(type) {
+	case fsm.Decision:
+		return r, nil
+	case error:
+		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, r)
+	default:
+		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: unexpected result %T", chainID, hrs, res)
+	}
+}
+
+// SetMemberAPI records a member's API address in the replicated state.
+func (n *Node) SetMemberAPI(ctx context.Context, id, apiAddr string) error {
+	data, err := fsm.Encode(fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr})
+	if err != nil {
+		return err
+	}
+	res, err := n.apply(ctx, data)
+	if err == nil {
+		if e, ok := res.(error); ok {
+			err = e
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: record api address of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	if n.raft.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	f := n.raft.Apply(data, timeout)
+	errCh := make(chan error, 1)
+	go func() { errCh <- f.Error() }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-errCh:
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return f.Response(), nil
+	case <-timer.C:
+		// The entry may still commit later; that only moves the watermark
+		// up, and nothing was signed for it.
+		return nil, fmt.Errorf("not committed within %s (is a quorum reachable?)", timeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Shutdown stops raft and closes the stores. On the leader, call
+// TransferLeadership first to hand over without an election timeout.
+func (n *Node) Shutdown() error {
+	close(n.done)
+	n.wg.Wait()
+	err := n.raft.Shutdown().Error()
+	if c, ok := n.trans.(io.Closer); ok && n.cfg.Transport == nil {
+		c.Close()
+	}
+	if cerr := n.st.bolt.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: shutdown: %w", err)
+	}
+	return nil
+}
+
+// TransferLeadership hands leadership to an up-to-date follower.
+func (n *Node) TransferLeadership() error {
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		return fmt.Errorf("cluster: transfer leadership: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,437 @@
+// Command kms-ha is a highly available remote signer for CometBFT
+// validators: a Raft cluster that commits each height/round/step before
+// signing it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/p2p"
+	"github.com/urfave/cli/v2"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/config"
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/node"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// IdentityFile is the SecretConnection identity written by init.
+const IdentityFile = "identity.json"
+
+func usageError(c *cli.Context, err error, _ bool) error {
+	return cli.Exit(fmt.Sprintf("kms-ha: %v (see %s --help)", err, c.Command.HelpName), 2)
+}
+
+var homeFlag = &cli.StringFlag{Name: "home", Usage: "directory holding kms.yaml, identity.json and raft data"}
+
+func main() {
+	app := &cli.App{
+		Name:            "kms-ha",
+		Usage:           "highly available remote signer for CometBFT validators",
+		Version:         versionString(),
+		OnUsageError:    usageError,
+		HideHelpCommand: true,
+		Commands: []*cli.Command{
+			initCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), versionCmd(),
+		},
+		ExitErrHandler: func(c *cli.Context, err error) {
+			if err == nil {
+				return
+			}
+			var ec cli.ExitCoder
+			if errors.As(err, &ec) {
+				if msg := ec.Error(); msg != "" {
+					fmt.Fprintln(os.Stderr, msg)
+				}
+				os.Exit(ec.ExitCode())
+			}
+			fmt.Fprintf(os.Stderr, "kms-ha: %v\n", err)
+			os.Exit(1)
+		},
+	}
+	for _, c := range app.Commands {
+		c.OnUsageError = usageError
+	}
+	if err := app.Run(os.Args); err != nil {
+		// ExitErrHandler exits; this covers errors raised before it runs
+		// (e.g. a missing required flag).
+		fmt.Fprintf(os.Stderr, "kms-ha: %v\n", err)
+		os.Exit(2)
+	}
+}
+
+func versionCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the version",
+		Action: func(c *cli.Context) error {
+			fmt.Println(versionString())
+			return nil
+		},
+	}
+}
+
+func initCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "init",
+		Usage: "write a commented kms.yaml and a fresh identity.json into --home",
+		Flags: []cli.Flag{
+			homeFlag,
+			&cli.StringFlag{Name: "node-id", Usage: "unique name of this node in the cluster"},
+			&cli.StringFlag{Name: "raft-addr", Value: "127.0.0.1:7001", Usage: "raft listen address HOST:PORT"},
+			&cli.StringFlag{Name: "api-addr", Value: "127.0.0.1:7101", Usage: "cluster API listen address HOST:PORT"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := need(c, "home", "node-id"); err != nil {
+				return err
+			}
+			home := c.String("home")
+			cfgPath := filepath.Join(home, config.FileName)
+			idPath := filepath.Join(home, IdentityFile)
+			for _, p := range []string{cfgPath, idPath} {
+				if _, err := os.Stat(p); err == nil {
+					return cli.Exit(fmt.Sprintf("kms-ha init: %s already exists; refusing to overwrite it", p), 1)
+				}
+			}
+			tmpl := config.Template(config.TemplateParams{
+				NodeID: c.String("node-id"), RaftAddr: c.String("raft-addr"), APIAddr: c.String("api-addr"),
+			})
+			// The template must load: a node id or address the validator
+			// rejects is reported now, not at first start.
+			if _, err := config.Parse(tmpl, home); err != nil {
+				return cli.Exit(fmt.Sprintf("kms-ha init: %v", err), 2)
+			}
+			if err := os.MkdirAll(home, 0o700); err != nil {
+				return fmt.Errorf("init: create %s: %w", home, err)
+			}
+			if err := writeNew(cfgPath, tmpl); err != nil {
+				return err
+			}
+			nk := &p2p.NodeKey{PrivKey: ed25519.GenPrivKey()}
+			if err := nk.SaveAs(idPath); err != nil {
+				return fmt.Errorf("init: write %s: %w", idPath, err)
+			}
+			fmt.Printf("wrote %s\nwrote %s (SecretConnection identity, node id %s)\n", cfgPath, idPath, nk.ID())
+			fmt.Printf("next: edit %s (chains, validators, keys), then `kms-ha bootstrap --home %s` on the first node only\n", cfgPath, home)
+			return nil
+		},
+	}
+}
+
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// need checks required flags itself: urfave/cli would print the whole help
+// page for a missing one, and an operator wants one line.
+func need(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if !c.IsSet(n) || c.String(n) == "" {
+			return cli.Exit(fmt.Sprintf("kms-ha %s: --%s is required (see kms-ha %s --help)", c.Command.Name, n, c.Command.Name), 2)
+		}
+	}
+	return nil
+}
+
+func loadConfig(c *cli.Context) (*config.Config, error) {
+	if err := need(c, "home"); err != nil {
+		return nil, err
+	}
+	cfg, err := config.Load(c.String("home"))
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("kms-ha: %v", strings.ReplaceAll(err.Error(), "\n", "\n  ")), 2)
+	}
+	return cfg, nil
+}
+
+func bootstrapCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "bootstrap",
+		Usage: "write the first raft configuration (run once, on one node, before its first start)",
+		Flags: []cli.Flag{
+			homeFlag,
+			&cli.StringFlag{Name: "peers", Usage: "initial voters as ID=HOST:PORT,... (raft addresses, this node included); default: this node alone"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			servers, err := parsePeers(c.String("peers"))
+			if err != nil {
+				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: --peers: %v", err), 2)
+			}
+			err = cluster.Bootstrap(node.ClusterConfig(cfg, quietLogger()), servers)
+			if errors.Is(err, cluster.ErrAlreadyBootstrapped) {
+				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: %s already holds raft state; this node is bootstrapped or joined already. "+
+					"Start it with `kms-ha start`; to add nodes use `kms-ha join`.", cfg.Cluster.DataDir), 1)
+			}
+			if err != nil {
+				return err
+			}
+			if len(servers) == 0 {
+				fmt.Printf("bootstrapped a one-node cluster: %s at %s\n", cfg.Cluster.NodeID, cfg.Cluster.AdvertiseAddr)
+			} else {
+				fmt.Printf("bootstrapped a cluster of %d voters\n", len(servers))
+			}
+			fmt.Printf("next: kms-ha start --home %s\n", c.String("home"))
+			return nil
+		},
+	}
+}
+
+func parsePeers(s string) ([]cluster.Server, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []cluster.Server
+	for _, p := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("%q is not ID=HOST:PORT", p)
+		}
+		out = append(out, cluster.Server{ID: id, Address: addr})
+	}
+	return out, nil
+}
+
+func startCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "start",
+		Usage: "run the node until SIGINT or SIGTERM",
+		Flags: []cli.Flag{
+			homeFlag,
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (overrides kms.yaml)"},
+			&cli.StringFlag{Name: "log-format", Usage: "text or json (overrides kms.yaml)"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			level, format := cfg.Log.Level, cfg.Log.Format
+			if v := c.String("log-level"); v != "" {
+				level = v
+			}
+			if v := c.String("log-format"); v != "" {
+				format = v
+			}
+			log, err := newLogger(os.Stderr, level, format)
+			if err != nil {
+				return cli.Exit(fmt.Sprintf("kms-ha start: %v", err), 2)
+			}
+			slog.SetDefault(log)
+			hasState, err := cluster.HasState(node.ClusterConfig(cfg, log))
+			if err != nil {
+				return err
+			}
+			if !hasState {
+				log.Warn("no raft state yet: waiting to be added to a cluster; run `kms-ha join --home " + c.String("home") +
+					" --cluster MEMBER_API_ADDR`, or `kms-ha bootstrap` if this is the first node")
+			}
+			n, err := node.New(cfg, log.With("node_id", cfg.Cluster.NodeID))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return n.Run(ctx)
+		},
+	}
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: use text or json", format)
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+var clusterFlag = &cli.StringFlag{Name: "cluster", Usage: "API address HOST:PORT of any running member"}
+
+func joinCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "join",
+		Usage: "ask a running member to add the node at --home as a voter (forwarded to the leader)",
+		Flags: []cli.Flag{
+			homeFlag, clusterFlag,
+			&cli.DurationFlag{Name: "timeout", Value: 15 * time.Second, Usage: "give up after this long"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := need(c, "cluster"); err != nil {
+				return err
+			}
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			req := &clusterpb.JoinRequest{Id: cfg.Cluster.NodeID, RaftAddr: cfg.Cluster.AdvertiseAddr, ApiAddr: cfg.Cluster.APIAddr}
+			deadline := time.Now().Add(c.Duration("timeout"))
+			for {
+				var resp *clusterpb.JoinResponse
+				err = grpcapi.Call(c.String("cluster"), 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+					var err error
+					resp, err = cl.Join(ctx, req)
+					return err
+				})
+				if err == nil {
+					fmt.Printf("%s is a voter of the cluster (leader %s)\n", cfg.Cluster.NodeID, resp.GetLeaderId())
+					return nil
+				}
+				// During an election there is briefly no leader to forward
+				// to: retry until the deadline.
+				if !strings.Contains(err.Error(), "unavailable") || time.Now().After(deadline) {
+					return cli.Exit(fmt.Sprintf("kms-ha join: %v", err), 1)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		},
+	}
+}
+
+// statusJSON is the stable shape of `status --json`.
+type statusJSON struct {
+	NodeID        string         `json:"node_id"`
+	State         string         `json:"state"`
+	LeaderID      string         `json:"leader_id"`
+	LeaderAPIAddr string         `json:"leader_api_addr"`
+	Term          uint64         `json:"term"`
+	CommitIndex   uint64         `json:"commit_index"`
+	AppliedIndex  uint64         `json:"applied_index"`
+	LastContact   string         `json:"last_contact"`
+	Members       []memberJSON   `json:"members"`
+	Chains        []watermarkOut `json:"chains"`
+}
+
+type memberJSON struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+	Role     string `json:"role"`
+	Suffrage string `json:"suffrage"`
+}
+
+type watermarkOut struct {
+	ChainID string `json:"chain_id"`
+	Height  int64  `json:"height"`
+	Round   int32  `json:"round"`
+	Step    int32  `json:"step"`
+}
+
+func statusCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show members, leader, raft indexes and every chain's watermark, as the node at --cluster sees them",
+		Flags: []cli.Flag{
+			clusterFlag,
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := need(c, "cluster"); err != nil {
+				return err
+			}
+			var r *clusterpb.StatusResponse
+			err := grpcapi.Call(c.String("cluster"), 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+				var err error
+				r, err = cl.Status(ctx, &clusterpb.StatusRequest{})
+				return err
+			})
+			if err != nil {
+				return cli.Exit(fmt.Sprintf("kms-ha status: %v", err), 1)
+			}
+			out := statusJSON{
+				NodeID: r.GetNodeId(), State: r.GetState(), LeaderID: r.GetLeaderId(), LeaderAPIAddr: r.GetLeaderApiAddr(),
+				Term: r.GetTerm(), CommitIndex: r.GetCommitIndex(), AppliedIndex: r.GetAppliedIndex(), LastContact: r.GetLastContact(),
+				Members: []memberJSON{}, Chains: []watermarkOut{},
+			}
+			for _, m := range r.GetMembers() {
+				out.Members = append(out.Members, memberJSON{m.GetId(), m.GetRaftAddr(), m.GetApiAddr(), m.GetRole(), strings.ToLower(m.GetSuffrage())})
+			}
+			for _, w := range r.GetChains() {
+				out.Chains = append(out.Chains, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			printStatus(os.Stdout, out)
+			return nil
+		},
+	}
+}
+
+func printStatus(w io.Writer, s statusJSON) {
+	leader := s.LeaderID
+	if leader == "" {
+		leader = "(none known)"
+	}
+	fmt.Fprintf(w, "node %s (%s), leader %s, term %d, commit %d, applied %d, last contact %s\n\n",
+		s.NodeID, strings.ToLower(s.State), leader, s.Term, s.CommitIndex, s.AppliedIndex, s.LastContact)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tROLE\tSUFFRAGE\tRAFT ADDR\tAPI ADDR")
+	for _, m := range s.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.ID, m.Role, m.Suffrage, m.RaftAddr, m.APIAddr)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	if len(s.Chains) == 0 {
+		fmt.Fprintln(w, "no chain has a watermark yet")
+		return
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHAIN\tHEIGHT\tROUND\tSTEP")
+	for _, c := range s.Chains {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.ChainID, c.Height, c.Round, fsm.StepName(int8(c.Step)))
+	}
+	tw.Flush()
+}

@@ -1,0 +1,387 @@
+// Package config is the kms.yaml schema: the sections of cosmos/kms
+// (chains, validators, keys, grpc) plus cluster and log, with defaults and
+// validation that names the field and says how to fix it.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// FileName is the configuration file inside --home.
+const FileName = "kms.yaml"
+
+// Config is a whole kms.yaml.
+type Config struct {
+	// Home is the directory relative paths resolve against.
+	Home string `yaml:"-"`
+
+	Cluster    Cluster     `yaml:"cluster"`
+	Chains     []Chain     `yaml:"chains"`
+	Validators []Validator `yaml:"validators"`
+	Keys       []Key       `yaml:"keys"`
+	GRPC       *GRPC       `yaml:"grpc"`
+	Log        Log         `yaml:"log"`
+}
+
+// Cluster is the raft membership of this node.
+type Cluster struct {
+	NodeID        string `yaml:"node_id"`
+	DataDir       string `yaml:"data_dir"`
+	RaftAddr      string `yaml:"raft_addr"`
+	AdvertiseAddr string `yaml:"advertise_addr"`
+	APIAddr       string `yaml:"api_addr"`
+
+	HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout    time.Duration `yaml:"election_timeout"`
+	LeaderLeaseTimeout time.Duration `yaml:"leader_lease_timeout"`
+	CommitTimeout      time.Duration `yaml:"commit_timeout"`
+	ApplyTimeout       time.Duration `yaml:"apply_timeout"`
+	SnapshotInterval   time.Duration `yaml:"snapshot_interval"`
+	SnapshotThreshold  uint64        `yaml:"snapshot_threshold"`
+}
+
+// Chain declares a chain to sign for.
+type Chain struct {
+	ID string `yaml:"id"`
+	// StateFile is accepted for cosmos/kms compatibility; kms-ha keeps the
+	// watermark in the cluster, never in a local file.
+	StateFile string `yaml:"state_file"`
+}
+
+// Validator is one dial-out connection to a validator node.
+type Validator struct {
+	ChainID     string `yaml:"chain_id"`
+	Addr        string `yaml:"addr"`
+	IdentityKey string `yaml:"identity_key"`
+	Reconnect   *bool  `yaml:"reconnect"`
+}
+
+// ShouldReconnect is Reconnect with its default (true).
+func (v Validator) ShouldReconnect() bool { return v.Reconnect == nil || *v.Reconnect }
+
+// Key binds a consensus key to chains. Fields of backends other than the
+// chosen one are ignored, as in cosmos/kms.
+type Key struct {
+	ChainIDs  []string `yaml:"chain_ids"`
+	Backend   string   `yaml:"backend"`
+	Algorithm string   `yaml:"algorithm"`
+
+	// file
+	KeyFile string `yaml:"key_file"`
+
+	// pkcs11
+	Module     string `yaml:"module"`
+	TokenLabel string `yaml:"token_label"`
+	Slot       *uint  `yaml:"slot"`
+	KeyLabel   string `yaml:"key_label"`
+	KeyID      string `yaml:"key_id"`
+	Pin        string `yaml:"pin"`
+	PinEnv     string `yaml:"pin_env"`
+	PinFile    string `yaml:"pin_file"`
+
+	// awskms (key_id is shared with pkcs11)
+	Region   string `yaml:"region"`
+	Profile  string `yaml:"profile"`
+	Endpoint string `yaml:"endpoint"`
+}
+
+// GRPC is cosmos/kms's SignerService block.
+type GRPC struct {
+	Listen  string    `yaml:"listen"`
+	TLSCert string    `yaml:"tls_cert"`
+	TLSKey  string    `yaml:"tls_key"`
+	Keys    []GRPCKey `yaml:"keys"`
+}
+
+// GRPCKey is a SignerService key.
+type GRPCKey struct {
+	ID      string `yaml:"id"`
+	KeyFile string `yaml:"key_file"`
+}
+
+// Log configures logging; command-line flags override it.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Backends.
+const (
+	BackendFile   = "file"
+	BackendPKCS11 = "pkcs11"
+	BackendAWSKMS = "awskms"
+)
+
+// Load reads home/kms.yaml, applies defaults, resolves relative paths
+// against home and validates.
+func Load(home string) (*Config, error) {
+	path := filepath.Join(home, FileName)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("config: %s not found; run `kms-ha init --home %s` first", path, home)
+		}
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	c, err := Parse(data, home)
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates a kms.yaml held in memory.
+func Parse(data []byte, home string) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	// A misspelt field would otherwise be silently ignored and a default
+	// used instead: refuse it.
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	abs, err := filepath.Abs(home)
+	if err != nil {
+		return nil, fmt.Errorf("home %s: %w", home, err)
+	}
+	c.Home = abs
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	c.resolvePaths()
+	return &c, nil
+}
+
+// LAN defaults. election >= heartbeat >= lease, as raft requires.
+const (
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultCommitTimeout      = 20 * time.Millisecond
+	DefaultApplyTimeout       = 2 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	cl := &c.Cluster
+	if cl.DataDir == "" {
+		cl.DataDir = "raft"
+	}
+	if cl.AdvertiseAddr == "" {
+		cl.AdvertiseAddr = cl.RaftAddr
+	}
+	for _, d := range []struct {
+		p *time.Duration
+		v time.Duration
+	}{
+		{&cl.HeartbeatTimeout, DefaultHeartbeatTimeout},
+		{&cl.ElectionTimeout, DefaultElectionTimeout},
+		{&cl.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout},
+		{&cl.CommitTimeout, DefaultCommitTimeout},
+		{&cl.ApplyTimeout, DefaultApplyTimeout},
+		{&cl.SnapshotInterval, 2 * time.Minute},
+	} {
+		if *d.p == 0 {
+			*d.p = d.v
+		}
+	}
+	if cl.SnapshotThreshold == 0 {
+		cl.SnapshotThreshold = 8192
+	}
+	for i := range c.Keys {
+		if c.Keys[i].Backend == "" {
+			c.Keys[i].Backend = BackendFile
+		}
+		if c.Keys[i].Algorithm == "" {
+			c.Keys[i].Algorithm = "ed25519"
+		}
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+}
+
+// Path resolves p against Home unless it is absolute.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Home, p)
+}
+
+func (c *Config) resolvePaths() {
+	c.Cluster.DataDir = c.Path(c.Cluster.DataDir)
+	for i := range c.Validators {
+		c.Validators[i].IdentityKey = c.Path(c.Validators[i].IdentityKey)
+	}
+	for i := range c.Keys {
+		c.Keys[i].KeyFile = c.Path(c.Keys[i].KeyFile)
+	}
+}
+
+var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate checks the whole file and reports every problem at once, each
+// naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+
+	cl := c.Cluster
+	switch {
+	case cl.NodeID == "":
+		bad("cluster.node_id", "is required: a unique name for this node, e.g. node1")
+	case !nodeIDRe.MatchString(cl.NodeID):
+		bad("cluster.node_id", "%q may contain only letters, digits, '.', '_' and '-' (at most 64)", cl.NodeID)
+	}
+	if err := checkHostPort(cl.RaftAddr); err != nil {
+		bad("cluster.raft_addr", "%v; set it to the address raft listens on, e.g. 0.0.0.0:7001", err)
+	}
+	if err := checkHostPort(cl.AdvertiseAddr); err != nil {
+		bad("cluster.advertise_addr", "%v", err)
+	} else if host, _, _ := net.SplitHostPort(cl.AdvertiseAddr); isUnspecified(host) {
+		bad("cluster.advertise_addr", "%q is not an address peers can dial; set advertise_addr to this node's reachable IP and port", cl.AdvertiseAddr)
+	}
+	if err := checkHostPort(cl.APIAddr); err != nil {
+		bad("cluster.api_addr", "%v; set it to the address of the cluster gRPC API, e.g. 127.0.0.1:7101", err)
+	}
+	if cl.HeartbeatTimeout < 5*time.Millisecond {
+		bad("cluster.heartbeat_timeout", "%s is too short (at least 5ms)", cl.HeartbeatTimeout)
+	}
+	if cl.ElectionTimeout < cl.HeartbeatTimeout {
+		bad("cluster.election_timeout", "%s must be at least heartbeat_timeout (%s)", cl.ElectionTimeout, cl.HeartbeatTimeout)
+	}
+	if cl.LeaderLeaseTimeout > cl.HeartbeatTimeout {
+		bad("cluster.leader_lease_timeout", "%s must not exceed heartbeat_timeout (%s)", cl.LeaderLeaseTimeout, cl.HeartbeatTimeout)
+	}
+	if cl.ApplyTimeout <= 0 || cl.ApplyTimeout >= 5*time.Second {
+		bad("cluster.apply_timeout", "%s must be above 0 and below 5s: the validator drops a connection whose answer takes 5s", cl.ApplyTimeout)
+	}
+
+	chains := map[string]bool{}
+	for i, ch := range c.Chains {
+		f := fmt.Sprintf("chains[%d].id", i)
+		switch {
+		case ch.ID == "":
+			bad(f, "is required: the chain id from the chain's genesis.json")
+		case chains[ch.ID]:
+			bad(f, "chain %q is declared twice", ch.ID)
+		}
+		chains[ch.ID] = true
+	}
+
+	for i, v := range c.Validators {
+		p := fmt.Sprintf("validators[%d]", i)
+		if !chains[v.ChainID] {
+			bad(p+".chain_id", "%q is not declared under chains", v.ChainID)
+		}
+		if err := CheckValidatorAddr(v.Addr); err != nil {
+			bad(p+".addr", "%v", err)
+		}
+		if v.IdentityKey == "" {
+			bad(p+".identity_key", "is required: the identity file written by `kms-ha init`, e.g. identity.json")
+		}
+	}
+
+	keyOf := map[string]int{}
+	for i, k := range c.Keys {
+		p := fmt.Sprintf("keys[%d]", i)
+		if len(k.ChainIDs) == 0 {
+			bad(p+".chain_ids", "is required: the chains this key signs for")
+		}
+		for _, id := range k.ChainIDs {
+			if !chains[id] {
+				bad(p+".chain_ids", "%q is not declared under chains", id)
+			}
+			if j, dup := keyOf[id]; dup {
+				bad(p+".chain_ids", "chain %q already has a key (keys[%d]); a chain needs exactly one key", id, j)
+			}
+			keyOf[id] = i
+		}
+		if k.Algorithm != "ed25519" {
+			bad(p+".algorithm", "%q is not supported; consensus keys are ed25519", k.Algorithm)
+		}
+		switch k.Backend {
+		case BackendFile:
+			if k.KeyFile == "" {
+				bad(p+".key_file", "is required for backend file: the path of a priv_validator_key.json")
+			}
+		case BackendPKCS11, BackendAWSKMS:
+			bad(p+".backend", "%q is not available in this build yet; use backend: file", k.Backend)
+		default:
+			bad(p+".backend", "%q is unknown; use file, pkcs11 or awskms", k.Backend)
+		}
+	}
+	for id := range chains {
+		if _, ok := keyOf[id]; !ok {
+			bad("keys", "chain %q has no key; add a keys entry with chain_ids: [%s]", id, id)
+		}
+	}
+	if c.GRPC != nil {
+		bad("grpc", "the SignerService is not available in this build yet; remove the grpc block")
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is unknown; use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is unknown; use text or json", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// CheckValidatorAddr checks a validators[].addr value.
+func CheckValidatorAddr(addr string) error {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		return fmt.Errorf("%q has no scheme; use tcp://HOST:PORT (the validator's priv_validator_laddr)", addr)
+	}
+	switch scheme {
+	case "tcp":
+		if err := checkHostPort(rest); err != nil {
+			return fmt.Errorf("%q: %v", addr, err)
+		}
+		return nil
+	case "noise", "unix":
+		return fmt.Errorf("%q: the %s:// transport is not available in this build yet; use tcp://", addr, scheme)
+	}
+	return fmt.Errorf("%q: unknown scheme %q; use tcp://HOST:PORT", addr, scheme)
+}
+
+func checkHostPort(s string) error {
+	if s == "" {
+		return errors.New("is required")
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		return fmt.Errorf("%q has no valid port", s)
+	}
+	return nil
+}
+
+func isUnspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}

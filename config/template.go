@@ -1,0 +1,67 @@
+package config
+
+import (
+	"bytes"
+	"text/template"
+)
+
+// TemplateParams fill the kms.yaml written by `kms-ha init`.
+type TemplateParams struct {
+	NodeID   string
+	RaftAddr string
+	APIAddr  string
+}
+
+var tmpl = template.Must(template.New("kms.yaml").Parse(`# kms-ha configuration. Relative paths resolve against --home.
+# The sections chains, validators and keys are those of cosmos/kms; cluster is kms-ha's.
+
+cluster:
+  # Unique name of this node in the cluster.
+  node_id: {{.NodeID}}
+  # Raft state (log, snapshots). Never copy it between nodes.
+  data_dir: raft
+  # Where raft listens, and the address the other nodes dial (must be reachable
+  # from them; required when raft_addr is 0.0.0.0).
+  raft_addr: {{.RaftAddr}}
+  # advertise_addr: {{.RaftAddr}}
+  # The cluster gRPC API (status, join). kms-ha status/join talk to it.
+  api_addr: {{.APIAddr}}
+  # Raft timing, LAN defaults. For nodes in different regions raise all three
+  # (e.g. heartbeat 1500ms, election 1500ms, lease 750ms).
+  # heartbeat_timeout: 500ms
+  # election_timeout: 500ms
+  # leader_lease_timeout: 250ms
+  # A signature waits at most this long for its watermark to commit; keep it
+  # well under the validator's 5 s timeout.
+  # apply_timeout: 2s
+
+# One entry per chain to sign for (the chain id from genesis.json).
+chains: []
+#  - id: cosmoshub-4
+
+# One entry per validator node to dial: its priv_validator_laddr.
+# Only the raft leader dials; every node needs the same list.
+validators: []
+#  - chain_id: cosmoshub-4
+#    addr: tcp://10.0.0.1:26659
+#    identity_key: identity.json
+
+# Exactly one key per chain. Every node must hold the same key.
+keys: []
+#  - chain_ids: [cosmoshub-4]
+#    backend: file
+#    key_file: /secrets/priv_validator_key.json
+
+# log:
+#   level: info     # debug, info, warn, error
+#   format: text    # text or json
+`))
+
+// Template renders the commented kms.yaml for a new node.
+func Template(p TemplateParams) []byte {
+	var b bytes.Buffer
+	if err := tmpl.Execute(&b, p); err != nil {
+		panic(err) // the template is static; a failure is a programming error
+	}
+	return b.Bytes()
+}

@@ -1,0 +1,213 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// RaftTimings are the cluster timings written to every kms.yaml.
+type RaftTimings struct {
+	HeartbeatTimeout   time.Duration // default 500ms
+	ElectionTimeout    time.Duration // default 500ms
+	LeaderLeaseTimeout time.Duration // default 250ms
+}
+
+func (r *RaftTimings) defaults() {
+	if r.HeartbeatTimeout == 0 {
+		r.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if r.ElectionTimeout == 0 {
+		r.ElectionTimeout = 500 * time.Millisecond
+	}
+	if r.LeaderLeaseTimeout == 0 {
+		r.LeaderLeaseTimeout = 250 * time.Millisecond
+	}
+}
+
+// KMSNode is one kms-ha cluster member.
+type KMSNode struct {
+	ID       string
+	Home     string
+	RaftAddr string
+	APIAddr  string
+	Proc     *Process
+
+	bin string
+}
+
+func newKMSNode(bin, id, home, logPath string, raftPort, apiPort int) *KMSNode {
+	return &KMSNode{
+		ID:       id,
+		Home:     home,
+		RaftAddr: loopback(raftPort),
+		APIAddr:  loopback(apiPort),
+		bin:      bin,
+		Proc: &Process{
+			Name:    id,
+			Bin:     bin,
+			Args:    []string{"start", "--home", home, "--log-format", "json", "--log-level", "info"},
+			Dir:     home,
+			LogPath: logPath,
+		},
+	}
+}
+
+// run executes a short kms-ha subcommand and returns its stdout; stderr is
+// included in the error because that is where kms-ha explains a refusal.
+func (n *KMSNode) run(ctx context.Context, timeout time.Duration, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, n.bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("kms-ha %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()+"\n"+stdout.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// Init runs `kms-ha init`, which creates the home with its identity key.
+func (n *KMSNode) Init(ctx context.Context) error {
+	_, err := n.run(ctx, 30*time.Second, "init", "--home", n.Home, "--node-id", n.ID,
+		"--raft-addr", n.RaftAddr, "--api-addr", n.APIAddr)
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"kms.yaml", "identity.json"} {
+		if !fileExists(filepath.Join(n.Home, f)) {
+			return fmt.Errorf("kms-ha init did not create %s in %s", f, n.Home)
+		}
+	}
+	return nil
+}
+
+// WriteConfig replaces the template written by init with the test's
+// configuration: one chain, one validator, one file key.
+func (n *KMSNode) WriteConfig(chainID, validatorAddr, keyFile string, t RaftTimings) error {
+	t.defaults()
+	yaml := fmt.Sprintf(`# Written by the kms-ha e2e harness.
+cluster:
+  node_id: %s
+  data_dir: raft
+  raft_addr: %s
+  advertise_addr: %s
+  api_addr: %s
+  heartbeat_timeout: %s
+  election_timeout: %s
+  leader_lease_timeout: %s
+chains:
+  - id: %s
+validators:
+  - chain_id: %s
+    addr: %s
+    identity_key: identity.json
+keys:
+  - chain_ids: [%s]
+    backend: file
+    key_file: %q
+`, n.ID, n.RaftAddr, n.RaftAddr, n.APIAddr,
+		t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout,
+		chainID, chainID, "tcp://"+validatorAddr, chainID, keyFile)
+	return os.WriteFile(filepath.Join(n.Home, "kms.yaml"), []byte(yaml), 0o644)
+}
+
+// Bootstrap writes the one-node Raft configuration; only for the first node,
+// before its first start.
+func (n *KMSNode) Bootstrap(ctx context.Context) error {
+	_, err := n.run(ctx, 30*time.Second, "bootstrap", "--home", n.Home)
+	return err
+}
+
+// Join asks the member serving clusterAPI to add this node as a voter.
+func (n *KMSNode) Join(ctx context.Context, clusterAPI string) error {
+	_, err := n.run(ctx, 15*time.Second, "join", "--home", n.Home, "--cluster", clusterAPI)
+	return err
+}
+
+// Member is one entry of Status.Members.
+type Member struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+	Role     string `json:"role"`
+	Suffrage string `json:"suffrage"`
+}
+
+// Watermark is the last signed height/round/step of a chain as replicated by
+// Raft.
+type Watermark struct {
+	ChainID string `json:"chain_id"`
+	Height  int64  `json:"height"`
+	Round   int64  `json:"round"`
+	Step    int    `json:"step"`
+}
+
+// Status is the output of `kms-ha status --json`.
+type Status struct {
+	NodeID        string      `json:"node_id"`
+	LeaderID      string      `json:"leader_id"`
+	LeaderAPIAddr string      `json:"leader_api_addr"`
+	Term          uint64      `json:"term"`
+	CommitIndex   uint64      `json:"commit_index"`
+	AppliedIndex  uint64      `json:"applied_index"`
+	Members       []Member    `json:"members"`
+	Chains        []Watermark `json:"chains"`
+}
+
+// IsLeader reports whether the answering node considers itself the leader.
+func (s *Status) IsLeader() bool { return s.NodeID != "" && s.NodeID == s.LeaderID }
+
+// Member returns the entry for id.
+func (s *Status) Member(id string) (Member, bool) {
+	for _, m := range s.Members {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// Voters counts the members with voter suffrage.
+func (s *Status) Voters() int {
+	c := 0
+	for _, m := range s.Members {
+		if m.Suffrage == "voter" {
+			c++
+		}
+	}
+	return c
+}
+
+// Status asks this node (through its own Cluster API) how it sees the cluster.
+func (n *KMSNode) Status(ctx context.Context) (*Status, error) {
+	return StatusOf(ctx, n.bin, n.APIAddr)
+}
+
+// StatusOf runs `kms-ha status --cluster apiAddr --json`.
+func StatusOf(ctx context.Context, bin, apiAddr string) (*Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "status", "--cluster", apiAddr, "--json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("kms-ha status --cluster %s: %w: %s", apiAddr, err, strings.TrimSpace(stderr.String()))
+	}
+	var s Status
+	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &s); err != nil {
+		return nil, fmt.Errorf("kms-ha status --cluster %s: output is not the documented JSON: %w\n%s", apiAddr, err, stdout.String())
+	}
+	if s.NodeID == "" {
+		return nil, fmt.Errorf("kms-ha status --cluster %s: no node_id in %s", apiAddr, stdout.String())
+	}
+	return &s, nil
+}

@@ -1,0 +1,93 @@
+package fsm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// CommandType identifies a log entry's kind. Values are never reused.
+type CommandType uint8
+
+const (
+	// CmdReserve reserves a chain's next height/round/step.
+	CmdReserve CommandType = 1
+	// CmdSetMember records a member's API address, so that any node can
+	// forward writes to the leader and show operators where members listen.
+	CmdSetMember CommandType = 2
+)
+
+// Versions this FSM understands, per type. A leader only writes a version
+// every member understands; an entry of an unknown type or version is
+// refused without touching state, so an old binary can never misread it.
+var supported = map[CommandType]uint8{
+	CmdReserve:   1,
+	CmdSetMember: 1,
+}
+
+// ErrUnknownCommand is returned (as the apply result) for an entry this
+// binary does not understand.
+var ErrUnknownCommand = errors.New("fsm: unknown command type or version")
+
+// Reserve is the body of CmdReserve.
+type Reserve struct {
+	ChainID   string `json:"chain_id"`
+	HRS       HRS    `json:"hrs"`
+	SignBytes []byte `json:"sign_bytes"`
+}
+
+// SetMember is the body of CmdSetMember.
+type SetMember struct {
+	ID      string `json:"id"`
+	APIAddr string `json:"api_addr"`
+}
+
+// Encode frames a command: one byte of type, one of version, then the body.
+func Encode(t CommandType, body any) ([]byte, error) {
+	v, ok := supported[t]
+	if !ok {
+		return nil, fmt.Errorf("fsm: encode: %w: type %d", ErrUnknownCommand, t)
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encode type %d: %w", t, err)
+	}
+	return append([]byte{byte(t), v}, b...), nil
+}
+
+// EncodeReserve is Encode for the hot path's one command.
+func EncodeReserve(r Reserve) ([]byte, error) { return Encode(CmdReserve, r) }
+
+// Decode parses an entry into its type and body. It never panics on
+// arbitrary input.
+func Decode(data []byte) (CommandType, any, error) {
+	if len(data) < 2 {
+		return 0, nil, fmt.Errorf("fsm: decode: entry of %d bytes is too short", len(data))
+	}
+	t, v := CommandType(data[0]), data[1]
+	if want, ok := supported[t]; !ok || v != want {
+		return t, nil, fmt.Errorf("fsm: decode type %d version %d: %w", t, v, ErrUnknownCommand)
+	}
+	var body any
+	switch t {
+	case CmdReserve:
+		var r Reserve
+		if err := json.Unmarshal(data[2:], &r); err != nil {
+			return t, nil, fmt.Errorf("fsm: decode reserve: %w", err)
+		}
+		if r.ChainID == "" {
+			return t, nil, errors.New("fsm: decode reserve: empty chain id")
+		}
+		body = r
+	case CmdSetMember:
+		var m SetMember
+		if err := json.Unmarshal(data[2:], &m); err != nil {
+			return t, nil, fmt.Errorf("fsm: decode set-member: %w", err)
+		}
+		if m.ID == "" {
+			return t, nil, errors.New("fsm: decode set-member: empty id")
+		}
+		body = m
+	}
+	return t, body, nil
+}

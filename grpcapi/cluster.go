@@ -1,0 +1,155 @@
+// Package grpcapi serves and calls the kms-ha gRPC services: the Cluster
+// service (status, membership) on every node.
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+)
+
+// ClusterServer implements clusterpb.ClusterServer on a cluster node.
+type ClusterServer struct {
+	clusterpb.UnimplementedClusterServer
+	node *cluster.Node
+	log  *slog.Logger
+}
+
+// NewClusterServer serves node's state and membership.
+func NewClusterServer(node *cluster.Node, log *slog.Logger) *ClusterServer {
+	return &ClusterServer{node: node, log: log}
+}
+
+// Status answers from the local replica: it never needs a quorum, so an
+// operator can read any surviving node during an outage.
+func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) (*clusterpb.StatusResponse, error) {
+	st := s.node.Stats()
+	leaderID, leaderAPI := s.node.Leader()
+	resp := &clusterpb.StatusResponse{
+		NodeId:        s.node.ID(),
+		State:         st.State,
+		LeaderId:      leaderID,
+		LeaderApiAddr: leaderAPI,
+		Term:          st.Term,
+		CommitIndex:   st.CommitIndex,
+		AppliedIndex:  st.AppliedIndex,
+		LastContact:   st.LastContact,
+	}
+	members, err := s.node.Members()
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read membership: %v", err)
+	}
+	for _, m := range members {
+		role := "follower"
+		if m.Leader {
+			role = "leader"
+		}
+		resp.Members = append(resp.Members, &clusterpb.Member{
+			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage,
+		})
+	}
+	for id, w := range s.node.FSM().Watermarks() {
+		resp.Chains = append(resp.Chains, &clusterpb.ChainWatermark{
+			ChainId: id, Height: w.Height, Round: w.Round, Step: int32(w.Step),
+		})
+	}
+	sort.Slice(resp.Chains, func(i, j int) bool { return resp.Chains[i].ChainId < resp.Chains[j].ChainId })
+	return resp, nil
+}
+
+// Join adds a voter on the leader, or forwards the request to it once.
+func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
+	if req.GetId() == "" || req.GetRaftAddr() == "" {
+		return nil, status.Error(codes.InvalidArgument, "join needs the node's id and raft address")
+	}
+	if !s.node.IsLeader() {
+		leaderID, leaderAPI := s.node.Leader()
+		if req.GetForwarded() {
+			return nil, status.Errorf(codes.Unavailable, "forwarded join reached %s, which is not the leader; retry", s.node.ID())
+		}
+		if leaderAPI == "" {
+			return nil, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the join to; retry when the cluster has a leader", s.node.ID(), leaderID)
+		}
+		fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(), Forwarded: true}
+		s.log.Info("forwarding join to the leader", "joiner", req.GetId(), "leader", leaderID, "leader_api", leaderAPI)
+		var resp *clusterpb.JoinResponse
+		err := withClient(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+			var err error
+			resp, err = c.Join(ctx, fwd)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		return resp, nil
+	}
+	if err := s.node.AddVoter(req.GetId(), req.GetRaftAddr()); err != nil {
+		code := codes.FailedPrecondition
+		if errors.Is(err, cluster.ErrNotLeader) {
+			code = codes.Unavailable
+		}
+		return nil, status.Errorf(code, "%v", err)
+	}
+	if req.GetApiAddr() != "" {
+		if err := s.node.SetMemberAPI(ctx, req.GetId(), req.GetApiAddr()); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "%v", err)
+		}
+	}
+	s.log.Info("member joined", "joiner", req.GetId(), "raft_addr", req.GetRaftAddr(), "api_addr", req.GetApiAddr())
+	return &clusterpb.JoinResponse{LeaderId: s.node.ID()}, nil
+}
+
+// Register adds the Cluster service to a gRPC server.
+func (s *ClusterServer) Register(g *grpc.Server) { clusterpb.RegisterClusterServer(g, s) }
+
+// Dial opens a client connection to a node's API address.
+func Dial(addr string) (*grpc.ClientConn, error) {
+	// TODO(issue 3): mutual TLS with the cluster CA; until then the API
+	// must only listen on a trusted network.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("grpcapi: dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+func withClient(ctx context.Context, addr string, fn func(clusterpb.ClusterClient) error) error {
+	conn, err := Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return fn(clusterpb.NewClusterClient(conn))
+}
+
+// Call runs fn against the node at addr with a timeout, turning gRPC
+// errors into plain messages for the command line.
+func Call(addr string, timeout time.Duration, fn func(ctx context.Context, c clusterpb.ClusterClient) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := withClient(ctx, addr, func(c clusterpb.ClusterClient) error { return fn(ctx, c) })
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.Unavailable:
+			return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, st.Message())
+		case codes.DeadlineExceeded:
+			return fmt.Errorf("%s: no answer within %s", addr, timeout)
+		}
+		return fmt.Errorf("%s: %s", addr, st.Message())
+	}
+	return fmt.Errorf("%s: %w", addr, err)
+}

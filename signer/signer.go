@@ -1,0 +1,301 @@
+// Package signer answers CometBFT privval requests: it validates each
+// request, reserves its height/round/step through the cluster, and signs
+// with the chain's key only after the reservation was committed and allowed.
+package signer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	cryptoenc "github.com/cometbft/cometbft/crypto/encoding"
+	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+	cmtproto "github.com/cometbft/cometbft/proto/tendermint/types"
+	"github.com/cometbft/cometbft/types"
+
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/keys"
+)
+
+// Reserver commits a reservation through the cluster (cluster.Node).
+type Reserver interface {
+	Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error)
+}
+
+// StateReader reads the local replica's watermarks (fsm.FSM).
+type StateReader interface {
+	Watermark(chainID string) (fsm.Watermark, bool)
+}
+
+// Release describes a signature handed to a validator, for audits and tests.
+type Release struct {
+	NodeID    string
+	ChainID   string
+	HRS       fsm.HRS
+	SignBytes []byte
+	Signature []byte
+	Outcome   fsm.Outcome
+}
+
+// Config builds a Signer.
+type Config struct {
+	NodeID   string
+	Reserver Reserver
+	State    StateReader
+	// Keys maps each chain id to its consensus key.
+	Keys map[string]keys.Signer
+	// SignTimeout bounds one request end to end; the validator gives up
+	// after 5 s, so answer (possibly with an error) before that.
+	SignTimeout time.Duration
+	Logger      *slog.Logger
+	// OnRelease, if set, sees every signature before it is sent.
+	OnRelease func(Release)
+	// OnRefuse, if set, sees every refused request's reason.
+	OnRefuse func(chainID, reason string)
+}
+
+// Signer serves every configured chain. Requests of one chain are
+// serialised; different chains proceed concurrently.
+type Signer struct {
+	cfg    Config
+	chains map[string]*chain
+	log    *slog.Logger
+}
+
+type chain struct {
+	id  string
+	key keys.Signer
+	mu  sync.Mutex
+}
+
+// New validates cfg and returns a Signer.
+func New(cfg Config) (*Signer, error) {
+	if cfg.Reserver == nil || cfg.State == nil {
+		return nil, errors.New("signer: a reserver and a state reader are required")
+	}
+	if cfg.SignTimeout == 0 {
+		cfg.SignTimeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Signer{cfg: cfg, chains: map[string]*chain{}, log: cfg.Logger}
+	for id, k := range cfg.Keys {
+		if k == nil {
+			return nil, fmt.Errorf("signer: chain %s has no key", id)
+		}
+		s.chains[id] = &chain{id: id, key: k}
+	}
+	return s, nil
+}
+
+// Error codes in RemoteSignerError, so a node operator can tell a
+// double-sign refusal from an outage.
+const (
+	CodeRefused     = 1
+	CodeInvalid     = 2
+	CodeUnavailable = 3
+	CodeKey         = 4
+)
+
+type requestError struct {
+	code   int32
+	reason string
+	err    error
+}
+
+func (e *requestError) Error() string { return e.err.Error() }
+
+func invalid(format string, args ...any) error {
+	return &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: fmt.Errorf(format, args...)}
+}
+
+// Handle answers one privval request arriving on a connection configured
+// for connChainID. It never panics on bad input; every error is encoded in
+// the response so the connection stays up.
+func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalproto.Message) privvalproto.Message {
+	switch r := req.Sum.(type) {
+	case *privvalproto.Message_PingRequest:
+		return wrap(&privvalproto.PingResponse{})
+
+	case *privvalproto.Message_PubKeyRequest:
+		c, err := s.chainFor(connChainID, r.PubKeyRequest.GetChainId())
+		if err == nil {
+			pk, perr := cryptoenc.PubKeyToProto(c.key.PubKey())
+			if perr == nil {
+				return wrap(&privvalproto.PubKeyResponse{PubKey: pk})
+			}
+			err = &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("encode public key: %w", perr)}
+		}
+		return wrap(&privvalproto.PubKeyResponse{Error: s.remoteError(connChainID, err)})
+
+	case *privvalproto.Message_SignVoteRequest:
+		vote := r.SignVoteRequest.GetVote()
+		err := s.signVote(ctx, connChainID, r.SignVoteRequest.GetChainId(), vote)
+		if err != nil {
+			return wrap(&privvalproto.SignedVoteResponse{Error: s.remoteError(connChainID, err)})
+		}
+		return wrap(&privvalproto.SignedVoteResponse{Vote: *vote})
+
+	case *privvalproto.Message_SignProposalRequest:
+		p := r.SignProposalRequest.GetProposal()
+		err := s.signProposal(ctx, connChainID, r.SignProposalRequest.GetChainId(), p)
+		if err != nil {
+			return wrap(&privvalproto.SignedProposalResponse{Error: s.remoteError(connChainID, err)})
+		}
+		return wrap(&privvalproto.SignedProposalResponse{Proposal: *p})
+	}
+	// Not a request a node sends: answer nothing the node could mistake
+	// for a signature. The transport drops the connection on an empty reply.
+	s.log.Warn("unexpected privval message", "chain", connChainID, "type", fmt.Sprintf("%T", req.Sum))
+	return privvalproto.Message{}
+}
+
+func (s *Signer) chainFor(connChainID, reqChainID string) (*chain, error) {
+	if reqChainID != connChainID {
+		return nil, invalid("request for chain %q on a connection for chain %q", reqChainID, connChainID)
+	}
+	c, ok := s.chains[reqChainID]
+	if !ok {
+		return nil, invalid("no key configured for chain %q", reqChainID)
+	}
+	return c, nil
+}
+
+func voteStep(t cmtproto.SignedMsgType) (int8, bool) {
+	switch t {
+	case cmtproto.PrevoteType:
+		return fsm.StepPrevote, true
+	case cmtproto.PrecommitType:
+		return fsm.StepPrecommit, true
+	}
+	return 0, false
+}
+
+func (s *Signer) signVote(ctx context.Context, connChainID, reqChainID string, vote *cmtproto.Vote) error {
+	c, err := s.chainFor(connChainID, reqChainID)
+	if err != nil {
+		return err
+	}
+	if vote == nil {
+		return invalid("sign vote request without a vote")
+	}
+	step, ok := voteStep(vote.Type)
+	if !ok {
+		return invalid("vote of unknown type %d", vote.Type)
+	}
+	hrs := fsm.HRS{Height: vote.Height, Round: vote.Round, Step: step}
+	if vote.Height <= 0 || vote.Round < 0 {
+		return invalid("vote at invalid position %s", hrs)
+	}
+	withExt := vote.Type == cmtproto.PrecommitType && !types.ProtoBlockIDIsNil(&vote.BlockID)
+	if !withExt && len(vote.Extension) > 0 {
+		return invalid("vote extension on a %s; extensions are only allowed in non-nil precommits", fsm.StepName(step))
+	}
+	signBytes := types.VoteSignBytes(c.id, vote)
+
+	return s.reserveAndSign(ctx, c, hrs, signBytes, func(d fsm.Decision, sig []byte) error {
+		if d.Outcome == fsm.AllowStored {
+			vote.Timestamp = d.Timestamp
+		}
+		// Defence in depth: the bytes we signed must be the bytes of the
+		// vote we return, or the node would hold a signature over
+		// something else.
+		if !bytes.Equal(types.VoteSignBytes(c.id, vote), d.SignBytes) {
+			return &requestError{code: CodeRefused, reason: fsm.ReasonConflict,
+				err: fmt.Errorf("stored sign bytes at %s do not match the vote", hrs)}
+		}
+		vote.Signature = sig
+		if withExt {
+			extSig, err := c.key.Sign(ctx, types.VoteExtensionSignBytes(c.id, vote))
+			if err != nil {
+				return &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign vote extension: %w", err)}
+			}
+			vote.ExtensionSignature = extSig
+		}
+		return nil
+	})
+}
+
+func (s *Signer) signProposal(ctx context.Context, connChainID, reqChainID string, p *cmtproto.Proposal) error {
+	c, err := s.chainFor(connChainID, reqChainID)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return invalid("sign proposal request without a proposal")
+	}
+	hrs := fsm.HRS{Height: p.Height, Round: p.Round, Step: fsm.StepPropose}
+	if p.Type != cmtproto.ProposalType || p.Height <= 0 || p.Round < 0 {
+		return invalid("proposal of type %d at invalid position %s", p.Type, hrs)
+	}
+	signBytes := types.ProposalSignBytes(c.id, p)
+	return s.reserveAndSign(ctx, c, hrs, signBytes, func(d fsm.Decision, sig []byte) error {
+		if d.Outcome == fsm.AllowStored {
+			p.Timestamp = d.Timestamp
+		}
+		if !bytes.Equal(types.ProposalSignBytes(c.id, p), d.SignBytes) {
+			return &requestError{code: CodeRefused, reason: fsm.ReasonConflict,
+				err: fmt.Errorf("stored sign bytes at %s do not match the proposal", hrs)}
+		}
+		p.Signature = sig
+		return nil
+	})
+}
+
+// reserveAndSign is the sign path: lock the chain, pre-check locally,
+// commit the reservation, and sign only what the FSM allowed.
+func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, signBytes []byte,
+	finish func(fsm.Decision, []byte) error,
+) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
+	defer cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	cur, _ := s.cfg.State.Watermark(c.id)
+	if d := fsm.Decide(cur, hrs, signBytes); d.Outcome == fsm.Refuse {
+		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
+	}
+	d, err := s.cfg.Reserver.Reserve(ctx, c.id, hrs, signBytes)
+	if err != nil {
+		return &requestError{code: CodeUnavailable, reason: "unavailable", err: err}
+	}
+	if d.Outcome == fsm.Refuse {
+		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
+	}
+	sig, err := c.key.Sign(ctx, d.SignBytes)
+	if err != nil {
+		return &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign %s: %w", hrs, err)}
+	}
+	if err := finish(d, sig); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(d.SignBytes)
+	s.log.Info("signed", "chain", c.id,
+		"height", hrs.Height, "round", hrs.Round, "step", hrs.Step,
+		"outcome", d.Outcome.String(), "sign_bytes_sha256", hex.EncodeToString(sum[:]))
+	if s.cfg.OnRelease != nil {
+		s.cfg.OnRelease(Release{NodeID: s.cfg.NodeID, ChainID: c.id, HRS: hrs,
+			SignBytes: d.SignBytes, Signature: sig, Outcome: d.Outcome})
+	}
+	return nil
+}
+
+func (s *Signer) remoteError(chainID string, err error) *privvalproto.RemoteSignerError {
+	var re *requestError
+	if !errors.As(err, &re) {
+		re = &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: err}
+	}
+	s.log.Warn("refused to sign", "chain", chainID, "reason", re.reason, "err", re.err)
+	if s.cfg.OnRefuse != nil {
+		s.cfg.OnRefuse(chainID, re.reason)
+	}
+	return &privvalproto.RemoteSignerError{Code: re.code, Description: "kms-ha: " + re.err.Error()}
+}

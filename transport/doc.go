@@ -1,0 +1,12 @@
+// Package transport dials out to validator privval listeners
+// (priv_validator_laddr) and serves their requests through a Handler.
+//
+// The privval.SignerServer / SignerDialerEndpoint machinery in CometBFT is
+// deliberately not used: it spins on a dead connection after a node restart
+// and DialTCPFn leaks the TCP connection when the SecretConnection handshake
+// fails, which fills the node's accept queue and stalls the chain. This
+// package owns the whole connection life cycle instead: every failed dial or
+// handshake closes its socket, handshakes are bounded by a deadline, and
+// redials back off quickly enough to fit the 3 s a starting node waits for
+// its signer.
+package transport

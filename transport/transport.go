@@ -1,0 +1,286 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/cometbft/cometbft/crypto"
+	"github.com/cometbft/cometbft/libs/protoio"
+	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+)
+
+// Handler answers one privval request for a chain. It never returns an error:
+// refusals are encoded in the response (RemoteSignerError). It must be safe for
+// concurrent use.
+type Handler interface {
+	Handle(ctx context.Context, chainID string, req privvalproto.Message) privvalproto.Message
+}
+
+// Validator is one validator node to serve.
+type Validator struct {
+	ChainID   string
+	Addr      string         // "tcp://127.0.0.1:26659"
+	Identity  crypto.PrivKey // ed25519 for SecretConnection
+	Reconnect bool
+}
+
+// Options tunes Run. Zero values select the defaults.
+type Options struct {
+	DialTimeout  time.Duration // default 2s; also bounds the handshake
+	BackoffMin   time.Duration // default 200ms
+	BackoffMax   time.Duration // default 1s
+	ReadTimeout  time.Duration // default 10s
+	WriteTimeout time.Duration // default 5s
+	MaxFrameSize int           // default 1<<20 + 64<<10
+	Logger       *slog.Logger  // default slog.Default()
+	// Allowed, if set, is consulted right before every dial; when it returns
+	// false the loop does not dial and waits one backoff step. The node uses
+	// it so that only the leader dials.
+	Allowed func() bool
+	// OnState, if set, is called with "connecting", "connected",
+	// "disconnected" for metrics/logs. Every "connecting" is followed by
+	// either "connected" or, when the dial or handshake fails,
+	// "disconnected"; every "connected" is followed by "disconnected".
+	OnState func(v Validator, state string)
+}
+
+// Connection states reported through Options.OnState.
+const (
+	StateConnecting   = "connecting"
+	StateConnected    = "connected"
+	StateDisconnected = "disconnected"
+)
+
+const (
+	defaultDialTimeout  = 2 * time.Second
+	defaultBackoffMin   = 200 * time.Millisecond
+	defaultBackoffMax   = time.Second
+	defaultReadTimeout  = 10 * time.Second
+	defaultWriteTimeout = 5 * time.Second
+	// A v0.40 node sends up to ~1 MiB (vote extension) plus signatures and
+	// framing; 64 KiB of slack keeps us above what the node itself accepts.
+	defaultMaxFrameSize = 1<<20 + 64<<10
+)
+
+// connectFailureLogEvery throttles warn-level logs for plain connect failures
+// (node down): one at the start of a streak, then one every so often, so an
+// offline node does not produce a warning every second.
+const connectFailureLogEvery = 30
+
+func (o Options) withDefaults() Options {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = defaultDialTimeout
+	}
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = defaultBackoffMin
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = defaultBackoffMax
+	}
+	if o.BackoffMax < o.BackoffMin {
+		o.BackoffMax = o.BackoffMin
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = defaultReadTimeout
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = defaultWriteTimeout
+	}
+	if o.MaxFrameSize <= 0 {
+		o.MaxFrameSize = defaultMaxFrameSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// errMalformed marks a frame that was read completely or partly but cannot be
+// a valid request (bad length prefix, too large, undecodable). The
+// connection is dropped because the stream can no longer be resynchronised.
+var errMalformed = errors.New("malformed frame")
+
+// Run serves one validator until ctx is done (or, with Reconnect false, until
+// the first connection ends). It closes the live connection promptly when ctx
+// is cancelled. It returns nil on ctx cancellation; otherwise it returns an
+// error for an invalid Validator, or, with Reconnect false, the error that
+// ended the single dial attempt or connection.
+func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
+	o := opts.withDefaults()
+	if h == nil {
+		return errors.New("transport: nil Handler")
+	}
+	schemeName, hostport, err := ParseAddr(v.Addr)
+	if err != nil {
+		return err
+	}
+	sch := schemes[schemeName]
+	if err := sch.checkIdentity(v.Identity); err != nil {
+		return err
+	}
+
+	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
+	setState := func(s string) {
+		if o.OnState != nil {
+			o.OnState(v, s)
+		}
+	}
+	b := newBackoff(o.BackoffMin, o.BackoffMax)
+	failures := 0
+	notAllowedLogged := false
+
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if o.Allowed != nil && !o.Allowed() {
+			if !notAllowedLogged {
+				log.Debug("transport: dialling not allowed, waiting")
+				notAllowedLogged = true
+			}
+			// Not advancing the schedule: once allowed (e.g. just became
+			// leader) we want to dial within one short step, not after a
+			// backoff inflated by the time spent waiting.
+			if !sleep(ctx, b.jitter(o.BackoffMin)) {
+				return nil
+			}
+			continue
+		}
+		notAllowedLogged = false
+
+		setState(StateConnecting)
+		conn, err := sch.dial(ctx, hostport, v.Identity, o.DialTimeout)
+		if err != nil {
+			setState(StateDisconnected)
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			var he *handshakeError
+			switch {
+			case errors.As(err, &he):
+				log.Warn("transport: handshake failed", "err", err, "failures", failures)
+			case failures == 1 || failures%connectFailureLogEvery == 0:
+				log.Warn("transport: connect failed", "err", err, "failures", failures)
+			default:
+				log.Debug("transport: connect failed", "err", err, "failures", failures)
+			}
+			if !v.Reconnect {
+				return err
+			}
+			if !sleep(ctx, b.next()) {
+				return nil
+			}
+			continue
+		}
+
+		setState(StateConnected)
+		log.Info("transport: connected", "after_failures", failures)
+		served, err := serveConn(ctx, conn, v.ChainID, h, o)
+		setState(StateDisconnected)
+		if ctx.Err() != nil {
+			log.Info("transport: disconnected", "reason", "context done", "served", served)
+			return nil
+		}
+		if errors.Is(err, errMalformed) {
+			log.Warn("transport: dropping connection", "err", err, "served", served)
+		} else {
+			log.Info("transport: disconnected", "err", err, "served", served)
+		}
+		if !v.Reconnect {
+			return fmt.Errorf("transport: connection to %s ended: %w", v.Addr, err)
+		}
+		// A connection that never completed a request is as bad as a failed
+		// dial: e.g. a peer that accepts and closes at once must not make us
+		// redial at full speed.
+		if served > 0 {
+			failures = 0
+			b.reset()
+		} else {
+			failures++
+		}
+		if !sleep(ctx, b.next()) {
+			return nil
+		}
+	}
+}
+
+// serveConn runs the request/response loop on conn until it fails or ctx is
+// done, and always closes conn. It returns the number of requests answered.
+func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o Options) (served int, err error) {
+	// Closing from ctx is the only way to interrupt a Read that is blocked
+	// waiting for the node's next request.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer func() {
+		stop()
+		_ = conn.Close()
+	}()
+
+	rr := &recordingReader{r: conn}
+	r := protoio.NewDelimitedReader(rr, o.MaxFrameSize)
+	w := protoio.NewDelimitedWriter(conn)
+
+	for {
+		if err := conn.SetReadDeadline(time.Now().Add(o.ReadTimeout)); err != nil {
+			return served, fmt.Errorf("transport: set read deadline: %w", err)
+		}
+		var req privvalproto.Message
+		rr.err = nil
+		if _, err := r.ReadMsg(&req); err != nil {
+			if rr.err != nil {
+				return served, fmt.Errorf("transport: read request: %w", err)
+			}
+			// The reader itself did not fail, so the error came from length
+			// validation or decoding.
+			return served, fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
+		}
+
+		resp := h.Handle(ctx, chainID, req)
+		if ctx.Err() != nil {
+			// Leadership may be gone: do not hand out a response, even one the
+			// handler produced just before cancellation.
+			return served, ctx.Err()
+		}
+
+		if err := conn.SetWriteDeadline(time.Now().Add(o.WriteTimeout)); err != nil {
+			return served, fmt.Errorf("transport: set write deadline: %w", err)
+		}
+		if _, err := w.WriteMsg(&resp); err != nil {
+			return served, fmt.Errorf("transport: write response: %w", err)
+		}
+		served++
+	}
+}
+
+// recordingReader remembers the last error of the underlying reader so that
+// I/O failures (EOF, timeout, closed) can be told apart from malformed frames.
+type recordingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (rr *recordingReader) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil {
+		rr.err = err
+	}
+	return n, err
+}
+
+// sleep waits for d or until ctx is done; it reports whether the full
+// duration elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
