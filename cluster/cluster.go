@@ -49,6 +49,10 @@ type Config struct {
 	// Transport replaces the TCP transport; tests use raft's in-memory one
 	// to cut links between nodes.
 	Transport raft.Transport
+
+	// WrapFSM, if set, wraps the state machine raft applies to; tests use
+	// it to check every apply from outside.
+	WrapFSM func(raft.FSM) raft.FSM
 }
 
 func (c *Config) setDefaults() {
@@ -243,7 +247,11 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
 		notifyCh: make(chan bool, 16), done: make(chan struct{})}
 	rc.NotifyCh = n.notifyCh
-	r, err := raft.NewRaft(rc, f, st.bolt, st.bolt, st.snaps, trans)
+	var rf raft.FSM = f
+	if cfg.WrapFSM != nil {
+		rf = cfg.WrapFSM(f)
+	}
+	r, err := raft.NewRaft(rc, rf, st.bolt, st.bolt, st.snaps, trans)
 	if err != nil {
 		st.bolt.Close()
 		if c, ok := trans.(io.Closer); ok && cfg.Transport == nil {
