@@ -224,7 +224,10 @@ func newTestCluster(t *testing.T, h *history) *testCluster {
 
 type testWriter struct{ t *testing.T }
 
-func (w *testWriter) Write(p []byte) (int, error) { w.t.Log(string(bytes.TrimSpace(p))); return len(p), nil }
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
 
 // validatorSim plays one CometBFT node driving consensus for a chain. Two
 // of them per chain share the key, as a primary and a misconfigured backup
@@ -301,14 +304,18 @@ func TestChaosInvariants(t *testing.T) {
 						} else {
 							target = c.leader()
 						}
+						var sgn *signer.Signer
+						var wasLeader bool
+						if target != nil && target.up {
+							sgn, wasLeader = target.signer, target.node.IsLeader()
+						}
 						c.mu.Unlock()
-						if target == nil || !target.up {
+						if sgn == nil {
 							time.Sleep(5 * time.Millisecond)
 							continue
 						}
-						wasLeader := target.node.IsLeader()
 						sent.Add(1)
-						resp := target.signer.Handle(ctx, sim.chain, req)
+						resp := sgn.Handle(ctx, sim.chain, req)
 						if respErr(resp) == nil {
 							answered.Add(1)
 						} else if !wasLeader {

@@ -246,6 +246,11 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 			// handler produced just before cancellation.
 			return served, ctx.Err()
 		}
+		if resp.Sum == nil {
+			// The handler had no answer for this message (not a request a
+			// node sends): the peer is confused, start over.
+			return served, fmt.Errorf("transport: %w: no answer for %T", errMalformed, req.Sum)
+		}
 
 		if err := conn.SetWriteDeadline(time.Now().Add(o.WriteTimeout)); err != nil {
 			return served, fmt.Errorf("transport: set write deadline: %w", err)

@@ -131,10 +131,27 @@ func startNode(t *testing.T, hostport string) *testNode {
 	return &testNode{endpoint: ep, client: client, addr: ln.Addr().String()}
 }
 
-// runResult runs Run in the background and returns a channel with its result.
-func startRun(ctx context.Context, v Validator, h Handler, o Options) <-chan error {
+// startRun runs Run in the background and returns a channel with its result.
+// Logs go to the test's output unless the test captures them itself.
+func startRun(t *testing.T, ctx context.Context, v Validator, h Handler, o Options) <-chan error {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, v, h, o) }()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- Run(ctx, v, h, o)
+	}()
+	// Logging to t.Output after the test ends panics, so even a failing test
+	// waits for Run (its deferred cancel has run by then).
+	t.Cleanup(func() {
+		select {
+		case <-finished:
+		case <-time.After(5 * time.Second):
+			t.Errorf("Run still running after the test ended")
+		}
+	})
 	return done
 }
 
@@ -212,7 +229,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func testLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+func testLogger() (*slog.Logger, *syncBuffer) {
 	buf := &syncBuffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
@@ -224,11 +241,11 @@ func testValidator(addr string) Validator {
 func TestServesRealSignerClient(t *testing.T) {
 	node := startNode(t, "127.0.0.1:0")
 	h := newFakeHandler()
-	logger, logs := testLogger(t)
+	logger, logs := testLogger()
 	v := testValidator(node.addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := startRun(ctx, v, h, Options{Logger: logger})
+	done := startRun(t, ctx, v, h, Options{Logger: logger})
 
 	pk, err := node.client.GetPubKey()
 	if err != nil {
@@ -292,7 +309,7 @@ func TestRedialsAfterNodeRestart(t *testing.T) {
 	states := newStateRecorder()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := startRun(ctx, testValidator(node1.addr), h, Options{OnState: states.record})
+	done := startRun(t, ctx, testValidator(node1.addr), h, Options{OnState: states.record})
 
 	if _, err := node1.client.GetPubKey(); err != nil {
 		t.Fatalf("GetPubKey on first node: %v", err)
@@ -411,16 +428,17 @@ func TestHandshakeFailureClosesConnection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			rl := startRawListener(t, tc.behave)
-			logger, logs := testLogger(t)
+			logger, logs := testLogger()
 			states := newStateRecorder()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			done := startRun(ctx, testValidator(rl.addr()), newFakeHandler(),
+			done := startRun(t, ctx, testValidator(rl.addr()), newFakeHandler(),
 				Options{DialTimeout: 300 * time.Millisecond, Logger: logger, OnState: states.record})
 
 			const window = 2 * time.Second
 			time.Sleep(window)
 			n := rl.accepted.Load()
+			t.Logf("%d connections in %v", n, window)
 			// Default schedule: 0, ~0.2, ~0.6, ~1.4 s (+ handshake time).
 			// A busy loop would produce hundreds.
 			if n < 2 || n > 8 {
@@ -489,12 +507,12 @@ func expectClosedByDialer(t *testing.T, c net.Conn) {
 
 func TestMalformedFrameDropsAndRedials(t *testing.T) {
 	tl := nodeSideListener(t)
-	logger, logs := testLogger(t)
+	logger, logs := testLogger()
 	states := newStateRecorder()
 	h := newFakeHandler()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := startRun(ctx, testValidator(tl.Addr().String()), h, Options{Logger: logger, OnState: states.record})
+	done := startRun(t, ctx, testValidator(tl.Addr().String()), h, Options{Logger: logger, OnState: states.record})
 
 	frames := []struct {
 		name string
@@ -561,7 +579,7 @@ func TestCancelIsPrompt(t *testing.T) {
 		states := newStateRecorder()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		done := startRun(ctx, testValidator(tl.Addr().String()), newFakeHandler(), Options{OnState: states.record})
+		done := startRun(t, ctx, testValidator(tl.Addr().String()), newFakeHandler(), Options{OnState: states.record})
 		c, err := tl.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -584,7 +602,7 @@ func TestCancelIsPrompt(t *testing.T) {
 		rl := startRawListener(t, func(net.Conn) bool { return true })
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		done := startRun(ctx, testValidator(rl.addr()), newFakeHandler(), Options{DialTimeout: 10 * time.Second})
+		done := startRun(t, ctx, testValidator(rl.addr()), newFakeHandler(), Options{DialTimeout: 10 * time.Second})
 		waitUntil(t, 2*time.Second, func() bool { return rl.accepted.Load() == 1 }, "a connection")
 		time.Sleep(100 * time.Millisecond)
 		cancel()
@@ -601,7 +619,7 @@ func TestCancelIsPrompt(t *testing.T) {
 		h.block = make(chan error, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		done := startRun(ctx, testValidator(tl.Addr().String()), h, Options{})
+		done := startRun(t, ctx, testValidator(tl.Addr().String()), h, Options{})
 		c, err := tl.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -643,7 +661,7 @@ func TestCancelIsPrompt(t *testing.T) {
 		states := newStateRecorder()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		done := startRun(ctx, testValidator(addr), newFakeHandler(),
+		done := startRun(t, ctx, testValidator(addr), newFakeHandler(),
 			Options{BackoffMin: 10 * time.Second, BackoffMax: 10 * time.Second, OnState: states.record})
 		states.waitFor(t, StateDisconnected, 2*time.Second)
 		cancel()
@@ -659,7 +677,7 @@ func TestAllowedFalsePreventsDial(t *testing.T) {
 	var asked atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := startRun(ctx, testValidator(rl.addr()), newFakeHandler(), Options{
+	done := startRun(t, ctx, testValidator(rl.addr()), newFakeHandler(), Options{
 		Allowed: func() bool { asked.Add(1); return allowed.Load() },
 	})
 
@@ -688,7 +706,7 @@ func TestNoReconnect(t *testing.T) {
 		states := newStateRecorder()
 		v := testValidator(node.addr)
 		v.Reconnect = false
-		done := startRun(context.Background(), v, newFakeHandler(), Options{OnState: states.record})
+		done := startRun(t, context.Background(), v, newFakeHandler(), Options{OnState: states.record})
 		if _, err := node.client.GetPubKey(); err != nil {
 			t.Fatalf("GetPubKey: %v", err)
 		}
@@ -713,7 +731,7 @@ func TestNoReconnect(t *testing.T) {
 		_ = ln.Close()
 		v := testValidator(addr)
 		v.Reconnect = false
-		err = waitRun(t, startRun(context.Background(), v, newFakeHandler(), Options{}), 2*time.Second)
+		err = waitRun(t, startRun(t, context.Background(), v, newFakeHandler(), Options{}), 2*time.Second)
 		if err == nil || !strings.Contains(err.Error(), "transport: dial "+addr) {
 			t.Fatalf("Run returned %v, want a dial error", err)
 		}
@@ -736,7 +754,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	}
 	for _, c := range cases {
 		c.v.Reconnect = true
-		err := waitRun(t, startRun(context.Background(), c.v, c.h, Options{}), time.Second)
+		err := waitRun(t, startRun(t, context.Background(), c.v, c.h, Options{}), time.Second)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: Run returned %v, want error mentioning %q", c.name, err, c.want)
 		}
