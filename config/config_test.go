@@ -1,0 +1,134 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const clusterBlock = `
+cluster:
+  node_id: node1
+  raft_addr: 127.0.0.1:7001
+  api_addr: 127.0.0.1:7101
+`
+
+// The examples of the cosmos/kms README, unchanged but for the cluster block.
+const singleChain = `
+chains:
+  - id: cosmoshub-4
+    # state_file defaults to <home>/state/cosmoshub-4.json when omitted
+validators:
+  - chain_id: cosmoshub-4
+    addr: tcp://10.0.0.1:26659
+    identity_key: identity.json # relative to --home
+keys:
+  - chain_ids: [cosmoshub-4]
+    backend: file
+    key_file: /secrets/priv_validator_key.json
+` + clusterBlock
+
+const multiChain = `
+chains:
+  - id: cosmoshub-4
+  - id: osmosis-1
+validators:
+  - chain_id: cosmoshub-4
+    addr: tcp://10.0.0.1:26659
+    identity_key: identity.json
+  - chain_id: osmosis-1
+    addr: tcp://10.0.0.2:26659
+    identity_key: identity.json
+keys:
+  - chain_ids: [cosmoshub-4]
+    backend: file
+    key_file: /secrets/cosmoshub_priv_validator_key.json
+  - chain_ids: [osmosis-1]
+    backend: file
+    key_file: /secrets/osmosis_priv_validator_key.json
+` + clusterBlock
+
+func TestCosmosKMSExamplesLoad(t *testing.T) {
+	home := t.TempDir()
+	c, err := Parse([]byte(singleChain), home)
+	if err != nil {
+		t.Fatalf("single-chain example: %v", err)
+	}
+	if c.Validators[0].IdentityKey != filepath.Join(home, "identity.json") {
+		t.Fatalf("identity_key not resolved against home: %s", c.Validators[0].IdentityKey)
+	}
+	if !c.Validators[0].ShouldReconnect() || c.Keys[0].Algorithm != "ed25519" {
+		t.Fatal("defaults: reconnect true, algorithm ed25519")
+	}
+	if c.Cluster.DataDir != filepath.Join(home, "raft") || c.Cluster.AdvertiseAddr != "127.0.0.1:7001" {
+		t.Fatalf("cluster defaults: %+v", c.Cluster)
+	}
+	if c.Cluster.HeartbeatTimeout != DefaultHeartbeatTimeout || c.Cluster.ApplyTimeout != 2*time.Second {
+		t.Fatal("raft timeouts do not default to the LAN values")
+	}
+	c, err = Parse([]byte(multiChain), home)
+	if err != nil {
+		t.Fatalf("multi-chain example: %v", err)
+	}
+	if len(c.Chains) != 2 || len(c.Keys) != 2 {
+		t.Fatal("multi-chain example lost entries")
+	}
+}
+
+func TestTemplateLoads(t *testing.T) {
+	if _, err := Parse(Template(TemplateParams{NodeID: "n1", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}), t.TempDir()); err != nil {
+		t.Fatalf("the init template does not load: %v", err)
+	}
+}
+
+func TestValidationNamesTheField(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"no cluster", strings.Replace(singleChain, clusterBlock, "", 1), "cluster.node_id: is required"},
+		{"bad node id", strings.Replace(singleChain, "node_id: node1", "node_id: 'a b'", 1), "cluster.node_id"},
+		{"unspecified advertise", strings.Replace(singleChain, "raft_addr: 127.0.0.1:7001", "raft_addr: 0.0.0.0:7001", 1), "cluster.advertise_addr"},
+		{"unknown chain", strings.Replace(singleChain, "- chain_id: cosmoshub-4", "- chain_id: nope", 1), "validators[0].chain_id: \"nope\" is not declared"},
+		{"bad scheme", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "http://10.0.0.1:26659", 1), "validators[0].addr"},
+		{"no port", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "tcp://10.0.0.1", 1), "validators[0].addr"},
+		{"two keys", multiChain + "", ""},
+		{"missing key", strings.Replace(singleChain, "chain_ids: [cosmoshub-4]", "chain_ids: []", 1), "chain \"cosmoshub-4\" has no key"},
+		{"unknown backend", strings.Replace(singleChain, "backend: file", "backend: vault", 1), "keys[0].backend"},
+		{"typo", strings.Replace(singleChain, "key_file:", "keyfile:", 1), "field keyfile not found"},
+		{"apply timeout", singleChain + "  apply_timeout: 6s\n", "cluster.apply_timeout"},
+		{"lease", singleChain + "  leader_lease_timeout: 2s\n", "cluster.leader_lease_timeout"},
+		{"grpc", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n", "grpc:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), t.TempDir())
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	dup := strings.Replace(multiChain, "chain_ids: [osmosis-1]", "chain_ids: [cosmoshub-4, osmosis-1]", 1)
+	if _, err := Parse([]byte(dup), t.TempDir()); err == nil || !strings.Contains(err.Error(), "already has a key") {
+		t.Fatalf("two keys for one chain: %v", err)
+	}
+}
+
+func TestLoadMissingFileSaysWhatToDo(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope"))
+	if err == nil || !strings.Contains(err.Error(), "kms-ha init") {
+		t.Fatalf("got %v", err)
+	}
+	home := t.TempDir()
+	os.WriteFile(filepath.Join(home, FileName), []byte("chains: [\n"), 0o600)
+	if _, err := Load(home); err == nil || !strings.Contains(err.Error(), "kms.yaml") {
+		t.Fatalf("corrupt file: %v", err)
+	}
+}
