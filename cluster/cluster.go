@@ -209,6 +209,8 @@ type Node struct {
 
 	notifyCh chan bool
 	done     chan struct{}
+	closing  sync.Once
+	closeErr error
 	wg       sync.WaitGroup
 
 	mu       sync.Mutex
@@ -430,6 +432,11 @@ func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
 // Shutdown stops raft and closes the stores. On the leader, call
 // TransferLeadership first to hand over without an election timeout.
 func (n *Node) Shutdown() error {
+	n.closing.Do(func() { n.closeErr = n.shutdown() })
+	return n.closeErr
+}
+
+func (n *Node) shutdown() error {
 	close(n.done)
 	n.wg.Wait()
 	err := n.raft.Shutdown().Error()

@@ -1,0 +1,54 @@
+# kms-ha: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL   := /bin/bash
+GO      ?= go
+BUILD   := build
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build cometbft demo test unit e2e race vet fmt bench proto clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BUILD)/kms-ha ./cmd/kms-ha
+
+# The CometBFT node used by the demo and the end-to-end tests, pinned in go.mod.
+cometbft:
+	$(GO) build -o $(BUILD)/cometbft github.com/cometbft/cometbft/cmd/cometbft
+
+# A local 3-node cluster signing for a real one-validator chain, with a
+# leader failover. Ctrl-C stops and cleans up everything.
+demo:
+	$(GO) run ./e2e/cmd/demo $(DEMO_FLAGS)
+
+# The whole suite: unit and in-process cluster tests with the race detector,
+# then the end-to-end tests against a real cometbft node.
+test: vet unit e2e
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+e2e:
+	@mkdir -p $(BUILD)
+	$(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/ 2>&1 | tee $(BUILD)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|e2e_test.go' ; exit $${PIPESTATUS[0]}
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./signer/
+
+# Regenerate gRPC code (needs protoc; the generated files are committed).
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I grpcapi/proto \
+	  --go_out=. --go_opt=module=github.com/kms-ha/kms-ha \
+	  --go-grpc_out=. --go-grpc_opt=module=github.com/kms-ha/kms-ha \
+	  grpcapi/proto/kmsha/cluster/v1/cluster.proto
+
+clean:
+	rm -rf $(BUILD)
