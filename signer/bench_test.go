@@ -1,0 +1,104 @@
+package signer_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cometbft/cometbft/crypto/ed25519"
+	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+	cmtproto "github.com/cometbft/cometbft/proto/tendermint/types"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/keys"
+	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/signer"
+)
+
+// benchCluster starts n raft nodes on loopback TCP with bolt stores on disk
+// (fsync on), as in production, and returns the leader's signer.
+func benchCluster(b *testing.B, n int) (*signer.Signer, func()) {
+	b.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dir := b.TempDir()
+	var cfgs []cluster.Config
+	var servers []cluster.Server
+	for i := 0; i < n; i++ {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		c := cluster.Config{NodeID: fmt.Sprintf("b%d", i), DataDir: filepath.Join(dir, fmt.Sprint(i)), BindAddr: addr, Logger: log}
+		cfgs = append(cfgs, c)
+		servers = append(servers, cluster.Server{ID: c.NodeID, Address: addr})
+	}
+	var nodes []*cluster.Node
+	for _, c := range cfgs {
+		if err := cluster.Bootstrap(c, servers); err != nil {
+			b.Fatal(err)
+		}
+		nd, err := cluster.Open(c, fsm.New())
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, nd)
+	}
+	var leader *cluster.Node
+	for deadline := time.Now().Add(10 * time.Second); leader == nil && time.Now().Before(deadline); {
+		for _, nd := range nodes {
+			if nd.IsLeader() && nd.Raft().Barrier(time.Second).Error() == nil {
+				leader = nd
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if leader == nil {
+		b.Fatal("no leader")
+	}
+	s, err := signer.New(signer.Config{Reserver: leader, State: leader.FSM(), Logger: log,
+		Keys: map[string]keys.Signer{"bench": file.New(ed25519.GenPrivKey())}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, func() {
+		for _, nd := range nodes {
+			nd.Shutdown()
+		}
+	}
+}
+
+// BenchmarkSignLatency measures one prevote from request to signed
+// response through a 1-node cluster (the baseline: the key plus one local
+// fsync) and a 3-node cluster (plus a round trip and a follower fsync), in
+// the same run. Compare the p50/p99 metrics; the ratio is the price of HA.
+func BenchmarkSignLatency(b *testing.B) {
+	for _, n := range []int{1, 3} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			s, stop := benchCluster(b, n)
+			defer stop()
+			ctx := context.Background()
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				req := voteReq("bench", &cmtproto.Vote{Type: cmtproto.PrevoteType, Height: int64(i + 1),
+					BlockID: bid(1), Timestamp: ts})
+				start := time.Now()
+				resp := s.Handle(ctx, "bench", req)
+				lat = append(lat, time.Since(start))
+				if e := resp.Sum.(*privvalproto.Message_SignedVoteResponse).SignedVoteResponse.Error; e != nil {
+					b.Fatal(e.Description)
+				}
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
