@@ -1,0 +1,105 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kms-ha-cli")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "kms-ha")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range []string{"init", "bootstrap", "start", "join", "status", "version"} {
+		out, _, code := run(t, c, "--help")
+		if code != 0 || !strings.Contains(out, "kms-ha "+c) {
+			t.Errorf("%s --help: exit %d, output %q", c, code, out)
+		}
+	}
+}
+
+func TestUsageErrorsAreOneLine(t *testing.T) {
+	cases := [][]string{
+		{"status", "--bogus"},
+		{"status"},
+		{"join", "--home", "x"},
+		{"init", "--home", t.TempDir()},
+		{"start", "--home", filepath.Join(t.TempDir(), "missing")},
+		{"bootstrap", "--home", t.TempDir(), "--peers", "garbage"},
+	}
+	for _, args := range cases {
+		stdout, stderr, code := run(t, args...)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code == 0 || len(lines) != 1 || lines[0] == "" || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want one error line and a non-zero exit", args, code, stdout, stderr)
+		}
+	}
+}
+
+func TestInitWritesFilesAndRefusesToOverwrite(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "h")
+	if _, stderr, code := run(t, "init", "--home", home, "--node-id", "n1"); code != 0 {
+		t.Fatalf("init: %s", stderr)
+	}
+	for _, f := range []string{"kms.yaml", "identity.json"} {
+		st, err := os.Stat(filepath.Join(home, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s is readable by others: %v", f, st.Mode())
+		}
+	}
+	before, _ := os.ReadFile(filepath.Join(home, "identity.json"))
+	_, stderr, code := run(t, "init", "--home", home, "--node-id", "n1")
+	after, _ := os.ReadFile(filepath.Join(home, "identity.json"))
+	if code == 0 || !strings.Contains(stderr, "refusing to overwrite") || string(before) != string(after) {
+		t.Fatalf("second init: exit %d, %q", code, stderr)
+	}
+	// bootstrap once, then refuse.
+	if _, stderr, code := run(t, "bootstrap", "--home", home); code != 0 {
+		t.Fatalf("bootstrap: %s", stderr)
+	}
+	if _, stderr, code := run(t, "bootstrap", "--home", home); code == 0 || !strings.Contains(stderr, "already holds raft state") {
+		t.Fatalf("second bootstrap: exit %d, %q", code, stderr)
+	}
+}
+
+func TestInvalidConfigNamesTheField(t *testing.T) {
+	home := t.TempDir()
+	os.WriteFile(filepath.Join(home, "kms.yaml"), []byte("cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:1\n  api_addr: nope\n"), 0o600)
+	_, stderr, code := run(t, "start", "--home", home)
+	if code == 0 || !strings.Contains(stderr, "cluster.api_addr") {
+		t.Fatalf("exit %d, %q", code, stderr)
+	}
+}
