@@ -277,6 +277,7 @@ func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration, except 
 func (c *Cluster) WaitCaughtUp(ctx context.Context, n *KMSNode, timeout time.Duration, maxLag uint64) (fol, lead *Status, err error) {
 	deadline := time.Now().Add(timeout)
 	why := ""
+	lastNote := time.Now()
 	for {
 		if !n.Proc.Running() {
 			return nil, nil, fmt.Errorf("%s exited (%v); end of its log:\n%s", n.ID, n.Proc.ExitErr(), c.LogTail(n.Proc.LogPath, 30))
@@ -296,10 +297,16 @@ func (c *Cluster) WaitCaughtUp(ctx context.Context, n *KMSNode, timeout time.Dur
 			why = fmt.Sprintf("%s follows %q, leader is %s", n.ID, fs.LeaderID, ln.ID)
 		case selfRole(fs) != "follower":
 			why = fmt.Sprintf("%s reports role %q", n.ID, selfRole(fs))
-		case fs.AppliedIndex+maxLag < ls.CommitIndex:
+		case fs.AppliedIndex == 0 || fs.AppliedIndex+maxLag < ls.CommitIndex:
 			why = fmt.Sprintf("%s applied %d, leader committed %d", n.ID, fs.AppliedIndex, ls.CommitIndex)
 		default:
 			return fs, ls, nil
+		}
+		// Catching up normally takes about one block; say why it takes
+		// longer, for whoever is watching.
+		if time.Since(lastNote) > 5*time.Second {
+			c.logf("%s: not caught up yet: %s", n.ID, why)
+			lastNote = time.Now()
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("%s did not catch up as a follower within %s: %s", n.ID, timeout, why)

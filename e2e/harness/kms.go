@@ -128,7 +128,7 @@ func (n *KMSNode) Bootstrap(ctx context.Context) error {
 
 // Join asks the member serving clusterAPI to add this node as a voter.
 func (n *KMSNode) Join(ctx context.Context, clusterAPI string) error {
-	_, err := n.run(ctx, 15*time.Second, "join", "--home", n.Home, "--cluster", clusterAPI)
+	_, err := n.run(ctx, 20*time.Second, "join", "--home", n.Home, "--cluster", clusterAPI)
 	return err
 }
 
