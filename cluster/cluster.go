@@ -320,13 +320,21 @@ func (n *Node) startLeading() {
 		start := time.Now()
 		// Barrier commits a no-op of this term and waits until the FSM has
 		// applied everything before it: only then does the local state
-		// hold every watermark the previous leader committed.
-		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
-			n.log.Warn("leadership: barrier failed; not serving validators this term", "err", err)
-			return
-		}
-		if ctx.Err() != nil {
-			return
+		// hold every watermark the previous leader committed. A barrier
+		// that times out (a slow quorum) is retried for as long as this
+		// node leads: giving up would leave a leader that never signs.
+		for {
+			err := n.raft.Barrier(n.cfg.ApplyTimeout).Error()
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				break
+			}
+			n.log.Warn("leadership: barrier not committed yet; not serving validators until it is", "err", err)
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+				return
+			}
 		}
 		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
 		var wg sync.WaitGroup

@@ -128,12 +128,18 @@ func New(c *config.Config, log *slog.Logger) (n *Node, err error) {
 // lead runs for one term of leadership: it records this node's API address
 // for followers to forward to, then serves every validator until ctx ends.
 func (n *Node) lead(ctx context.Context) {
-	if n.cluster.FSM().MemberAPIAddr(n.cfg.Cluster.NodeID) != n.cfg.Cluster.APIAddr {
-		if err := n.cluster.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr); err != nil {
-			n.log.Warn("could not record this node's api address", "err", err)
-		}
-	}
 	var wg sync.WaitGroup
+	if n.cluster.FSM().MemberAPIAddr(n.cfg.Cluster.NodeID) != n.cfg.Cluster.APIAddr {
+		// Concurrently with the dials: a failover should cost the election
+		// and one dial, not an extra commit.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.cluster.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr); err != nil {
+				n.log.Warn("could not record this node's api address", "err", err)
+			}
+		}()
+	}
 	for _, v := range n.validators {
 		wg.Add(1)
 		go func() {
