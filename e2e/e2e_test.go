@@ -1,7 +1,9 @@
 //go:build e2e
 
-// The end-to-end test runs real processes: three kms-ha nodes and one
-// cometbft v0.40 validator, all on loopback. Run it with
+// The end-to-end tests run real processes: three kms-ha nodes and one
+// cometbft v0.40 validator (TestFailover), or two validators of two chains
+// signed for by the same cluster (TestMultiChain), all on loopback. Run them
+// with
 //
 //	go test -tags e2e ./e2e/ -v -timeout 15m
 //
@@ -158,21 +160,11 @@ func TestFailover(t *testing.T) {
 	defer cancel()
 
 	dir := workDir(t)
-	c, err := harness.New(ctx, harness.Config{
-		Dir: dir, Bin: bins, Nodes: 3,
-		Logf: func(f string, a ...any) { t.Logf("%s  "+f, append([]any{time.Now().Format("15:04:05.000")}, a...)...) },
-	})
+	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			for _, p := range append(c.LogPaths(), c.Comet.Proc.LogPath) {
-				t.Logf("end of %s:\n%s", p, c.LogTail(p, 25))
-			}
-		}
-	})
+	closeOnCleanup(t, c)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +196,7 @@ func TestFailover(t *testing.T) {
 		if _, err := c.Comet.WaitHeight(ctx, target, stall); err != nil {
 			t.Fatalf("failover %d: chain did not go on under %s: %v", i, f.NewLeader, err)
 		}
-		if signer := waitPrecommitSigner(ctx, c, target); signer != f.NewLeader {
+		if signer := waitPrecommitSigner(ctx, c, c.Comet.ChainID, target); signer != f.NewLeader {
 			// Another failover in between would also explain this, but none
 			// is expected with two healthy nodes.
 			t.Fatalf("failover %d: height %d precommit signed by %q, want new leader %s", i, target, signer, f.NewLeader)
@@ -242,14 +234,39 @@ func TestFailover(t *testing.T) {
 	} else {
 		t.Logf("no evidence in blocks 1..%d", latest)
 	}
-	checkSignatures(t, c, latest, results)
+	scan := checkSafety(t, c)
+	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, len(results))
+	checkCommits(ctx, t, c.Comet, scan, latest)
 	report(t, results)
 }
 
-// checkSignatures applies the safety invariant to every signature in every
-// log, and checks that the logs really cover the chain, so that the
-// invariant cannot pass vacuously on missing or unparsable lines.
-func checkSignatures(t *testing.T, c *harness.Cluster, latest int64, results []*harness.Failover) {
+// logf timestamps the harness's progress messages in the test log.
+func logf(t *testing.T) func(string, ...any) {
+	return func(f string, a ...any) {
+		t.Logf("%s  "+f, append([]any{time.Now().Format("15:04:05.000")}, a...)...)
+	}
+}
+
+// closeOnCleanup stops every process of c after the test and, when it
+// failed, quotes the end of every log.
+func closeOnCleanup(t *testing.T, c *harness.Cluster) {
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			paths := c.LogPaths()
+			for _, n := range c.Comets {
+				paths = append(paths, n.Proc.LogPath)
+			}
+			for _, p := range paths {
+				t.Logf("end of %s:\n%s", p, c.LogTail(p, 25))
+			}
+		}
+	})
+}
+
+// checkSafety applies the safety invariant to every signature of every chain
+// in every log, and returns what the logs hold for the checks that follow.
+func checkSafety(t *testing.T, c *harness.Cluster) harness.Scan {
 	t.Helper()
 	scan, err := c.Scan()
 	if err != nil {
@@ -260,11 +277,21 @@ func checkSignatures(t *testing.T, c *harness.Cluster, latest int64, results []*
 	}
 	if err := harness.CheckNoDoubleSign(scan.Signed); err != nil {
 		t.Error(err)
+	} else {
+		t.Logf("safety: no (chain, height, round, step) signed twice with different bytes across %d signatures in %d logs",
+			len(scan.Signed), len(c.LogPaths()))
 	}
+	return scan
+}
+
+// checkPrecommitsLogged checks that the logs really cover the chain, so that
+// the safety invariant cannot pass vacuously on missing or unparsable lines.
+func checkPrecommitsLogged(t *testing.T, scan harness.Scan, chainID string, latest int64, failovers int) {
+	t.Helper()
 	var missing []string
 	signers := map[string]bool{}
 	for h := int64(1); h <= latest; h++ {
-		node, _, ok := harness.PrecommitSigner(scan.Signed, c.Comet.ChainID, h)
+		node, _, ok := harness.PrecommitSigner(scan.Signed, chainID, h)
 		if !ok {
 			missing = append(missing, fmt.Sprint(h))
 			continue
@@ -272,21 +299,56 @@ func checkSignatures(t *testing.T, c *harness.Cluster, latest int64, results []*
 		signers[node] = true
 	}
 	if len(missing) > 0 {
-		t.Errorf("committed heights without a logged precommit signature: %s", strings.Join(missing, " "))
+		t.Errorf("chain %s: committed heights without a logged precommit signature: %s", chainID, strings.Join(missing, " "))
 	}
-	if len(results) > 0 && len(signers) < 2 {
-		t.Errorf("after %d failovers only %v signed precommits", len(results), signers)
+	if failovers > 0 && len(signers) < 2 {
+		t.Errorf("chain %s: after %d failovers only %v signed precommits", chainID, failovers, signers)
 	}
-	t.Logf("safety: %s; no slot signed twice with different bytes", harness.Summary(scan.Signed))
+	t.Logf("chain %s: %s", chainID, harness.Summary(chainRecords(scan.Signed, chainID)))
+}
+
+// checkCommits reads every block's last_commit up to latest: the validator's
+// own precommit must be in each (a single-validator chain cannot commit
+// without it), its signature must verify under the validator's key, and the
+// audit log must hold the same sign bytes for that slot under this chain's
+// id.
+func checkCommits(ctx context.Context, t *testing.T, n *harness.CometNode, scan harness.Scan, latest int64) *harness.CommitReport {
+	t.Helper()
+	key, err := harness.LoadValidatorKey(n.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Block latest is the last one known to exist; its last_commit is the
+	// commit of latest-1.
+	rep, err := n.CheckCommits(ctx, key, 1, latest-1, scan.Signed)
+	if err != nil {
+		t.Fatalf("chain %s: reading commits: %v", n.ChainID, err)
+	}
+	if err := rep.Err(); err != nil {
+		t.Error(err)
+	}
+	t.Logf("chain %s: validator %X's precommit present and verified in %d of %d commits (heights %d..%d), missing from %d; %d not in the audit log, %d with other bytes there",
+		n.ChainID, key.Address, rep.Present, rep.To-rep.From+1, rep.From, rep.To, len(rep.Missing), len(rep.NotLogged), len(rep.LogMismatch))
+	return rep
+}
+
+func chainRecords(recs []harness.SignRecord, chainID string) []harness.SignRecord {
+	var out []harness.SignRecord
+	for _, r := range recs {
+		if r.Chain == chainID {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // waitPrecommitSigner waits briefly for the log line of height h, which the
 // signer may write just after cometbft commits the block.
-func waitPrecommitSigner(ctx context.Context, c *harness.Cluster, h int64) string {
+func waitPrecommitSigner(ctx context.Context, c *harness.Cluster, chainID string, h int64) string {
 	for deadline := time.Now().Add(3 * time.Second); ; {
 		scan, err := c.Scan()
 		if err == nil {
-			if node, _, ok := harness.PrecommitSigner(scan.Signed, c.Comet.ChainID, h); ok {
+			if node, _, ok := harness.PrecommitSigner(scan.Signed, chainID, h); ok {
 				return node
 			}
 		}

@@ -58,13 +58,15 @@ type Node struct {
 
 // New opens keys and identities, starts raft and the API listener. It does
 // not dial anything: that happens only while this node leads.
-func New(c *config.Config, log *slog.Logger) (n *Node, err error) {
-	n = &Node{cfg: c, log: log, keys: map[string]keys.Signer{}}
+func New(c *config.Config, log *slog.Logger) (*Node, error) {
+	n := &Node{cfg: c, log: log, keys: map[string]keys.Signer{}}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok {
 			n.closeKeys()
 		}
 	}()
+	var err error
 	for i, k := range c.Keys {
 		var s keys.Signer
 		switch k.Backend {
@@ -122,6 +124,7 @@ func New(c *config.Config, log *slog.Logger) (n *Node, err error) {
 	n.cluster.OnLeadership(n.lead)
 	n.api = grpc.NewServer()
 	grpcapi.NewClusterServer(n.cluster, log).Register(n.api)
+	ok = true
 	return n, nil
 }
 

@@ -119,7 +119,18 @@ func invalid(format string, args ...any) error {
 // Handle answers one privval request arriving on a connection configured
 // for connChainID. It never panics on bad input; every error is encoded in
 // the response so the connection stays up.
-func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalproto.Message) privvalproto.Message {
+func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalproto.Message) (resp privvalproto.Message) {
+	defer func() {
+		// A request that makes a library panic must not take the node down
+		// (the next leader would meet the same request). An empty answer
+		// makes the transport drop the connection; nothing was signed, as
+		// signatures are only placed into the reply at the very end.
+		if p := recover(); p != nil {
+			s.log.Error("panic while handling a privval request; dropping the connection",
+				"chain", connChainID, "type", fmt.Sprintf("%T", req.Sum), "panic", fmt.Sprint(p))
+			resp = privvalproto.Message{}
+		}
+	}()
 	switch r := req.Sum.(type) {
 	case *privvalproto.Message_PingRequest:
 		return wrap(&privvalproto.PingResponse{})
@@ -194,6 +205,10 @@ func (s *Signer) signVote(ctx context.Context, connChainID, reqChainID string, v
 	if vote.Height <= 0 || vote.Round < 0 {
 		return invalid("vote at invalid position %s", hrs)
 	}
+	// CometBFT's sign-bytes helpers panic on a malformed BlockID.
+	if _, err := types.BlockIDFromProto(&vote.BlockID); err != nil {
+		return invalid("vote at %s has an invalid block id: %v", hrs, err)
+	}
 	withExt := vote.Type == cmtproto.PrecommitType && !types.ProtoBlockIDIsNil(&vote.BlockID)
 	if !withExt && len(vote.Extension) > 0 {
 		return invalid("vote extension on a %s; extensions are only allowed in non-nil precommits", fsm.StepName(step))
@@ -234,6 +249,12 @@ func (s *Signer) signProposal(ctx context.Context, connChainID, reqChainID strin
 	hrs := fsm.HRS{Height: p.Height, Round: p.Round, Step: fsm.StepPropose}
 	if p.Type != cmtproto.ProposalType || p.Height <= 0 || p.Round < 0 {
 		return invalid("proposal of type %d at invalid position %s", p.Type, hrs)
+	}
+	if p.PolRound < -1 || p.PolRound >= p.Round && p.PolRound != -1 {
+		return invalid("proposal at %s has an invalid POL round %d", hrs, p.PolRound)
+	}
+	if bid, err := types.BlockIDFromProto(&p.BlockID); err != nil || !bid.IsComplete() {
+		return invalid("proposal at %s has an invalid block id", hrs)
 	}
 	signBytes := types.ProposalSignBytes(c.id, p)
 	return s.reserveAndSign(ctx, c, hrs, signBytes, func(d fsm.Decision, sig []byte) error {

@@ -330,3 +330,29 @@ func TestChainsSignConcurrently(t *testing.T) {
 }
 
 func applyLog(data []byte) *raft.Log { return &raft.Log{Type: raft.LogCommand, Data: data} }
+
+// TestMalformedBlockIDIsRefusedNotPanicking: CometBFT's sign-bytes helpers
+// panic on a malformed block id; a validator (or anyone on its port) must
+// not be able to crash the leader with one.
+func TestMalformedBlockIDIsRefusedNotPanicking(t *testing.T) {
+	s, r, k, _ := newUnit(t)
+	badVote := &cmtproto.Vote{Type: cmtproto.PrevoteType, Height: 1, Timestamp: ts,
+		BlockID: cmtproto.BlockID{Hash: []byte{1, 2, 3}}}
+	_, rerr := signedVote(t, s.Handle(context.Background(), chainID, voteReq(chainID, badVote)))
+	if rerr == nil || rerr.Code != signer.CodeInvalid {
+		t.Fatalf("malformed vote block id: %v", rerr)
+	}
+	for _, p := range []*cmtproto.Proposal{
+		{Type: cmtproto.ProposalType, Height: 1, PolRound: -1, Timestamp: ts, BlockID: cmtproto.BlockID{Hash: []byte{1}}},
+		{Type: cmtproto.ProposalType, Height: 1, PolRound: -1, Timestamp: ts},                           // nil block
+		{Type: cmtproto.ProposalType, Height: 1, Round: 1, PolRound: 3, Timestamp: ts, BlockID: bid(1)}, // POL after round
+	} {
+		msg := s.Handle(context.Background(), chainID, propReq(chainID, p))
+		if e := msg.GetSignedProposalResponse().GetError(); e == nil || e.Code != signer.CodeInvalid {
+			t.Fatalf("malformed proposal %+v: %v", p, e)
+		}
+	}
+	if r.calls != 0 || k.signs != 0 {
+		t.Fatal("a malformed request reached the cluster or the key")
+	}
+}

@@ -9,28 +9,39 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
-// Config describes a kms-ha cluster and the chain it signs for.
+// Config describes a kms-ha cluster and the chains it signs for.
 type Config struct {
 	// Dir holds every home directory and log; created if missing.
 	Dir   string
 	Bin   Binaries
 	Nodes int // default 3
+	// Comet shapes the one chain of a single-chain cluster.
 	Comet CometOptions
-	Raft  RaftTimings
+	// Chains, if set, replaces Comet: one single-validator chain per entry,
+	// each with its own key, all signed for by the same kms-ha cluster.
+	// Chain ids must differ; Name defaults to "cometbft-<chain id>".
+	Chains []CometOptions
+	Raft   RaftTimings
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
 }
 
-// Cluster is N kms-ha nodes plus the one cometbft validator they sign for.
+// Cluster is N kms-ha nodes plus the cometbft validators they sign for, one
+// per chain.
 type Cluster struct {
 	Dir    string
 	LogDir string
 	Bin    Binaries
 	Nodes  []*KMSNode
-	Comet  *CometNode
+	// Comets are the validators, one per chain, in Config order.
+	Comets []*CometNode
+	// Comet is Comets[0]: the chain of a single-chain cluster, and the one
+	// whose blocks time a failover's headline figures.
+	Comet *CometNode
 
 	logf func(format string, args ...any)
 }
@@ -41,7 +52,6 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = 3
 	}
-	cfg.Comet.defaults()
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -53,16 +63,40 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := os.MkdirAll(c.LogDir, 0o755); err != nil {
 		return nil, err
 	}
-	c.Comet, err = NewComet(ctx, cfg.Bin.CometBFT, dir, cfg.Comet)
-	if err != nil {
-		return nil, err
+	chainOpts := []CometOptions{cfg.Comet}
+	if len(cfg.Chains) > 0 {
+		if cfg.Comet != (CometOptions{}) {
+			return nil, errors.New("harness: set Config.Comet or Config.Chains, not both")
+		}
+		chainOpts = append([]CometOptions(nil), cfg.Chains...)
+		for i := range chainOpts {
+			if chainOpts[i].Name == "" && len(chainOpts) > 1 {
+				chainOpts[i].Name = "cometbft-" + chainOpts[i].ChainID
+			}
+		}
 	}
+	seenID, seenName := map[string]bool{}, map[string]bool{}
+	var chains []ChainConfig
+	for _, o := range chainOpts {
+		o.defaults()
+		if seenID[o.ChainID] || seenName[o.Name] {
+			return nil, fmt.Errorf("harness: two chains with chain id %q or name %q", o.ChainID, o.Name)
+		}
+		seenID[o.ChainID], seenName[o.Name] = true, true
+		n, err := NewComet(ctx, cfg.Bin.CometBFT, dir, o)
+		if err != nil {
+			return nil, err
+		}
+		c.logf("%s: validator home %s, chain %q, waits for its signer on %s, RPC on %s",
+			n.Name, n.Home, n.ChainID, n.PrivvalAddr, n.RPCAddr)
+		c.Comets = append(c.Comets, n)
+		chains = append(chains, n.ChainConfig())
+	}
+	c.Comet = c.Comets[0]
 	ports, err := FreePorts(2 * cfg.Nodes)
 	if err != nil {
 		return nil, err
 	}
-	c.logf("cometbft: validator home %s, chain %q, waits for its signer on %s, RPC on %s",
-		c.Comet.Home, c.Comet.ChainID, c.Comet.PrivvalAddr, c.Comet.RPCAddr)
 	for i := 0; i < cfg.Nodes; i++ {
 		id := fmt.Sprintf("node%d", i+1)
 		n := newKMSNode(cfg.Bin.KMSHA, id, filepath.Join(dir, id), filepath.Join(c.LogDir, id+".log"),
@@ -70,7 +104,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		if err := n.Init(ctx); err != nil {
 			return nil, err
 		}
-		if err := n.WriteConfig(c.Comet.ChainID, c.Comet.PrivvalAddr, c.Comet.KeyFile, cfg.Raft); err != nil {
+		if err := n.WriteConfig(chains, cfg.Raft); err != nil {
 			return nil, err
 		}
 		c.logf("%s: home %s, Raft on %s, cluster API on %s", id, n.Home, n.RaftAddr, n.APIAddr)
@@ -79,7 +113,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// Start forms the signer cluster, then starts the chain. The order matters:
+// Start forms the signer cluster, then starts the chains. The order matters:
 // cometbft gives up after waiting 3 s for a signer at startup.
 func (c *Cluster) Start(ctx context.Context) error {
 	if err := c.StartSigners(ctx); err != nil {
@@ -184,29 +218,36 @@ func (c *Cluster) waitStatus(ctx context.Context, n *KMSNode, timeout time.Durat
 	}
 }
 
-// StartChain starts cometbft and waits for its first block.
+// StartChain starts every chain's cometbft and waits for the first block of
+// each. All are started before any is waited for: the leader dials each
+// validator on its own schedule, and each must find its signer within 3 s.
 func (c *Cluster) StartChain(ctx context.Context) error {
-	if err := c.Comet.Proc.Start(); err != nil {
-		return err
-	}
-	c.logf("cometbft: started (pid %d), log %s", c.Comet.Proc.PID(), c.Comet.Proc.LogPath)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if !c.Comet.Proc.Running() {
-			return fmt.Errorf("cometbft exited (%v) before its first block; end of its log:\n%s",
-				c.Comet.Proc.ExitErr(), c.LogTail(c.Comet.Proc.LogPath, 30))
-		}
-		if h, err := c.Comet.Height(ctx); err == nil && h >= 1 {
-			c.logf("cometbft: first block committed")
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cometbft made no block within 60s; end of its log:\n%s", c.LogTail(c.Comet.Proc.LogPath, 30))
-		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+	for _, n := range c.Comets {
+		if err := n.Proc.Start(); err != nil {
 			return err
 		}
+		c.logf("%s: started (pid %d), log %s", n.Name, n.Proc.PID(), n.Proc.LogPath)
 	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, n := range c.Comets {
+		for {
+			if !n.Proc.Running() {
+				return fmt.Errorf("%s exited (%v) before its first block; end of its log:\n%s",
+					n.Name, n.Proc.ExitErr(), c.LogTail(n.Proc.LogPath, 30))
+			}
+			if h, err := n.Height(ctx); err == nil && h >= 1 {
+				c.logf("%s: first block of chain %q committed", n.Name, n.ChainID)
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s made no block within 60s; end of its log:\n%s", n.Name, c.LogTail(n.Proc.LogPath, 30))
+			}
+			if err := sleep(ctx, 100*time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Node returns the node with the given id, or nil.
@@ -325,7 +366,9 @@ func selfRole(s *Status) string {
 	return m.Role
 }
 
-// Failover is one measured leader crash.
+// Failover is one measured leader crash. Its top-level height and timing
+// fields are those of the first chain (Cluster.Comet); Chains has the same
+// figures for every chain, the first one included.
 type Failover struct {
 	Killed       string
 	NewLeader    string
@@ -342,6 +385,17 @@ type Failover struct {
 	// should be the new leader, otherwise the block was signed before the
 	// kill and NextBlock understates the failover.
 	NextSigner string
+	// Chains are the per-chain figures, in Cluster.Comets order.
+	Chains []ChainFailover
+}
+
+// ChainFailover is one chain's view of a leader crash.
+type ChainFailover struct {
+	ChainID      string
+	HeightAtKill int64
+	NextHeight   int64
+	NextBlock    time.Duration
+	NextSigner   string
 }
 
 // FailoverOptions tune KillLeader.
@@ -354,9 +408,12 @@ type FailoverOptions struct {
 }
 
 // KillLeader crashes the current leader with SIGKILL and measures how long
-// the chain takes to commit its next block. The kill is timed just after a
-// block commits, so that the next block needs signatures that the killed node
-// cannot have given; the measurement is then the full failover.
+// each chain takes to commit its next block. The kill is timed just after a
+// block of the first chain commits, so that its next block needs signatures
+// that the killed node cannot have given; the measurement is then the full
+// failover. The other chains are wherever they are at that moment: their
+// next block may already have been signed by the killed node, which their
+// NextSigner then shows.
 func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failover, error) {
 	if opt.Stall == 0 {
 		opt.Stall = 20 * time.Second
@@ -369,22 +426,47 @@ func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failove
 	if err != nil {
 		return nil, err
 	}
-	h0, err := c.waitHeightFast(ctx, h+1, opt.Stall)
+	h0, err := c.waitHeightFast(ctx, c.Comet, h+1, opt.Stall)
 	if err != nil {
 		return nil, fmt.Errorf("before killing %s: %w", leader.ID, err)
 	}
 	if opt.BeforeKill != nil {
 		opt.BeforeKill(leader, h0)
 	}
-	f := &Failover{Killed: leader.ID, HeightAtKill: h0, KilledAt: time.Now()}
+	f := &Failover{Killed: leader.ID, HeightAtKill: h0, Chains: make([]ChainFailover, len(c.Comets))}
+	for i, n := range c.Comets {
+		f.Chains[i] = ChainFailover{ChainID: n.ChainID, HeightAtKill: h0}
+		if i == 0 {
+			continue
+		}
+		if f.Chains[i].HeightAtKill, err = n.Height(ctx); err != nil {
+			return nil, fmt.Errorf("%s: before killing %s: %w", n.Name, leader.ID, err)
+		}
+	}
+	f.KilledAt = time.Now()
 	if err := leader.Proc.Kill(); err != nil {
 		return nil, err
 	}
-	h1, err := c.waitHeightFast(ctx, h0+1, opt.Stall)
-	if err != nil {
-		return f, fmt.Errorf("after killing leader %s at height %d: %w", leader.ID, h0, err)
+	errs := make([]error, len(c.Comets))
+	var wg sync.WaitGroup
+	for i, n := range c.Comets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cf := &f.Chains[i]
+			h1, err := c.waitHeightFast(ctx, n, cf.HeightAtKill+1, opt.Stall)
+			if err != nil {
+				errs[i] = fmt.Errorf("chain %s: after killing leader %s at height %d: %w", n.ChainID, leader.ID, cf.HeightAtKill, err)
+				return
+			}
+			cf.NextHeight, cf.NextBlock = h1, time.Since(f.KilledAt)
+		}()
 	}
-	f.NextHeight, f.NextBlock = h1, time.Since(f.KilledAt)
+	wg.Wait()
+	f.NextHeight, f.NextBlock = f.Chains[0].NextHeight, f.Chains[0].NextBlock
+	if err := errors.Join(errs...); err != nil {
+		return f, err
+	}
 	nl, _, err := c.WaitLeader(ctx, opt.Stall, leader.ID)
 	if err != nil {
 		return f, err
@@ -394,9 +476,15 @@ func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failove
 	// commits; give it a moment before concluding it is missing.
 	for deadline := time.Now().Add(2 * time.Second); ; {
 		scan, _ := ScanLogs(c.LogPaths()...)
-		if f.NextSigner == "" {
-			f.NextSigner, _, _ = PrecommitSigner(scan.Signed, c.Comet.ChainID, h0+1)
+		signersKnown := true
+		for i := range f.Chains {
+			cf := &f.Chains[i]
+			if cf.NextSigner == "" {
+				cf.NextSigner, _, _ = PrecommitSigner(scan.Signed, cf.ChainID, cf.HeightAtKill+1)
+			}
+			signersKnown = signersKnown && cf.NextSigner != ""
 		}
+		f.NextSigner = f.Chains[0].NextSigner
 		if f.Elected == 0 {
 			for _, e := range scan.Events {
 				if e.Msg == MsgBecameLeader && e.File == nl.Proc.LogPath && !e.Time.Before(f.KilledAt) {
@@ -405,7 +493,7 @@ func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failove
 				}
 			}
 		}
-		if (f.NextSigner != "" && f.Elected != 0) || time.Now().After(deadline) {
+		if (signersKnown && f.Elected != 0) || time.Now().After(deadline) {
 			break
 		}
 		if err := sleep(ctx, 100*time.Millisecond); err != nil {
@@ -417,17 +505,17 @@ func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failove
 
 // waitHeightFast polls more often than WaitHeight, because here the poll
 // interval is part of the measurement.
-func (c *Cluster) waitHeightFast(ctx context.Context, target int64, stall time.Duration) (int64, error) {
+func (c *Cluster) waitHeightFast(ctx context.Context, n *CometNode, target int64, stall time.Duration) (int64, error) {
 	start := time.Now()
 	for {
-		if h, err := c.Comet.Height(ctx); err == nil && h >= target {
+		if h, err := n.Height(ctx); err == nil && h >= target {
 			return h, nil
 		}
 		if time.Since(start) > stall {
 			return 0, fmt.Errorf("%w: height %d not reached within %s", ErrStalled, target, stall)
 		}
-		if !c.Comet.Proc.Running() {
-			return 0, fmt.Errorf("cometbft exited (%v); end of its log:\n%s", c.Comet.Proc.ExitErr(), c.LogTail(c.Comet.Proc.LogPath, 30))
+		if !n.Proc.Running() {
+			return 0, fmt.Errorf("%s exited (%v); end of its log:\n%s", n.Name, n.Proc.ExitErr(), c.LogTail(n.Proc.LogPath, 30))
 		}
 		if err := sleep(ctx, 10*time.Millisecond); err != nil {
 			return 0, err
@@ -453,11 +541,13 @@ func (c *Cluster) LogPaths() []string {
 // Scan parses every kms-ha log from the beginning.
 func (c *Cluster) Scan() (Scan, error) { return ScanLogs(c.LogPaths()...) }
 
-// Close SIGKILLs the chain first, so it stops asking for signatures, then
+// Close SIGKILLs the chains first, so they stop asking for signatures, then
 // every signer.
 func (c *Cluster) Close() {
-	if c.Comet != nil && c.Comet.Proc != nil {
-		_ = c.Comet.Proc.Kill()
+	for _, n := range c.Comets {
+		if n != nil && n.Proc != nil {
+			_ = n.Proc.Kill()
+		}
 	}
 	for _, n := range c.Nodes {
 		_ = n.Proc.Kill()

@@ -15,9 +15,13 @@ import (
 	"time"
 )
 
-// CometOptions shape the single-validator chain.
+// CometOptions shape a single-validator chain.
 type CometOptions struct {
 	ChainID string
+	// Name names the node's home (dir/Name), its log (dir/logs/Name.log)
+	// and its process; default "cometbft". Each chain of a cluster needs its
+	// own.
+	Name string
 	// Short timeouts keep the test fast and make a failover visible as a gap
 	// between blocks rather than drowning in the normal block interval.
 	TimeoutCommit  time.Duration // default 200ms
@@ -32,6 +36,9 @@ func (o *CometOptions) defaults() {
 	if o.ChainID == "" {
 		o.ChainID = "e2e-chain"
 	}
+	if o.Name == "" {
+		o.Name = "cometbft"
+	}
 	if o.TimeoutCommit == 0 {
 		o.TimeoutCommit = 200 * time.Millisecond
 	}
@@ -45,6 +52,7 @@ func (o *CometOptions) defaults() {
 
 // CometNode is one cometbft validator whose key lives in the kms-ha cluster.
 type CometNode struct {
+	Name        string // see CometOptions.Name
 	Home        string
 	ChainID     string
 	RPCAddr     string // host:port of the JSON-RPC server
@@ -58,13 +66,14 @@ type CometNode struct {
 	client *http.Client
 }
 
-// NewComet runs `cometbft init` in dir/cometbft and rewrites its
-// configuration for a loopback-only single-validator chain that uses a remote
-// signer. Its log goes to dir/logs/cometbft.log. Nothing is started.
+// NewComet runs `cometbft init` in dir/<opts.Name> (default dir/cometbft)
+// and rewrites its configuration for a loopback-only single-validator chain
+// that uses a remote signer. Its log goes to dir/logs/<opts.Name>.log.
+// Nothing is started.
 func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNode, error) {
 	opts.defaults()
-	home := filepath.Join(dir, "cometbft")
-	logPath := filepath.Join(dir, "logs", "cometbft.log")
+	home := filepath.Join(dir, opts.Name)
+	logPath := filepath.Join(dir, "logs", opts.Name+".log")
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
@@ -78,6 +87,7 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		return nil, fmt.Errorf("cometbft init: %w\n%s", err, out)
 	}
 	n := &CometNode{
+		Name:        opts.Name,
 		Home:        home,
 		ChainID:     opts.ChainID,
 		RPCAddr:     loopback(ports.rpc),
@@ -92,13 +102,17 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		return nil, err
 	}
 	dur := func(d time.Duration) string { return tomlString(d.String()) }
+	moniker := "e2e-validator"
+	if opts.Name != "cometbft" {
+		moniker = "e2e-" + opts.Name
+	}
 	privval := "tcp://" + n.PrivvalAddr
 	if opts.LocalSigner {
 		privval = ""
 	}
 	cfg, err := applyTOML(string(data), []tomlSetting{
 		{"", "proxy_app", tomlString("kvstore")},
-		{"", "moniker", tomlString("e2e-validator")},
+		{"", "moniker", tomlString(moniker)},
 		{"", "priv_validator_laddr", tomlString(privval)},
 		{"rpc", "laddr", tomlString("tcp://" + n.RPCAddr)},
 		{"rpc", "grpc_laddr", tomlString("")},
@@ -129,7 +143,7 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		return nil, err
 	}
 	n.Proc = &Process{
-		Name:    "cometbft",
+		Name:    opts.Name,
 		Bin:     bin,
 		Args:    []string{"start", "--home", home},
 		Dir:     home,

@@ -89,11 +89,29 @@ func (n *KMSNode) Init(ctx context.Context) error {
 	return nil
 }
 
+// ChainConfig is what a kms-ha node needs to sign for one chain: the chain
+// id, the validator's priv_validator_laddr and the consensus key file.
+type ChainConfig struct {
+	ChainID       string
+	ValidatorAddr string // host:port
+	KeyFile       string
+}
+
+// ChainConfig is the kms.yaml entry for this validator.
+func (n *CometNode) ChainConfig() ChainConfig {
+	return ChainConfig{ChainID: n.ChainID, ValidatorAddr: n.PrivvalAddr, KeyFile: n.KeyFile}
+}
+
 // WriteConfig replaces the template written by init with the test's
-// configuration: one chain, one validator, one file key.
-func (n *KMSNode) WriteConfig(chainID, validatorAddr, keyFile string, t RaftTimings) error {
+// configuration: per chain, one chains entry, one validators entry and one
+// file key, as an operator running one cluster for several chains writes it.
+func (n *KMSNode) WriteConfig(chains []ChainConfig, t RaftTimings) error {
+	if len(chains) == 0 {
+		return fmt.Errorf("%s: WriteConfig: no chains", n.ID)
+	}
 	t.defaults()
-	yaml := fmt.Sprintf(`# Written by the kms-ha e2e harness.
+	var b strings.Builder
+	fmt.Fprintf(&b, `# Written by the kms-ha e2e harness.
 cluster:
   node_id: %s
   data_dir: raft
@@ -103,20 +121,21 @@ cluster:
   heartbeat_timeout: %s
   election_timeout: %s
   leader_lease_timeout: %s
-chains:
-  - id: %s
-validators:
-  - chain_id: %s
-    addr: %s
-    identity_key: identity.json
-keys:
-  - chain_ids: [%s]
-    backend: file
-    key_file: %q
 `, n.ID, n.RaftAddr, n.RaftAddr, n.APIAddr,
-		t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout,
-		chainID, chainID, "tcp://"+validatorAddr, chainID, keyFile)
-	return os.WriteFile(filepath.Join(n.Home, "kms.yaml"), []byte(yaml), 0o644)
+		t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout)
+	b.WriteString("chains:\n")
+	for _, c := range chains {
+		fmt.Fprintf(&b, "  - id: %s\n", c.ChainID)
+	}
+	b.WriteString("validators:\n")
+	for _, c := range chains {
+		fmt.Fprintf(&b, "  - chain_id: %s\n    addr: %s\n    identity_key: identity.json\n", c.ChainID, "tcp://"+c.ValidatorAddr)
+	}
+	b.WriteString("keys:\n")
+	for _, c := range chains {
+		fmt.Fprintf(&b, "  - chain_ids: [%s]\n    backend: file\n    key_file: %q\n", c.ChainID, c.KeyFile)
+	}
+	return os.WriteFile(filepath.Join(n.Home, "kms.yaml"), []byte(b.String()), 0o644)
 }
 
 // Bootstrap writes the one-node Raft configuration; only for the first node,
