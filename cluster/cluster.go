@@ -50,6 +50,10 @@ type Config struct {
 	// to cut links between nodes.
 	Transport raft.Transport
 
+	// Leading runs each time this node becomes leader; see OnLeadership.
+	// Set here rather than after Open so no term can start without it.
+	Leading []func(ctx context.Context)
+
 	// WrapFSM, if set, wraps the state machine raft applies to; tests use
 	// it to check every apply from outside.
 	WrapFSM func(raft.FSM) raft.FSM
@@ -247,7 +251,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	rc := cfg.raftConfig()
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
-		notifyCh: make(chan bool, 16), done: make(chan struct{})}
+		notifyCh: make(chan bool, 16), done: make(chan struct{}), onLead: cfg.Leading}
 	rc.NotifyCh = n.notifyCh
 	var rf raft.FSM = f
 	if cfg.WrapFSM != nil {
@@ -283,7 +287,8 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 // once raft.Barrier has returned on the new term (so the FSM holds every
 // entry of earlier terms). fn's ctx is cancelled as soon as leadership is
 // lost, and the next term's fn starts only after the previous one returned.
-// Register before leadership can be won, i.e. right after Open.
+// Callbacks registered after Open apply from the next term on; to cover
+// the first term, pass them in Config.Leading.
 func (n *Node) OnLeadership(fn func(ctx context.Context)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -331,9 +336,16 @@ func (n *Node) startLeading() {
 			if err == nil {
 				break
 			}
-			n.log.Warn("leadership: barrier not committed yet; not serving validators until it is", "err", err)
 			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
 				return
+			}
+			// During a leadership transfer raft refuses at once: wait a
+			// little rather than spin.
+			n.log.Warn("leadership: barrier not committed yet; not serving validators until it is", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
 		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
@@ -404,6 +416,9 @@ func (n *Node) SetMemberAPI(ctx context.Context, id, apiAddr string) error {
 }
 
 func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)

@@ -104,7 +104,9 @@ func New(c *config.Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("node: listen on api_addr %s: %w", c.Cluster.APIAddr, err)
 	}
 	f := fsm.New()
-	n.cluster, err = cluster.Open(ClusterConfig(c, log), f)
+	cc := ClusterConfig(c, log)
+	cc.Leading = []func(context.Context){n.lead}
+	n.cluster, err = cluster.Open(cc, f)
 	if err != nil {
 		n.apiLn.Close()
 		return nil, err
@@ -121,7 +123,6 @@ func New(c *config.Config, log *slog.Logger) (*Node, error) {
 		n.cluster.Shutdown()
 		return nil, err
 	}
-	n.cluster.OnLeadership(n.lead)
 	n.api = grpc.NewServer()
 	grpcapi.NewClusterServer(n.cluster, log).Register(n.api)
 	ok = true
@@ -138,8 +139,19 @@ func (n *Node) lead(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.cluster.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr); err != nil {
-				n.log.Warn("could not record this node's api address", "err", err)
+			// Followers forward joins to this address: keep trying while
+			// leading, or they could not forward for a whole term.
+			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+				err := n.cluster.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr)
+				if err == nil || ctx.Err() != nil {
+					return
+				}
+				n.log.Warn("could not record this node's api address; retrying", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(delay):
+				}
 			}
 		}()
 	}

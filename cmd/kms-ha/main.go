@@ -266,12 +266,17 @@ func startCmd() *cli.Command {
 				log.Warn("no raft state yet: waiting to be added to a cluster; run `kms-ha join --home " + c.String("home") +
 					" --cluster MEMBER_API_ADDR`, or `kms-ha bootstrap` if this is the first node")
 			}
+			// Signals are caught before the node starts, so a SIGTERM during
+			// startup still goes through the orderly stop; after the first
+			// signal the default action returns, so a second one kills a
+			// stop that hangs.
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			go func() { <-ctx.Done(); stop() }()
 			n, err := node.New(cfg, log.With("node_id", cfg.Cluster.NodeID))
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
 			return n.Run(ctx)
 		},
 	}
