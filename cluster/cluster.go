@@ -54,6 +54,9 @@ type Config struct {
 	// Set here rather than after Open so no term can start without it.
 	Leading []func(ctx context.Context)
 
+	// lockTimeout bounds the wait for raft.db's file lock.
+	lockTimeout time.Duration
+
 	// WrapFSM, if set, wraps the state machine raft applies to; tests use
 	// it to check every apply from outside.
 	WrapFSM func(raft.FSM) raft.FSM
@@ -118,13 +121,17 @@ func openStores(c *Config) (*stores, error) {
 	path := filepath.Join(c.DataDir, "raft.db")
 	// NoSync stays false: a watermark must be on disk before a quorum
 	// counts it, or a power cut could roll a majority back.
+	lockWait := c.lockTimeout
+	if lockWait == 0 {
+		lockWait = time.Second
+	}
 	bs, err := raftboltdb.New(raftboltdb.Options{
 		Path:        path,
-		BoltOptions: &bbolt.Options{Timeout: time.Second},
+		BoltOptions: &bbolt.Options{Timeout: lockWait},
 	})
 	if err != nil {
 		if errors.Is(err, bbolt.ErrTimeout) {
-			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?)", path)
+			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w", path, err)
 		}
 		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
 	}
@@ -135,17 +142,6 @@ func openStores(c *Config) (*stores, error) {
 		return nil, fmt.Errorf("cluster: open snapshot store in %s: %w", c.DataDir, err)
 	}
 	return &stores{bolt: bs, snaps: snaps}, nil
-}
-
-// HasState reports whether dataDir already holds raft state.
-func HasState(c Config) (bool, error) {
-	c.setDefaults()
-	st, err := openStores(&c)
-	if err != nil {
-		return false, err
-	}
-	defer st.bolt.Close()
-	return raft.HasExistingState(st.bolt, st.bolt, st.snaps)
 }
 
 // Server is one voter of an initial configuration.

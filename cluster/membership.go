@@ -46,28 +46,72 @@ func (n *Node) Leader() (id, apiAddr string) {
 	return string(lid), n.fsm.MemberAPIAddr(string(lid))
 }
 
-// AddVoter adds id at raftAddr as a voter, or does nothing if it is one
-// already at that address. It must run on the leader.
-func (n *Node) AddVoter(id, raftAddr string) error {
+// Admit handles a join on the leader.
+//
+// A node is admitted as a non-voter, so that it counts towards no quorum
+// before it runs raft and has caught up; it then asks for promotion itself
+// (promote). fresh says the joining node holds no raft state: if a member
+// with that id exists, it is an earlier incarnation whose acknowledged
+// entries and votes were lost with its disk, so it is removed first, and
+// nothing it once acknowledged can be counted again. Joining again as the
+// member one already is changes nothing, or updates its address.
+func (n *Node) Admit(id, raftAddr string, fresh, promote bool) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
+	if id == n.cfg.NodeID {
+		return fmt.Errorf("cluster: admit %s: that is the leader itself", id)
+	}
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
-		return fmt.Errorf("cluster: add voter %s: %w", id, err)
+		return fmt.Errorf("cluster: admit %s: %w", id, err)
 	}
+	var cur *raft.Server
 	for _, s := range cf.Configuration().Servers {
-		if string(s.ID) == id && string(s.Address) == raftAddr && s.Suffrage == raft.Voter {
-			return nil
-		}
 		if string(s.ID) != id && string(s.Address) == raftAddr {
-			return fmt.Errorf("cluster: add voter %s: address %s already belongs to member %s", id, raftAddr, s.ID)
+			return fmt.Errorf("cluster: admit %s: address %s already belongs to member %s", id, raftAddr, s.ID)
+		}
+		if string(s.ID) == id {
+			cur = &s
 		}
 	}
-	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout).Error(); err != nil {
-		return fmt.Errorf("cluster: add voter %s at %s: %w", id, raftAddr, err)
+	timeout := n.cfg.ApplyTimeout
+	if cur != nil && fresh {
+		n.log.Warn("member rejoins without its raft state; removing its old incarnation before admitting it again", "member", id)
+		if err := n.raft.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
+			return fmt.Errorf("cluster: remove the old incarnation of %s (a quorum of the remaining members must be up): %w", id, err)
+		}
+		cur = nil
+	}
+	switch {
+	case cur == nil || (cur.Suffrage != raft.Voter && !promote && string(cur.Address) != raftAddr):
+		if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, timeout).Error(); err != nil {
+			return fmt.Errorf("cluster: admit %s at %s as non-voter: %w", id, raftAddr, err)
+		}
+	case cur.Suffrage == raft.Voter && string(cur.Address) == raftAddr:
+		return nil
+	case cur.Suffrage == raft.Voter || promote:
+		// A voter's new address, or a caught-up non-voter's promotion.
+		if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, timeout).Error(); err != nil {
+			return fmt.Errorf("cluster: make %s at %s a voter: %w", id, raftAddr, err)
+		}
 	}
 	return nil
+}
+
+// Suffrage returns this node's suffrage in the latest configuration
+// ("Voter", "Nonvoter", "Staging"), or "" if it is not a member.
+func (n *Node) Suffrage() string {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return ""
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == n.cfg.NodeID {
+			return s.Suffrage.String()
+		}
+	}
+	return ""
 }
 
 // Stats are the raft numbers operators ask for.

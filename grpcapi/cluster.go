@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,22 +23,41 @@ import (
 // ClusterServer implements clusterpb.ClusterServer on a cluster node.
 type ClusterServer struct {
 	clusterpb.UnimplementedClusterServer
-	node *cluster.Node
+	id   string
+	node atomic.Pointer[cluster.Node]
 	log  *slog.Logger
 }
 
-// NewClusterServer serves node's state and membership.
-func NewClusterServer(node *cluster.Node, log *slog.Logger) *ClusterServer {
-	return &ClusterServer{node: node, log: log}
+// StateAwaitingJoin is the state a node reports before it runs raft.
+const StateAwaitingJoin = "AwaitingJoin"
+
+// NewClusterServer serves node's state and membership. node may be nil
+// while the node waits to be admitted; see SetNode.
+func NewClusterServer(id string, node *cluster.Node, log *slog.Logger) *ClusterServer {
+	s := &ClusterServer{id: id, log: log}
+	if node != nil {
+		s.node.Store(node)
+	}
+	return s
 }
+
+// SetNode makes the server answer for a raft node that just started.
+func (s *ClusterServer) SetNode(n *cluster.Node) { s.node.Store(n) }
+
+var errNotMember = status.Error(codes.FailedPrecondition,
+	"this node is not a cluster member yet: admit it with `kms-ha join --home HOME --cluster MEMBER_API_ADDR`")
 
 // Status answers from the local replica: it never needs a quorum, so an
 // operator can read any surviving node during an outage.
 func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) (*clusterpb.StatusResponse, error) {
-	st := s.node.Stats()
-	leaderID, leaderAPI := s.node.Leader()
+	node := s.node.Load()
+	if node == nil {
+		return &clusterpb.StatusResponse{NodeId: s.id, State: StateAwaitingJoin}, nil
+	}
+	st := node.Stats()
+	leaderID, leaderAPI := node.Leader()
 	resp := &clusterpb.StatusResponse{
-		NodeId:        s.node.ID(),
+		NodeId:        node.ID(),
 		State:         st.State,
 		LeaderId:      leaderID,
 		LeaderApiAddr: leaderAPI,
@@ -46,7 +66,7 @@ func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) 
 		AppliedIndex:  st.AppliedIndex,
 		LastContact:   st.LastContact,
 	}
-	members, err := s.node.Members()
+	members, err := node.Members()
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "read membership: %v", err)
 	}
@@ -59,7 +79,7 @@ func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) 
 			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage,
 		})
 	}
-	for id, w := range s.node.FSM().Watermarks() {
+	for id, w := range node.FSM().Watermarks() {
 		resp.Chains = append(resp.Chains, &clusterpb.ChainWatermark{
 			ChainId: id, Height: w.Height, Round: w.Round, Step: int32(w.Step),
 		})
@@ -73,15 +93,20 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 	if req.GetId() == "" || req.GetRaftAddr() == "" {
 		return nil, status.Error(codes.InvalidArgument, "join needs the node's id and raft address")
 	}
-	if !s.node.IsLeader() {
-		leaderID, leaderAPI := s.node.Leader()
+	node := s.node.Load()
+	if node == nil {
+		return nil, errNotMember
+	}
+	if !node.IsLeader() {
+		leaderID, leaderAPI := node.Leader()
 		if req.GetForwarded() {
-			return nil, status.Errorf(codes.Unavailable, "forwarded join reached %s, which is not the leader; retry", s.node.ID())
+			return nil, status.Errorf(codes.Unavailable, "forwarded join reached %s, which is not the leader; retry", node.ID())
 		}
 		if leaderAPI == "" {
-			return nil, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the join to; retry when the cluster has a leader", s.node.ID(), leaderID)
+			return nil, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the join to; retry when the cluster has a leader", node.ID(), leaderID)
 		}
-		fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(), Forwarded: true}
+		fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(),
+			Forwarded: true, Fresh: req.GetFresh(), Promote: req.GetPromote()}
 		s.log.Info("forwarding join to the leader", "joiner", req.GetId(), "leader", leaderID, "leader_api", leaderAPI)
 		var resp *clusterpb.JoinResponse
 		err := withClient(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
@@ -94,20 +119,20 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 		}
 		return resp, nil
 	}
-	if err := s.node.AddVoter(req.GetId(), req.GetRaftAddr()); err != nil {
+	if err := node.Admit(req.GetId(), req.GetRaftAddr(), req.GetFresh(), req.GetPromote()); err != nil {
 		code := codes.FailedPrecondition
 		if errors.Is(err, cluster.ErrNotLeader) {
 			code = codes.Unavailable
 		}
 		return nil, status.Errorf(code, "%v", err)
 	}
-	if req.GetApiAddr() != "" {
-		if err := s.node.SetMemberAPI(ctx, req.GetId(), req.GetApiAddr()); err != nil {
+	if req.GetApiAddr() != "" && node.FSM().MemberAPIAddr(req.GetId()) != req.GetApiAddr() {
+		if err := node.SetMemberAPI(ctx, req.GetId(), req.GetApiAddr()); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "%v", err)
 		}
 	}
-	s.log.Info("member joined", "joiner", req.GetId(), "raft_addr", req.GetRaftAddr(), "api_addr", req.GetApiAddr())
-	return &clusterpb.JoinResponse{LeaderId: s.node.ID()}, nil
+	s.log.Info("join handled", "joiner", req.GetId(), "raft_addr", req.GetRaftAddr(), "api_addr", req.GetApiAddr(), "fresh", req.GetFresh(), "promote", req.GetPromote())
+	return &clusterpb.JoinResponse{LeaderId: node.ID()}, nil
 }
 
 // Register adds the Cluster service to a gRPC server.

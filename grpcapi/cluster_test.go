@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -49,7 +50,7 @@ func (m *member) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.srv = grpc.NewServer()
-	grpcapi.NewClusterServer(m.node, m.cfg.Logger).Register(m.srv)
+	grpcapi.NewClusterServer(m.cfg.NodeID, m.node, m.cfg.Logger).Register(m.srv)
 	go m.srv.Serve(ln)
 }
 
@@ -122,21 +123,43 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	}()
 	waitFor(t, "n1 to lead", func() bool { return ms[0].node.IsLeader() && ms[0].node.FSM().MemberAPIAddr("n1") != "" })
 
-	join := func(via string, m *member) error {
+	joinAs := func(via string, m *member, fresh, promote bool) error {
 		return grpcapi.Call(via, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
-			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: m.cfg.NodeID, RaftAddr: m.cfg.BindAddr, ApiAddr: m.api})
+			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: m.cfg.NodeID, RaftAddr: m.cfg.BindAddr, ApiAddr: m.api,
+				Fresh: fresh, Promote: promote})
 			return err
 		})
+	}
+	join := func(via string, m *member) error { return joinAs(via, m, false, false) }
+	// What node.seekPromotion does once the member has caught up.
+	promote := func(m *member) {
+		t.Helper()
+		waitFor(t, m.cfg.NodeID+" to be admitted and learn the leader", func() bool {
+			_, api := m.node.Leader()
+			return m.node.Suffrage() == "Nonvoter" && api != ""
+		})
+		_, api := m.node.Leader()
+		if err := joinAs(api, m, false, true); err != nil {
+			t.Fatalf("promote %s: %v", m.cfg.NodeID, err)
+		}
+		waitFor(t, m.cfg.NodeID+" to be a voter", func() bool { return m.node.Suffrage() == "Voter" })
 	}
 	if err := join(ms[0].api, ms[1]); err != nil {
 		t.Fatal(err)
 	}
+	if s := ms[1].node.Suffrage(); s == "Voter" {
+		t.Fatal("a joining node counted towards quorums before catching up")
+	}
+	promote(ms[1])
 	waitFor(t, "n2 to learn the leader", func() bool { id, _ := ms[1].node.Leader(); return id == "n1" })
 	// Sent to a follower: forwarded to the leader.
 	if err := join(ms[1].api, ms[2]); err != nil {
 		t.Fatalf("join through a follower: %v", err)
 	}
-	// Joining again is harmless.
+	promote(ms[2])
+	// Joining again is harmless. (A new member learns the leader's API
+	// address with the next entries it applies; the CLI retries until then.)
+	waitFor(t, "n3 to learn the leader's api address", func() bool { _, a := ms[2].node.Leader(); return a != "" })
 	if err := join(ms[2].api, ms[2]); err != nil {
 		t.Fatalf("repeated join: %v", err)
 	}
@@ -169,6 +192,10 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	}
 	waitFor(t, "a leader after the full restart", func() bool { return leaderOf(ms) != nil })
 	l := leaderOf(ms)
+	// A new leader's state is complete once its barrier is applied.
+	if err := l.node.Raft().Barrier(5 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
 	if w, _ := l.node.FSM().Watermark("c"); w.Height != 20 {
 		t.Fatalf("watermark after restart: %s", w.HRS)
 	}
@@ -180,4 +207,35 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	if err != nil || d.Outcome != fsm.Allow {
 		t.Fatalf("progress after restart: %v %v", d.Outcome, err)
 	}
+
+	// A member loses its disk and is re-admitted through a follower as a
+	// fresh incarnation; it catches up with every watermark.
+	victim := ms[2]
+	if victim == l {
+		victim = ms[1]
+	}
+	var via *member
+	for _, m := range ms {
+		if m != l && m != victim {
+			via = m
+		}
+	}
+	victim.stop()
+	os.RemoveAll(victim.cfg.DataDir)
+	if st, _ := cluster.ReadState(victim.cfg, time.Second); st.MayStartRaft() {
+		t.Fatal("wiped member may start raft")
+	}
+	err = joinAs(via.api, victim, true, false)
+	if err != nil {
+		t.Fatalf("fresh re-join through a follower: %v", err)
+	}
+	if err := cluster.MarkJoined(victim.cfg, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	victim.start(t)
+	promote(victim)
+	waitFor(t, "the re-admitted member to catch up", func() bool {
+		w, _ := victim.node.FSM().Watermark("c")
+		return w.Height == 21
+	})
 }

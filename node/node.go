@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
@@ -19,6 +20,7 @@ import (
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/file"
 	"github.com/kms-ha/kms-ha/signer"
@@ -48,16 +50,17 @@ func ClusterConfig(c *config.Config, log *slog.Logger) cluster.Config {
 type Node struct {
 	cfg        *config.Config
 	log        *slog.Logger
-	cluster    *cluster.Node
+	cluster    atomic.Pointer[cluster.Node]
 	signer     *signer.Signer
+	apiSrv     *grpcapi.ClusterServer
 	keys       map[string]keys.Signer
 	validators []transport.Validator
 	api        *grpc.Server
 	apiLn      net.Listener
 }
 
-// New opens keys and identities, starts raft and the API listener. It does
-// not dial anything: that happens only while this node leads.
+// New opens keys and identities and the API listener. Run starts raft. No
+// validator is dialled except while this node leads.
 func New(c *config.Config, log *slog.Logger) (*Node, error) {
 	n := &Node{cfg: c, log: log, keys: map[string]keys.Signer{}}
 	ok := false
@@ -103,37 +106,76 @@ func New(c *config.Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: listen on api_addr %s: %w", c.Cluster.APIAddr, err)
 	}
-	f := fsm.New()
-	cc := ClusterConfig(c, log)
-	cc.Leading = []func(context.Context){n.lead}
-	n.cluster, err = cluster.Open(cc, f)
-	if err != nil {
-		n.apiLn.Close()
-		return nil, err
-	}
-	n.signer, err = signer.New(signer.Config{
-		NodeID:   c.Cluster.NodeID,
-		Reserver: n.cluster,
-		State:    f,
-		Keys:     n.keys,
-		Logger:   log,
-	})
-	if err != nil {
-		n.apiLn.Close()
-		n.cluster.Shutdown()
-		return nil, err
-	}
+	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, log)
 	n.api = grpc.NewServer()
-	grpcapi.NewClusterServer(n.cluster, log).Register(n.api)
+	n.apiSrv.Register(n.api)
 	ok = true
 	return n, nil
+}
+
+// startRaft opens the raft node and the signer on top of it.
+func (n *Node) startRaft() error {
+	f := fsm.New()
+	cc := ClusterConfig(n.cfg, n.log)
+	cc.Leading = []func(context.Context){n.lead}
+	cl, err := cluster.Open(cc, f)
+	if err != nil {
+		return err
+	}
+	n.signer, err = signer.New(signer.Config{
+		NodeID:   n.cfg.Cluster.NodeID,
+		Reserver: cl,
+		State:    f,
+		Keys:     n.keys,
+		Logger:   n.log,
+	})
+	if err != nil {
+		cl.Shutdown()
+		return err
+	}
+	// The signer must exist before the first term can call lead.
+	n.cluster.Store(cl)
+	n.apiSrv.SetNode(cl)
+	return nil
+}
+
+// awaitAdmission blocks until raft may run on this data dir: at once for
+// a member, or, for a node with no raft state, once `kms-ha join` has had
+// it admitted (see cluster.ReadState for why an empty node must not run
+// raft before that).
+func (n *Node) awaitAdmission(ctx context.Context) error {
+	cc := ClusterConfig(n.cfg, n.log)
+	warned := false
+	for {
+		st, err := cluster.ReadState(cc, 2*time.Second)
+		if err != nil && !errors.Is(err, cluster.ErrLocked) {
+			return err
+		}
+		if err == nil && st.MayStartRaft() {
+			if warned {
+				n.log.Info("admitted to the cluster; starting raft")
+			}
+			return nil
+		}
+		if !warned {
+			warned = true
+			n.log.Warn("no raft state: waiting to be admitted. Run `kms-ha join --home HOME --cluster MEMBER_API_ADDR` " +
+				"for this node, or `kms-ha bootstrap` (before start) if it is the first node of a new cluster")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // lead runs for one term of leadership: it records this node's API address
 // for followers to forward to, then serves every validator until ctx ends.
 func (n *Node) lead(ctx context.Context) {
 	var wg sync.WaitGroup
-	if n.cluster.FSM().MemberAPIAddr(n.cfg.Cluster.NodeID) != n.cfg.Cluster.APIAddr {
+	cl := n.cluster.Load()
+	if cl.FSM().MemberAPIAddr(n.cfg.Cluster.NodeID) != n.cfg.Cluster.APIAddr {
 		// Concurrently with the dials: a failover should cost the election
 		// and one dial, not an extra commit.
 		wg.Add(1)
@@ -142,7 +184,7 @@ func (n *Node) lead(ctx context.Context) {
 			// Followers forward joins to this address: keep trying while
 			// leading, or they could not forward for a whole term.
 			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-				err := n.cluster.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr)
+				err := cl.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr)
 				if err == nil || ctx.Err() != nil {
 					return
 				}
@@ -164,7 +206,7 @@ func (n *Node) lead(ctx context.Context) {
 				// Checked before every dial: a node that is no longer
 				// leader must not open a validator connection, even in the
 				// moment before its context is cancelled.
-				Allowed: n.cluster.IsLeader,
+				Allowed: cl.IsLeader,
 			})
 			if err != nil {
 				n.log.Error("validator connection stopped", "chain", v.ChainID, "addr", v.Addr, "err", err)
@@ -180,9 +222,23 @@ func (n *Node) lead(ctx context.Context) {
 func (n *Node) Run(ctx context.Context) error {
 	errCh := make(chan error, 1)
 	go func() { errCh <- n.api.Serve(n.apiLn) }()
+	err := n.awaitAdmission(ctx)
+	if err == nil {
+		err = n.startRaft()
+	}
+	if err != nil {
+		n.api.Stop()
+		n.closeKeys()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	promoCtx, stopPromo := context.WithCancel(ctx)
+	defer stopPromo()
+	go n.seekPromotion(promoCtx)
 	n.log.Info("node started", "raft_addr", n.cfg.Cluster.RaftAddr,
 		"api_addr", n.cfg.Cluster.APIAddr, "chains", len(n.cfg.Chains), "validators", len(n.validators))
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errCh:
@@ -192,10 +248,43 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
+// seekPromotion asks the leader to make this node a voter once it is an
+// admitted non-voter that has caught up: a member counts towards quorums
+// only when it holds the state they protect.
+func (n *Node) seekPromotion(ctx context.Context) {
+	cl := n.cluster.Load()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+		if cl.Suffrage() != "Nonvoter" {
+			continue
+		}
+		st := cl.Stats()
+		_, leaderAPI := cl.Leader()
+		if leaderAPI == "" || st.CommitIndex == 0 || st.AppliedIndex < st.CommitIndex {
+			continue
+		}
+		err := grpcapi.Call(leaderAPI, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: n.cfg.Cluster.NodeID, RaftAddr: n.cfg.Cluster.AdvertiseAddr,
+				ApiAddr: n.cfg.Cluster.APIAddr, Promote: true})
+			return err
+		})
+		if err != nil {
+			n.log.Warn("asking the leader for promotion to voter", "err", err)
+			continue
+		}
+		n.log.Info("caught up; promoted to voter", "applied_index", st.AppliedIndex)
+	}
+}
+
 func (n *Node) shutdown() {
-	if n.cluster.IsLeader() {
+	cl := n.cluster.Load()
+	if cl.IsLeader() {
 		n.log.Info("leader stopping: transferring leadership")
-		if err := n.cluster.TransferLeadership(); err != nil {
+		if err := cl.TransferLeadership(); err != nil {
 			n.log.Warn("leadership transfer failed; the others will elect a leader", "err", err)
 		}
 	}
@@ -206,7 +295,7 @@ func (n *Node) shutdown() {
 	case <-time.After(2 * time.Second):
 		n.api.Stop()
 	}
-	if err := n.cluster.Shutdown(); err != nil {
+	if err := cl.Shutdown(); err != nil {
 		n.log.Warn("raft shutdown", "err", err)
 	}
 	n.closeKeys()

@@ -258,14 +258,6 @@ func startCmd() *cli.Command {
 				return cli.Exit(fmt.Sprintf("kms-ha start: %v", err), 2)
 			}
 			slog.SetDefault(log)
-			hasState, err := cluster.HasState(node.ClusterConfig(cfg, log))
-			if err != nil {
-				return err
-			}
-			if !hasState {
-				log.Warn("no raft state yet: waiting to be added to a cluster; run `kms-ha join --home " + c.String("home") +
-					" --cluster MEMBER_API_ADDR`, or `kms-ha bootstrap` if this is the first node")
-			}
 			// Signals are caught before the node starts, so a SIGTERM during
 			// startup still goes through the orderly stop; after the first
 			// signal the default action returns, so a second one kills a
@@ -319,7 +311,20 @@ func joinCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := &clusterpb.JoinRequest{Id: cfg.Cluster.NodeID, RaftAddr: cfg.Cluster.AdvertiseAddr, ApiAddr: cfg.Cluster.APIAddr}
+			// A node with no raft state is admitted as a new incarnation: if
+			// its id is a member already (a wiped disk), the leader removes
+			// the old one first. A running member holds the data dir's
+			// lock and has state by definition.
+			cc := node.ClusterConfig(cfg, quietLogger())
+			fresh := false
+			switch st, err := cluster.ReadState(cc, 1500*time.Millisecond); {
+			case errors.Is(err, cluster.ErrLocked):
+			case err != nil:
+				return cli.Exit(fmt.Sprintf("kms-ha join: %v", err), 1)
+			default:
+				fresh = !st.MayStartRaft()
+			}
+			req := &clusterpb.JoinRequest{Id: cfg.Cluster.NodeID, RaftAddr: cfg.Cluster.AdvertiseAddr, ApiAddr: cfg.Cluster.APIAddr, Fresh: fresh}
 			deadline := time.Now().Add(c.Duration("timeout"))
 			for {
 				var resp *clusterpb.JoinResponse
@@ -329,8 +334,12 @@ func joinCmd() *cli.Command {
 					return err
 				})
 				if err == nil {
-					fmt.Printf("%s is a voter of the cluster (leader %s)\n", cfg.Cluster.NodeID, resp.GetLeaderId())
-					return nil
+					if fresh {
+						if err := cluster.MarkJoined(cc, 5*time.Second); err != nil {
+							return cli.Exit(fmt.Sprintf("kms-ha join: admitted, but could not record it in %s: %v; run join again", cc.DataDir, err), 1)
+						}
+					}
+					return awaitVoter(c, cfg, resp.GetLeaderId(), deadline)
 				}
 				// During an election there is briefly no leader to forward
 				// to: retry until the deadline.
@@ -340,6 +349,43 @@ func joinCmd() *cli.Command {
 				time.Sleep(500 * time.Millisecond)
 			}
 		},
+	}
+}
+
+// awaitVoter reports the outcome of an admission: an admitted node
+// becomes a voter by itself once it runs and has caught up, so wait for
+// that if it runs, and otherwise say what to do.
+func awaitVoter(c *cli.Context, cfg *config.Config, leader string, deadline time.Time) error {
+	id := cfg.Cluster.NodeID
+	for {
+		var st *clusterpb.StatusResponse
+		err := grpcapi.Call(c.String("cluster"), 3*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+			var err error
+			st, err = cl.Status(ctx, &clusterpb.StatusRequest{})
+			return err
+		})
+		if err == nil {
+			for _, m := range st.GetMembers() {
+				if m.GetId() == id && strings.EqualFold(m.GetSuffrage(), "voter") {
+					fmt.Printf("%s is a voter of the cluster (leader %s)\n", id, leader)
+					return nil
+				}
+			}
+		}
+		// Is the node itself running? If not, it cannot catch up yet.
+		local := grpcapi.Call(cfg.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+			_, err := cl.Status(ctx, &clusterpb.StatusRequest{})
+			return err
+		})
+		if local != nil {
+			fmt.Printf("%s is admitted (leader %s); start it with `kms-ha start --home %s`: it becomes a voter once it has caught up\n",
+				id, leader, c.String("home"))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return cli.Exit(fmt.Sprintf("kms-ha join: %s is admitted but not yet a voter; it is still catching up (see its log and `kms-ha status`)", id), 1)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }
 

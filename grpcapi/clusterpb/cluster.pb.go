@@ -331,7 +331,13 @@ type JoinRequest struct {
 	RaftAddr string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	ApiAddr  string                 `protobuf:"bytes,3,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
 	// Set by a follower that forwards the request, so it is forwarded once.
-	Forwarded     bool `protobuf:"varint,4,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	Forwarded bool `protobuf:"varint,4,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	// The joining node holds no raft state: if a member with this id exists,
+	// it is a lost incarnation and is removed before the node is re-added.
+	Fresh bool `protobuf:"varint,5,opt,name=fresh,proto3" json:"fresh,omitempty"`
+	// Sent by an admitted non-voter itself once it has caught up with the
+	// leader: promote it to voter.
+	Promote       bool `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -390,6 +396,20 @@ func (x *JoinRequest) GetApiAddr() string {
 func (x *JoinRequest) GetForwarded() bool {
 	if x != nil {
 		return x.Forwarded
+	}
+	return false
+}
+
+func (x *JoinRequest) GetFresh() bool {
+	if x != nil {
+		return x.Fresh
+	}
+	return false
+}
+
+func (x *JoinRequest) GetPromote() bool {
+	if x != nil {
+		return x.Promote
 	}
 	return false
 }
@@ -466,12 +486,14 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\amembers\x18\b \x03(\v2\x18.kmsha.cluster.v1.MemberR\amembers\x128\n" +
 	"\x06chains\x18\t \x03(\v2 .kmsha.cluster.v1.ChainWatermarkR\x06chains\x12!\n" +
 	"\flast_contact\x18\n" +
-	" \x01(\tR\vlastContact\"s\n" +
+	" \x01(\tR\vlastContact\"\xa3\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x1c\n" +
-	"\tforwarded\x18\x04 \x01(\bR\tforwarded\"+\n" +
+	"\tforwarded\x18\x04 \x01(\bR\tforwarded\x12\x14\n" +
+	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x18\n" +
+	"\apromote\x18\x06 \x01(\bR\apromote\"+\n" +
 	"\fJoinResponse\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId2\x9d\x01\n" +
 	"\aCluster\x12K\n" +

@@ -33,8 +33,9 @@ type ClusterClient interface {
 	// Status of this node, the membership as it knows it, and every chain's
 	// watermark from its local replica.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
-	// Join adds a node as a voter. Any member accepts it and forwards it to
-	// the leader. Joining again with the same id and address is a no-op.
+	// Join admits a node: first as a non-voter, which the node itself asks to
+	// promote to voter once it has caught up (promote). Any member accepts it
+	// and forwards it to the leader. Joining again is a no-op.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
 
@@ -73,8 +74,9 @@ type ClusterServer interface {
 	// Status of this node, the membership as it knows it, and every chain's
 	// watermark from its local replica.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
-	// Join adds a node as a voter. Any member accepts it and forwards it to
-	// the leader. Joining again with the same id and address is a no-op.
+	// Join admits a node: first as a non-voter, which the node itself asks to
+	// promote to voter once it has caught up (promote). Any member accepts it
+	// and forwards it to the leader. Joining again is a no-op.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }

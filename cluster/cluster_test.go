@@ -1,0 +1,221 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kms-ha/kms-ha/fsm"
+)
+
+var errNoLeaderYet = errors.New("no leader yet")
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestReadStateGatesRaft(t *testing.T) {
+	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet}
+	st, err := ReadState(c, time.Second)
+	if err != nil || st.MayStartRaft() {
+		t.Fatalf("empty dir: %+v %v; an empty node must not run raft before it is admitted", st, err)
+	}
+	if err := MarkJoined(c, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := ReadState(c, time.Second); !st.Joined || !st.MayStartRaft() {
+		t.Fatalf("after MarkJoined: %+v", st)
+	}
+	// Deleting the raft data deletes the mark with it.
+	os.RemoveAll(c.DataDir)
+	if st, _ := ReadState(c, time.Second); st.MayStartRaft() {
+		t.Fatal("a wiped data dir still counts as admitted")
+	}
+	if err := Bootstrap(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := ReadState(c, time.Second); !st.HasRaftState {
+		t.Fatal("bootstrap left no raft state")
+	}
+	// Snapshots without raft.db: the term and vote are lost; refuse.
+	snapDir := filepath.Join(c.DataDir, "snapshots", "1-5-123")
+	os.MkdirAll(snapDir, 0o700)
+	os.WriteFile(filepath.Join(snapDir, "meta.json"), []byte(`{"Version":1,"ID":"1-5-123","Index":5,"Term":1}`), 0o600)
+	os.WriteFile(filepath.Join(snapDir, "state.bin"), nil, 0o600)
+	os.Remove(filepath.Join(c.DataDir, "raft.db"))
+	if _, err := ReadState(c, time.Second); err == nil || !strings.Contains(err.Error(), "no raft.db") {
+		t.Fatalf("snapshots without raft.db: %v", err)
+	}
+}
+
+type memNode struct {
+	cfg   Config
+	trans *raft.InmemTransport
+	node  *Node
+}
+
+func startMem(t *testing.T, m *memNode) {
+	t.Helper()
+	_, m.trans = raft.NewInmemTransport(raft.ServerAddress(m.cfg.NodeID))
+	m.cfg.Transport = m.trans
+	var err error
+	if m.node, err = Open(m.cfg, fsm.New()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func link(ms ...*memNode) {
+	for _, a := range ms {
+		for _, b := range ms {
+			if a != b {
+				a.trans.Connect(raft.ServerAddress(b.cfg.NodeID), b.trans)
+			}
+		}
+	}
+}
+
+func waitLeader(t *testing.T, m *memNode) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m.node.IsLeader() {
+			return
+		}
+	}
+	t.Fatalf("%s did not become leader", m.cfg.NodeID)
+}
+
+// TestWipedMemberCannotRejoinWithoutQuorumOfTheRest replays the amnesia
+// hazard: the leader commits a watermark with one follower while the other
+// lags; that follower loses its disk. It must not be re-admitted (and so
+// must not vote) until the remaining members commit its removal, which
+// brings the lagging one up to date first.
+func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
+	dir := t.TempDir()
+	var ms []*memNode
+	var servers []Server
+	for _, id := range []string{"L", "X", "Y"} {
+		m := &memNode{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: id, Logger: quiet,
+			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
+		ms = append(ms, m)
+		servers = append(servers, Server{ID: id, Address: id})
+	}
+	L, X, Y := ms[0], ms[1], ms[2]
+	if err := Bootstrap(L.cfg, servers); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if err := MarkJoined(m.cfg, time.Second); err != nil { // as after a join
+			t.Fatal(err)
+		}
+	}
+	// Only L is bootstrapped, so L wins the first election.
+	for _, m := range ms {
+		startMem(t, m)
+	}
+	defer func() {
+		for _, m := range ms {
+			if m.node != nil {
+				m.node.Shutdown()
+			}
+		}
+	}()
+	link(ms...)
+	waitLeader(t, L)
+	ctx := context.Background()
+	if _, err := L.node.Reserve(ctx, "c", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte("A")); err != nil {
+		t.Fatal(err)
+	}
+	// X falls behind; H10 "A" commits on L and Y only.
+	X.trans.DisconnectAll()
+	L.trans.Disconnect(raft.ServerAddress("X"))
+	Y.trans.Disconnect(raft.ServerAddress("X"))
+	d, err := L.node.Reserve(ctx, "c", fsm.HRS{Height: 10, Step: fsm.StepPrevote}, []byte("A"))
+	if err != nil || d.Outcome != fsm.Allow {
+		t.Fatalf("reserve: %v %v", d.Outcome, err)
+	}
+	// Y loses its disk.
+	Y.node.Shutdown()
+	Y.node = nil
+	os.RemoveAll(Y.cfg.DataDir)
+	if st, _ := ReadState(Y.cfg, time.Second); st.MayStartRaft() {
+		t.Fatal("a wiped member may start raft without being re-admitted")
+	}
+	// Re-admission needs its removal committed by L and X: X is cut off,
+	// so it fails and Y stays out.
+	if err := L.node.Admit("Y", "Y", true, false); err == nil {
+		t.Fatal("a wiped member was re-admitted without a quorum of the remaining members")
+	}
+	// Heal X: now removal and re-admission go through, X is brought up to
+	// date by them, and Y starts from nothing as a new incarnation.
+	link(L, X)
+	var joinErr error
+	for i := 0; i < 50; i++ {
+		// L may have stepped down when it lost its quorum; ask whoever leads.
+		for _, m := range []*memNode{L, X} {
+			if m.node.IsLeader() {
+				joinErr = m.node.Admit("Y", "Y", true, false)
+			}
+		}
+		if joinErr == nil && (L.node.IsLeader() || X.node.IsLeader()) {
+			break
+		}
+		if joinErr == nil {
+			joinErr = errNoLeaderYet
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if joinErr != nil {
+		t.Fatalf("re-admission after healing: %v", joinErr)
+	}
+	if w, _ := X.node.FSM().Watermark("c"); w.Height != 10 {
+		t.Fatalf("X holds %s after the removal committed; want height 10", w.HRS)
+	}
+	MarkJoined(Y.cfg, time.Second)
+	startMem(t, Y)
+	link(L, X, Y)
+	if s := Y.node.Suffrage(); s != "" && s != "Nonvoter" {
+		t.Fatalf("re-admitted as %s; a new incarnation must start as a non-voter", s)
+	}
+	// Caught up, it is promoted (node does this by itself; here by hand).
+	for deadline := time.Now().Add(5 * time.Second); Y.node.Suffrage() != "Voter" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, m := range []*memNode{L, X} {
+			if m.node.IsLeader() {
+				m.node.Admit("Y", "Y", false, true)
+			}
+		}
+	}
+	if Y.node.Suffrage() != "Voter" {
+		t.Fatal("Y was not promoted")
+	}
+	// The old leader dies; whoever wins must refuse a conflicting H10.
+	for _, m := range []*memNode{L, X} {
+		if m.node.IsLeader() && m != L {
+			// Make L the leader again so killing it forces an election.
+			m.node.TransferLeadership()
+		}
+	}
+	L.node.Shutdown()
+	L.node = nil
+	var nl *memNode
+	for deadline := time.Now().Add(5 * time.Second); nl == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, m := range []*memNode{X, Y} {
+			if m.node.IsLeader() {
+				nl = m
+			}
+		}
+	}
+	if nl == nil {
+		t.Fatal("no new leader")
+	}
+	d, err = nl.node.Reserve(ctx, "c", fsm.HRS{Height: 10, Step: fsm.StepPrevote}, []byte("B"))
+	if err == nil && d.Outcome != fsm.Refuse {
+		t.Fatalf("DOUBLE SIGN: new leader %s allowed a conflicting H10", nl.cfg.NodeID)
+	}
+}

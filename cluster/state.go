@@ -1,0 +1,97 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// A node that lost its raft data (a wiped disk, a deleted data_dir) must
+// not come back as the member it was: it would grant votes and acknowledge
+// entries with none of the state it acknowledged before, and a lagging
+// candidate could win an election without a watermark the cluster already
+// committed. So a node with no raft state runs raft only once it has been
+// (re)admitted, and the mark that says so lives inside raft.db itself:
+// whatever deletes the raft state deletes the mark with it.
+var keyJoined = []byte("kmsha_joined")
+
+// raft's own stable-store key for the current term.
+var keyCurrentTerm = []byte("CurrentTerm")
+
+// LocalState describes a data dir.
+type LocalState struct {
+	// HasRaftState: raft has a term, log entries or snapshots here.
+	HasRaftState bool
+	// Joined: a leader admitted this node while it had no state (see Join).
+	Joined bool
+}
+
+// MayStartRaft reports whether raft may run on this data dir.
+func (s LocalState) MayStartRaft() bool { return s.HasRaftState || s.Joined }
+
+// ErrLocked is returned when another process holds the data dir.
+var ErrLocked = errors.New("the raft data dir is in use by a running kms-ha node")
+
+// ReadState inspects the data dir without starting raft. lockWait bounds
+// how long it waits for a running node's lock.
+func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
+	c.setDefaults()
+	st, err := openStoresWait(&c, lockWait)
+	if err != nil {
+		return LocalState{}, err
+	}
+	defer st.bolt.Close()
+	var s LocalState
+	term, err := st.bolt.GetUint64(keyCurrentTerm)
+	if err != nil && err.Error() != "not found" {
+		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
+	}
+	last, err := st.bolt.LastIndex()
+	if err != nil {
+		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
+	}
+	snaps, err := st.snaps.List()
+	if err != nil {
+		return s, fmt.Errorf("cluster: list snapshots in %s: %w", c.DataDir, err)
+	}
+	if len(snaps) > 0 && term == 0 && last == 0 {
+		// The term and the vote are gone but a snapshot is not: the node
+		// could vote twice in one term. Refuse rather than guess.
+		return s, fmt.Errorf("cluster: %s holds snapshots but no raft.db (term and vote lost); "+
+			"move the whole data dir away and re-admit this node with `kms-ha join`", c.DataDir)
+	}
+	s.HasRaftState = term > 0 || last > 0 || len(snaps) > 0
+	joined, err := st.bolt.GetUint64(keyJoined)
+	if err != nil && err.Error() != "not found" {
+		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
+	}
+	s.Joined = joined == 1
+	return s, nil
+}
+
+// MarkJoined records that a leader admitted this node (see ReadState).
+func MarkJoined(c Config, lockWait time.Duration) error {
+	c.setDefaults()
+	st, err := openStoresWait(&c, lockWait)
+	if err != nil {
+		return err
+	}
+	defer st.bolt.Close()
+	if err := st.bolt.SetUint64(keyJoined, 1); err != nil {
+		return fmt.Errorf("cluster: mark %s as joined: %w", c.DataDir, err)
+	}
+	return nil
+}
+
+func openStoresWait(c *Config, lockWait time.Duration) (*stores, error) {
+	prev := c.lockTimeout
+	c.lockTimeout = lockWait
+	defer func() { c.lockTimeout = prev }()
+	st, err := openStores(c)
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, ErrLocked
+	}
+	return st, err
+}
