@@ -49,6 +49,13 @@ type Cluster struct {
 	ApplyTimeout       time.Duration `yaml:"apply_timeout"`
 	SnapshotInterval   time.Duration `yaml:"snapshot_interval"`
 	SnapshotThreshold  uint64        `yaml:"snapshot_threshold"`
+
+	// AllowPlaintextNetwork acknowledges that raft and the cluster API are
+	// neither encrypted nor authenticated in this version, so that they may
+	// listen beyond loopback. Anyone who reaches these ports can join the
+	// cluster or overwrite watermarks: use it only on a private, firewalled
+	// network.
+	AllowPlaintextNetwork bool `yaml:"allow_plaintext_network"`
 }
 
 // Chain declares a chain to sign for.
@@ -261,6 +268,17 @@ func (c *Config) Validate() error {
 	if err := checkHostPort(cl.APIAddr); err != nil {
 		bad("cluster.api_addr", "%v; set it to the address of the cluster gRPC API, e.g. 127.0.0.1:7101", err)
 	}
+	if !cl.AllowPlaintextNetwork {
+		for _, f := range []struct{ name, addr string }{
+			{"raft_addr", cl.RaftAddr}, {"advertise_addr", cl.AdvertiseAddr}, {"api_addr", cl.APIAddr},
+		} {
+			if host, _, err := net.SplitHostPort(f.addr); err == nil && !isLoopback(host) {
+				bad("cluster."+f.name, "%q is not a loopback address, and cluster traffic is not encrypted or authenticated "+
+					"in this version: whoever reaches it can join the cluster or overwrite watermarks. Bind to 127.0.0.1, "+
+					"or set cluster.allow_plaintext_network: true if the network between the nodes is private and firewalled", f.addr)
+			}
+		}
+	}
 	if cl.HeartbeatTimeout < 5*time.Millisecond {
 		bad("cluster.heartbeat_timeout", "%s is too short (at least 5ms)", cl.HeartbeatTimeout)
 	}
@@ -379,6 +397,14 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q has no valid port", s)
 	}
 	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func isUnspecified(host string) bool {

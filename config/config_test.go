@@ -90,6 +90,8 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"no cluster", strings.Replace(singleChain, clusterBlock, "", 1), "cluster.node_id: is required"},
 		{"bad node id", strings.Replace(singleChain, "node_id: node1", "node_id: 'a b'", 1), "cluster.node_id"},
 		{"unspecified advertise", strings.Replace(singleChain, "raft_addr: 127.0.0.1:7001", "raft_addr: 0.0.0.0:7001", 1), "cluster.advertise_addr"},
+		{"plaintext beyond loopback", strings.Replace(singleChain, "api_addr: 127.0.0.1:7101", "api_addr: 10.0.0.5:7101", 1), "cluster.api_addr: \"10.0.0.5:7101\" is not a loopback address"},
+		{"plaintext acknowledged", strings.Replace(singleChain, "api_addr: 127.0.0.1:7101", "api_addr: 10.0.0.5:7101\n  allow_plaintext_network: true", 1), ""},
 		{"unknown chain", strings.Replace(singleChain, "- chain_id: cosmoshub-4", "- chain_id: nope", 1), "validators[0].chain_id: \"nope\" is not declared"},
 		{"bad scheme", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "http://10.0.0.1:26659", 1), "validators[0].addr"},
 		{"no port", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "tcp://10.0.0.1", 1), "validators[0].addr"},

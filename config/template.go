@@ -10,6 +10,8 @@ type TemplateParams struct {
 	NodeID   string
 	RaftAddr string
 	APIAddr  string
+	// AllowPlaintext writes allow_plaintext_network: true (uncommented).
+	AllowPlaintext bool
 }
 
 var tmpl = template.Must(template.New("kms.yaml").Parse(`# kms-ha configuration. Relative paths resolve against --home.
@@ -26,6 +28,10 @@ cluster:
   # advertise_addr: {{.RaftAddr}}
   # The cluster gRPC API (status, join). kms-ha status/join talk to it.
   api_addr: {{.APIAddr}}
+  # Raft and the API are not yet encrypted or authenticated (mutual TLS is
+  # coming): addresses beyond loopback are refused unless you acknowledge
+  # that the network between the nodes is private and firewalled.
+  {{if not .AllowPlaintext}}# {{end}}allow_plaintext_network: true
   # Raft timing, LAN defaults. For nodes in different regions raise all three
   # (e.g. heartbeat 1500ms, election 1500ms, lease 750ms).
   # heartbeat_timeout: 500ms

@@ -122,13 +122,19 @@ func initCmd() *cli.Command {
 					return cli.Exit(fmt.Sprintf("kms-ha init: %s already exists; refusing to overwrite it", p), 1)
 				}
 			}
-			tmpl := config.Template(config.TemplateParams{
-				NodeID: c.String("node-id"), RaftAddr: c.String("raft-addr"), APIAddr: c.String("api-addr"),
-			})
+			params := config.TemplateParams{NodeID: c.String("node-id"), RaftAddr: c.String("raft-addr"), APIAddr: c.String("api-addr")}
+			tmpl := config.Template(params)
 			// The template must load: a node id or address the validator
-			// rejects is reported now, not at first start.
+			// rejects is reported now, not at first start. Plaintext on a
+			// non-loopback address is the operator's call to acknowledge in
+			// the file, so it only earns a warning here.
+			plaintextWarning := false
 			if _, err := config.Parse(tmpl, home); err != nil {
-				return cli.Exit(fmt.Sprintf("kms-ha init: %v", err), 2)
+				params.AllowPlaintext = true
+				if _, err2 := config.Parse(config.Template(params), home); err2 != nil {
+					return cli.Exit(fmt.Sprintf("kms-ha init: %v", strings.ReplaceAll(err2.Error(), "\n", "\n  ")), 2)
+				}
+				plaintextWarning = true
 			}
 			if err := os.MkdirAll(home, 0o700); err != nil {
 				return fmt.Errorf("init: create %s: %w", home, err)
@@ -141,6 +147,11 @@ func initCmd() *cli.Command {
 				return fmt.Errorf("init: write %s: %w", idPath, err)
 			}
 			fmt.Printf("wrote %s\nwrote %s (SecretConnection identity, node id %s)\n", cfgPath, idPath, nk.ID())
+			if plaintextWarning {
+				fmt.Printf("note: %s or %s is not a loopback address; cluster traffic is not encrypted or authenticated in this version, "+
+					"so kms-ha start refuses until you set cluster.allow_plaintext_network: true in %s (only on a private, firewalled network)\n",
+					params.RaftAddr, params.APIAddr, cfgPath)
+			}
 			fmt.Printf("next: edit %s (chains, validators, keys), then `kms-ha bootstrap --home %s` on the first node only\n", cfgPath, home)
 			return nil
 		},
