@@ -473,6 +473,10 @@ func statusCmd() *cli.Command {
 }
 
 func printStatus(w io.Writer, s statusJSON) {
+	if s.State == grpcapi.StateAwaitingJoin {
+		fmt.Fprintf(w, "node %s has no raft state and is waiting to be admitted: run `kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it\n", s.NodeID)
+		return
+	}
 	leader := s.LeaderID
 	if leader == "" {
 		leader = "(none known)"
