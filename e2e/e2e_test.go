@@ -275,6 +275,14 @@ func checkSafety(t *testing.T, c *harness.Cluster) harness.Scan {
 	for _, e := range scan.Errors {
 		t.Error(e)
 	}
+	connects, err := harness.CheckLeaderOnly(c.LogPaths()...)
+	if err != nil {
+		t.Errorf("invariant 3: %v", err)
+	} else if connects == 0 {
+		t.Error("invariant 3: no validator connection in any log; the check proves nothing")
+	} else {
+		t.Logf("invariant 3: all %d validator connections and every signature fall inside the node's own leadership", connects)
+	}
 	if err := harness.CheckNoDoubleSign(scan.Signed); err != nil {
 		t.Error(err)
 	} else {

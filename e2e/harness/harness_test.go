@@ -107,3 +107,30 @@ func TestSignLog(t *testing.T) {
 		t.Fatalf("malformed signed line not reported: %+v", all.Errors)
 	}
 }
+
+func TestCheckLeaderOnly(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "n.log")
+	good := "##### harness: start #1\n" +
+		`{"msg":"became leader"}` + "\n" +
+		`{"msg":"transport: connected"}` + "\n" +
+		`{"msg":"signed"}` + "\n" +
+		`{"msg":"lost leadership"}` + "\n" +
+		"##### harness: start #2\n" +
+		`{"msg":"became leader"}` + "\n" +
+		`{"msg":"transport: connected"}` + "\n"
+	os.WriteFile(p, []byte(good), 0o600)
+	if n, err := CheckLeaderOnly(p); err != nil || n != 2 {
+		t.Fatalf("good log: %d connects, %v", n, err)
+	}
+	for name, bad := range map[string]string{
+		"after losing":  `{"msg":"became leader"}` + "\n" + `{"msg":"lost leadership"}` + "\n" + `{"msg":"transport: connected"}` + "\n",
+		"after restart": `{"msg":"became leader"}` + "\n" + "##### harness: start #2\n" + `{"msg":"signed"}` + "\n",
+		"never leader":  `{"msg":"transport: connected"}` + "\n",
+	} {
+		os.WriteFile(p, []byte(bad), 0o600)
+		if _, err := CheckLeaderOnly(p); err == nil {
+			t.Errorf("%s: not reported", name)
+		}
+	}
+}
