@@ -55,10 +55,14 @@ var homeFlag = &cli.StringFlag{Name: "home", Usage: "directory holding kms.yaml,
 
 func main() {
 	app := &cli.App{
-		Name:            "kms-ha",
-		Usage:           "highly available remote signer for CometBFT validators",
-		Version:         versionString(),
-		OnUsageError:    usageError,
+		Name:         "kms-ha",
+		Usage:        "highly available remote signer for CometBFT validators",
+		Version:      versionString(),
+		OnUsageError: usageError,
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "kms-ha: unknown command %q (see kms-ha --help)\n", name)
+			os.Exit(2)
+		},
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			initCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), versionCmd(),

@@ -51,6 +51,8 @@ func TestEveryCommandHasHelp(t *testing.T) {
 func TestUsageErrorsAreOneLine(t *testing.T) {
 	cases := [][]string{
 		{"status", "--bogus"},
+		{"--bogus"},
+		{"frobnicate"},
 		{"status"},
 		{"join", "--home", "x"},
 		{"init", "--home", t.TempDir()},
