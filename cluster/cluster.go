@@ -195,7 +195,7 @@ func Bootstrap(c Config, servers []Server) error {
 	if err := raft.BootstrapCluster(c.raftConfig(), st.bolt, st.bolt, st.snaps, trans, conf); err != nil {
 		return fmt.Errorf("cluster: bootstrap: %w", err)
 	}
-	return nil
+	return bindNodeID(st, &c)
 }
 
 // Node is a running raft member.

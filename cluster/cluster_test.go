@@ -219,3 +219,67 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 		t.Fatalf("DOUBLE SIGN: new leader %s allowed a conflicting H10", nl.cfg.NodeID)
 	}
 }
+
+func TestDataDirBelongsToItsNode(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "raft")
+	a := Config{NodeID: "a", DataDir: dir, BindAddr: "127.0.0.1:1", Logger: quiet}
+	if err := Bootstrap(a, nil); err != nil {
+		t.Fatal(err)
+	}
+	b := a
+	b.NodeID = "b"
+	if _, err := ReadState(b, time.Second); err == nil || !strings.Contains(err.Error(), "belongs to node \"a\"") {
+		t.Fatalf("a data dir copied to another node: %v", err)
+	}
+	if _, err := ReadState(a, time.Second); err != nil {
+		t.Fatalf("own data dir: %v", err)
+	}
+}
+
+func TestNonMemberWithStateIsNotAdmitted(t *testing.T) {
+	m := &memNode{cfg: Config{NodeID: "L", DataDir: filepath.Join(t.TempDir(), "L"), BindAddr: "L", Logger: quiet,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond}}
+	if err := Bootstrap(m.cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	startMem(t, m)
+	defer m.node.Shutdown()
+	waitLeader(t, m)
+	// A node that is not a member but claims state (another cluster's, a
+	// copied dir) would merge a foreign log: refused.
+	if err := m.node.Admit("Z", "Z", false, false); err == nil {
+		t.Fatal("a non-member with raft state was admitted")
+	}
+	if err := m.node.Admit("Z", "Z", false, true); err == nil {
+		t.Fatal("a non-member was promoted")
+	}
+	if err := m.node.Admit("Z", "Z", true, false); err != nil {
+		t.Fatalf("an empty node was refused: %v", err)
+	}
+	if err := m.node.Admit("L", "L", true, false); err == nil {
+		t.Fatal("the leader admitted itself")
+	}
+}
+
+func TestCompactedLogWithoutSnapshotIsRefused(t *testing.T) {
+	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet}
+	c.setDefaults()
+	st, err := openStores(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A log that starts at 5: entries 1-4 were compacted into a snapshot
+	// that is no longer there.
+	var logs []*raft.Log
+	for i := uint64(5); i <= 8; i++ {
+		logs = append(logs, &raft.Log{Index: i, Term: 1, Type: raft.LogNoop})
+	}
+	if err := st.bolt.StoreLogs(logs); err != nil {
+		t.Fatal(err)
+	}
+	st.bolt.SetUint64(keyCurrentTerm, 1)
+	st.bolt.Close()
+	if _, err := ReadState(c, time.Second); err == nil || !strings.Contains(err.Error(), "no snapshot covers") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -76,6 +76,12 @@ func (n *Node) Admit(id, raftAddr string, fresh, promote bool) error {
 		}
 	}
 	timeout := n.cfg.ApplyTimeout
+	if cur == nil && !fresh {
+		// Raft state from outside this cluster (another cluster, a copied
+		// or restored dir) would merge a foreign log and foreign votes.
+		return fmt.Errorf("cluster: admit %s: it is not a member but holds raft state; a node joins with an empty data dir "+
+			"(move %s's data dir away, then run kms-ha join again)", id, id)
+	}
 	if cur != nil && fresh {
 		n.log.Warn("member rejoins without its raft state; removing its old incarnation before admitting it again", "member", id)
 		if err := n.raft.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {

@@ -17,6 +17,10 @@ import (
 // whatever deletes the raft state deletes the mark with it.
 var keyJoined = []byte("kmsha_joined")
 
+// keyNodeID binds a data dir to the node it belongs to: a data dir copied
+// from another node carries that node's log and votes, not this one's.
+var keyNodeID = []byte("kmsha_node_id")
+
 // raft's own stable-store key for the current term.
 var keyCurrentTerm = []byte("CurrentTerm")
 
@@ -63,6 +67,16 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 			"move the whole data dir away and re-admit this node with `kms-ha join`", c.DataDir)
 	}
 	s.HasRaftState = term > 0 || last > 0 || len(snaps) > 0
+	if owner, err := st.bolt.Get(keyNodeID); err == nil && len(owner) > 0 && string(owner) != c.NodeID {
+		return s, fmt.Errorf("cluster: %s belongs to node %q, not %q: a data dir must never be copied between nodes; "+
+			"move it away and admit this node with `kms-ha join`", c.DataDir, owner, c.NodeID)
+	}
+	if first, err := st.bolt.FirstIndex(); err == nil && first > 1 && (len(snaps) == 0 || snaps[0].Index < first-1) {
+		// The log was compacted behind a snapshot that is gone: raft
+		// cannot rebuild the state and would panic at start.
+		return s, fmt.Errorf("cluster: %s: the log starts at index %d but no snapshot covers what came before; "+
+			"the snapshots were lost or damaged. Move the data dir away and admit this node again with `kms-ha join`", c.DataDir, first)
+	}
 	joined, err := st.bolt.GetUint64(keyJoined)
 	if err != nil && err.Error() != "not found" {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
@@ -81,6 +95,13 @@ func MarkJoined(c Config, lockWait time.Duration) error {
 	defer st.bolt.Close()
 	if err := st.bolt.SetUint64(keyJoined, 1); err != nil {
 		return fmt.Errorf("cluster: mark %s as joined: %w", c.DataDir, err)
+	}
+	return bindNodeID(st, &c)
+}
+
+func bindNodeID(st *stores, c *Config) error {
+	if err := st.bolt.Set(keyNodeID, []byte(c.NodeID)); err != nil {
+		return fmt.Errorf("cluster: record the node id in %s: %w", c.DataDir, err)
 	}
 	return nil
 }

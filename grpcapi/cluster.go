@@ -45,7 +45,7 @@ func NewClusterServer(id string, node *cluster.Node, log *slog.Logger) *ClusterS
 func (s *ClusterServer) SetNode(n *cluster.Node) { s.node.Store(n) }
 
 var errNotMember = status.Error(codes.FailedPrecondition,
-	"this node is not a cluster member yet: admit it with `kms-ha join --home HOME --cluster MEMBER_API_ADDR`")
+	"the node at this address is not a cluster member yet (it waits to be admitted): send joins to a running member's API address")
 
 // Status answers from the local replica: it never needs a quorum, so an
 // operator can read any surviving node during an outage.
@@ -119,6 +119,16 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 		}
 		return resp, nil
 	}
+	if req.GetFresh() && req.GetApiAddr() != "" && s.isMember(node, req.GetId()) {
+		// About to remove a member as a lost incarnation: make sure it is
+		// not a live member that a mistaken join (a wrong --home, another
+		// host) claims to be empty.
+		if st, err := peerStatus(ctx, req.GetApiAddr()); err == nil && st.GetState() != StateAwaitingJoin {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"%s answers at %s as a running member (%s), so it has not lost its state: refusing to remove it; "+
+					"check --home and the host you ran join on", req.GetId(), req.GetApiAddr(), st.GetState())
+		}
+	}
 	if err := node.Admit(req.GetId(), req.GetRaftAddr(), req.GetFresh(), req.GetPromote()); err != nil {
 		code := codes.FailedPrecondition
 		if errors.Is(err, cluster.ErrNotLeader) {
@@ -133,6 +143,31 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 	}
 	s.log.Info("join handled", "joiner", req.GetId(), "raft_addr", req.GetRaftAddr(), "api_addr", req.GetApiAddr(), "fresh", req.GetFresh(), "promote", req.GetPromote())
 	return &clusterpb.JoinResponse{LeaderId: node.ID()}, nil
+}
+
+func (s *ClusterServer) isMember(node *cluster.Node, id string) bool {
+	members, err := node.Members()
+	if err != nil {
+		return true // unknown: be careful
+	}
+	for _, m := range members {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func peerStatus(ctx context.Context, addr string) (*clusterpb.StatusResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var st *clusterpb.StatusResponse
+	err := withClient(ctx, addr, func(c clusterpb.ClusterClient) error {
+		var err error
+		st, err = c.Status(ctx, &clusterpb.StatusRequest{})
+		return err
+	})
+	return st, err
 }
 
 // Register adds the Cluster service to a gRPC server.

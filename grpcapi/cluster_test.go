@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,7 +145,8 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 		}
 		waitFor(t, m.cfg.NodeID+" to be a voter", func() bool { return m.node.Suffrage() == "Voter" })
 	}
-	if err := join(ms[0].api, ms[1]); err != nil {
+	// First joins come from empty nodes, as `kms-ha join` detects.
+	if err := joinAs(ms[0].api, ms[1], true, false); err != nil {
 		t.Fatal(err)
 	}
 	if s := ms[1].node.Suffrage(); s == "Voter" {
@@ -153,10 +155,15 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	promote(ms[1])
 	waitFor(t, "n2 to learn the leader", func() bool { id, _ := ms[1].node.Leader(); return id == "n1" })
 	// Sent to a follower: forwarded to the leader.
-	if err := join(ms[1].api, ms[2]); err != nil {
+	if err := joinAs(ms[1].api, ms[2], true, false); err != nil {
 		t.Fatalf("join through a follower: %v", err)
 	}
 	promote(ms[2])
+	// A mistaken "fresh" join for a live member (wrong --home) must not
+	// remove it.
+	if err := joinAs(ms[0].api, ms[2], true, false); err == nil || !strings.Contains(err.Error(), "refusing to remove") {
+		t.Fatalf("fresh join of a running member: %v", err)
+	}
 	// Joining again is harmless. (A new member learns the leader's API
 	// address with the next entries it applies; the CLI retries until then.)
 	waitFor(t, "n3 to learn the leader's api address", func() bool { _, a := ms[2].node.Leader(); return a != "" })

@@ -159,8 +159,8 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 		}
 		if !warned {
 			warned = true
-			n.log.Warn("no raft state: waiting to be admitted. Run `kms-ha join --home HOME --cluster MEMBER_API_ADDR` " +
-				"for this node, or `kms-ha bootstrap` (before start) if it is the first node of a new cluster")
+			n.log.Warn("no raft state: not running raft until this node is admitted; run " +
+				"`kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it")
 		}
 		select {
 		case <-ctx.Done():

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -213,6 +214,20 @@ func bootstrapCmd() *cli.Command {
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: --peers: %v", err), 2)
 			}
+			// Bootstrap creates a new cluster. A listed peer that is already
+			// running means one exists: a node that lost its data must be
+			// re-admitted with join, never bootstrapped back into it, or it
+			// would vote without the state it once acknowledged.
+			for _, p := range servers {
+				if p.ID == cfg.Cluster.NodeID {
+					continue
+				}
+				if conn, err := net.DialTimeout("tcp", p.Address, 500*time.Millisecond); err == nil {
+					conn.Close()
+					return cli.Exit(fmt.Sprintf("kms-ha bootstrap: peer %s at %s is already running, so this cluster exists; "+
+						"bootstrap only creates a new cluster. To add this node (or re-add it after losing its data) use `kms-ha join`", p.ID, p.Address), 1)
+				}
+			}
 			err = cluster.Bootstrap(node.ClusterConfig(cfg, quietLogger()), servers)
 			if errors.Is(err, cluster.ErrAlreadyBootstrapped) {
 				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: %s already holds raft state; this node is bootstrapped or joined already. "+
@@ -334,6 +349,13 @@ func joinCmd() *cli.Command {
 			fresh := false
 			switch st, err := cluster.ReadState(cc, 1500*time.Millisecond); {
 			case errors.Is(err, cluster.ErrLocked):
+				// Normally a node running raft; but a node waiting for
+				// admission briefly holds the lock when it polls: ask it.
+				_ = grpcapi.Call(cfg.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+					r, err := cl.Status(ctx, &clusterpb.StatusRequest{})
+					fresh = err == nil && r.GetState() == grpcapi.StateAwaitingJoin
+					return err
+				})
 			case err != nil:
 				return cli.Exit(fmt.Sprintf("kms-ha join: %v", err), 1)
 			default:
