@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,5 +104,24 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 	_, stderr, code := run(t, "start", "--home", home)
 	if code == 0 || !strings.Contains(stderr, "cluster.api_addr") {
 		t.Fatalf("exit %d, %q", code, stderr)
+	}
+}
+
+func TestBootstrapRefusesWhenAPeerRuns(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "h")
+	if _, stderr, code := run(t, "init", "--home", home, "--node-id", "n1", "--raft-addr", "127.0.0.1:17999"); code != 0 {
+		t.Fatal(stderr)
+	}
+	peer, err := net.Listen("tcp", "127.0.0.1:0") // a running member's raft port
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	_, stderr, code := run(t, "bootstrap", "--home", home, "--peers", "n1=127.0.0.1:17999,n2="+peer.Addr().String())
+	if code == 0 || !strings.Contains(stderr, "already running") {
+		t.Fatalf("exit %d, %q", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(home, "raft", "raft.db")); err == nil {
+		t.Fatal("a refused bootstrap left raft state behind")
 	}
 }
