@@ -381,7 +381,12 @@ func joinCmd() *cli.Command {
 				// During an election there is briefly no leader to forward
 				// to: retry until the deadline.
 				if !strings.Contains(err.Error(), "unavailable") || time.Now().After(deadline) {
-					return cli.Exit(fmt.Sprintf("kms-ha join: %v", err), 1)
+					hint := ""
+					if strings.Contains(err.Error(), "knows no leader") {
+						hint = "; the cluster has no leader: if it was created with `bootstrap --peers`, every listed node must " +
+							"run that same bootstrap and be started, and a majority of the voters must be up"
+					}
+					return cli.Exit(fmt.Sprintf("kms-ha join: %v%s", err, hint), 1)
 				}
 				time.Sleep(500 * time.Millisecond)
 			}
