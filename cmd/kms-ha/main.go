@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -214,21 +213,11 @@ func bootstrapCmd() *cli.Command {
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: --peers: %v", err), 2)
 			}
-			// Bootstrap creates a new cluster. A listed peer that is already
-			// running means one exists: a node that lost its data must be
-			// re-admitted with join, never bootstrapped back into it, or it
-			// would vote without the state it once acknowledged.
-			for _, p := range servers {
-				if p.ID == cfg.Cluster.NodeID {
-					continue
-				}
-				if conn, err := net.DialTimeout("tcp", p.Address, 500*time.Millisecond); err == nil {
-					conn.Close()
-					return cli.Exit(fmt.Sprintf("kms-ha bootstrap: peer %s at %s is already running, so this cluster exists; "+
-						"bootstrap only creates a new cluster. To add this node (or re-add it after losing its data) use `kms-ha join`", p.ID, p.Address), 1)
-				}
+			err = node.Bootstrap(cfg, servers, quietLogger())
+			if errors.Is(err, node.ErrPeerRunning) {
+				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: %v, so this cluster exists; bootstrap only creates a new cluster. "+
+					"To add this node (or re-add it after losing its data) use `kms-ha join`", err), 1)
 			}
-			err = cluster.Bootstrap(node.ClusterConfig(cfg, quietLogger()), servers)
 			if errors.Is(err, cluster.ErrAlreadyBootstrapped) {
 				return cli.Exit(fmt.Sprintf("kms-ha bootstrap: %s already holds raft state; this node is bootstrapped or joined already. "+
 					"Start it with `kms-ha start`; to add nodes use `kms-ha join`.", cfg.Cluster.DataDir), 1)
@@ -341,93 +330,21 @@ func joinCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// A node with no raft state is admitted as a new incarnation: if
-			// its id is a member already (a wiped disk), the leader removes
-			// the old one first. A running member holds the data dir's
-			// lock and has state by definition.
-			cc := node.ClusterConfig(cfg, quietLogger())
-			fresh := false
-			switch st, err := cluster.ReadState(cc, 1500*time.Millisecond); {
-			case errors.Is(err, cluster.ErrLocked):
-				// Normally a node running raft; but a node waiting for
-				// admission briefly holds the lock when it polls: ask it.
-				_ = grpcapi.Call(cfg.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-					r, err := cl.Status(ctx, &clusterpb.StatusRequest{})
-					fresh = err == nil && r.GetState() == grpcapi.StateAwaitingJoin
-					return err
-				})
-			case err != nil:
+			ctx, cancel := context.WithTimeout(context.Background(), c.Duration("timeout"))
+			defer cancel()
+			res, err := node.Join(ctx, cfg, c.String("cluster"), quietLogger())
+			if err != nil {
 				return cli.Exit(fmt.Sprintf("kms-ha join: %v", err), 1)
-			default:
-				fresh = !st.MayStartRaft()
 			}
-			req := &clusterpb.JoinRequest{Id: cfg.Cluster.NodeID, RaftAddr: cfg.Cluster.AdvertiseAddr, ApiAddr: cfg.Cluster.APIAddr, Fresh: fresh}
-			deadline := time.Now().Add(c.Duration("timeout"))
-			for {
-				var resp *clusterpb.JoinResponse
-				err = grpcapi.Call(c.String("cluster"), 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-					var err error
-					resp, err = cl.Join(ctx, req)
-					return err
-				})
-				if err == nil {
-					if fresh {
-						if err := cluster.MarkJoined(cc, 5*time.Second); err != nil {
-							return cli.Exit(fmt.Sprintf("kms-ha join: admitted, but could not record it in %s: %v; run join again", cc.DataDir, err), 1)
-						}
-					}
-					return awaitVoter(c, cfg, resp.GetLeaderId(), deadline)
-				}
-				// During an election there is briefly no leader to forward
-				// to: retry until the deadline.
-				if !strings.Contains(err.Error(), "unavailable") || time.Now().After(deadline) {
-					hint := ""
-					if strings.Contains(err.Error(), "knows no leader") {
-						hint = "; the cluster has no leader: if it was created with `bootstrap --peers`, every listed node must " +
-							"run that same bootstrap and be started, and a majority of the voters must be up"
-					}
-					return cli.Exit(fmt.Sprintf("kms-ha join: %v%s", err, hint), 1)
-				}
-				time.Sleep(500 * time.Millisecond)
+			switch res.Outcome {
+			case node.JoinedVoter:
+				fmt.Printf("%s is a voter of the cluster (leader %s)\n", cfg.Cluster.NodeID, res.Leader)
+			case node.JoinedNotRunning:
+				fmt.Printf("%s is admitted (leader %s); start it with `kms-ha start --home %s`: it becomes a voter once it has caught up\n",
+					cfg.Cluster.NodeID, res.Leader, c.String("home"))
 			}
-		},
-	}
-}
-
-// awaitVoter reports the outcome of an admission: an admitted node
-// becomes a voter by itself once it runs and has caught up, so wait for
-// that if it runs, and otherwise say what to do.
-func awaitVoter(c *cli.Context, cfg *config.Config, leader string, deadline time.Time) error {
-	id := cfg.Cluster.NodeID
-	for {
-		var st *clusterpb.StatusResponse
-		err := grpcapi.Call(c.String("cluster"), 3*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-			var err error
-			st, err = cl.Status(ctx, &clusterpb.StatusRequest{})
-			return err
-		})
-		if err == nil {
-			for _, m := range st.GetMembers() {
-				if m.GetId() == id && strings.EqualFold(m.GetSuffrage(), "voter") {
-					fmt.Printf("%s is a voter of the cluster (leader %s)\n", id, leader)
-					return nil
-				}
-			}
-		}
-		// Is the node itself running? If not, it cannot catch up yet.
-		local := grpcapi.Call(cfg.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-			_, err := cl.Status(ctx, &clusterpb.StatusRequest{})
-			return err
-		})
-		if local != nil {
-			fmt.Printf("%s is admitted (leader %s); start it with `kms-ha start --home %s`: it becomes a voter once it has caught up\n",
-				id, leader, c.String("home"))
 			return nil
-		}
-		if time.Now().After(deadline) {
-			return cli.Exit(fmt.Sprintf("kms-ha join: %s is admitted but not yet a voter; it is still catching up (see its log and `kms-ha status`)", id), 1)
-		}
-		time.Sleep(300 * time.Millisecond)
+		},
 	}
 }
 

@@ -1,0 +1,175 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/config"
+	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+)
+
+// ErrPeerRunning is returned by Bootstrap when a listed peer already runs.
+var ErrPeerRunning = errors.New("a listed peer is already running")
+
+// Bootstrap writes the first raft configuration for a new cluster: this
+// node alone, or the listed voters. A listed peer that is already running
+// means the cluster exists: a node that lost its data must be re-admitted
+// with Join, never bootstrapped back into it, or it would vote without the
+// state it once acknowledged.
+func Bootstrap(c *config.Config, peers []cluster.Server, log *slog.Logger) error {
+	for _, p := range peers {
+		if p.ID == c.Cluster.NodeID {
+			continue
+		}
+		if conn, err := net.DialTimeout("tcp", p.Address, 500*time.Millisecond); err == nil {
+			conn.Close()
+			return fmt.Errorf("node: bootstrap: peer %s at %s: %w", p.ID, p.Address, ErrPeerRunning)
+		}
+	}
+	return cluster.Bootstrap(ClusterConfig(c, log), peers)
+}
+
+// JoinOutcome is how an admission ended.
+type JoinOutcome int
+
+const (
+	// JoinedVoter: the node is a voter.
+	JoinedVoter JoinOutcome = iota
+	// JoinedNotRunning: admitted; the node must be started to catch up
+	// and become a voter.
+	JoinedNotRunning
+)
+
+// JoinResult describes a successful Join.
+type JoinResult struct {
+	Outcome JoinOutcome
+	Leader  string
+	Fresh   bool
+}
+
+// Join asks the member at memberAPI to admit the node configured by c,
+// retrying while the cluster has no leader, and waits until the node is a
+// voter if it is running. A node with no raft state is admitted as a new
+// incarnation (see cluster.Node.Admit), and the admission is recorded in
+// its data dir so that it may start raft.
+func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Logger) (JoinResult, error) {
+	cc := ClusterConfig(c, log)
+	fresh, err := isFresh(ctx, c, cc)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	req := &clusterpb.JoinRequest{Id: c.Cluster.NodeID, RaftAddr: c.Cluster.AdvertiseAddr, ApiAddr: c.Cluster.APIAddr, Fresh: fresh}
+	var resp *clusterpb.JoinResponse
+	for {
+		err = callCtx(ctx, memberAPI, 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+			var err error
+			resp, err = cl.Join(ctx, req)
+			return err
+		})
+		if err == nil {
+			break
+		}
+		// During an election there is briefly no leader to forward to.
+		if !strings.Contains(err.Error(), "unavailable") || ctx.Err() != nil {
+			if strings.Contains(err.Error(), "knows no leader") {
+				err = fmt.Errorf("%w; the cluster has no leader: if it was created with `bootstrap --peers`, every listed node "+
+					"must run that same bootstrap and be started, and a majority of the voters must be up", err)
+			}
+			return JoinResult{}, fmt.Errorf("node: join via %s: %w", memberAPI, err)
+		}
+		if !sleep(ctx, 500*time.Millisecond) {
+			return JoinResult{}, fmt.Errorf("node: join via %s: %w", memberAPI, err)
+		}
+	}
+	res := JoinResult{Leader: resp.GetLeaderId(), Fresh: fresh}
+	if fresh {
+		if err := cluster.MarkJoined(cc, 5*time.Second); err != nil {
+			return res, fmt.Errorf("node: admitted, but could not record it in %s (run join again): %w", cc.DataDir, err)
+		}
+	}
+	// An admitted node becomes a voter by itself once it runs and has
+	// caught up: wait for that if it runs.
+	for {
+		if isVoter(ctx, memberAPI, c.Cluster.NodeID) {
+			res.Outcome = JoinedVoter
+			return res, nil
+		}
+		if _, err := localStatus(ctx, c); err != nil {
+			res.Outcome = JoinedNotRunning
+			return res, nil
+		}
+		if !sleep(ctx, 300*time.Millisecond) {
+			return res, fmt.Errorf("node: %s is admitted but not yet a voter; it is still catching up (see its log and `kms-ha status`)", c.Cluster.NodeID)
+		}
+	}
+}
+
+// isFresh tells whether the node holds no raft state. A running member
+// holds the data dir's lock; a node waiting for admission only holds it
+// briefly when it polls, so on a locked dir ask the node itself.
+func isFresh(ctx context.Context, c *config.Config, cc cluster.Config) (bool, error) {
+	st, err := cluster.ReadState(cc, 1500*time.Millisecond)
+	switch {
+	case errors.Is(err, cluster.ErrLocked):
+		r, err := localStatus(ctx, c)
+		return err == nil && r.GetState() == grpcapi.StateAwaitingJoin, nil
+	case err != nil:
+		return false, err
+	}
+	return !st.MayStartRaft(), nil
+}
+
+func localStatus(ctx context.Context, c *config.Config) (*clusterpb.StatusResponse, error) {
+	var r *clusterpb.StatusResponse
+	err := callCtx(ctx, c.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		var err error
+		r, err = cl.Status(ctx, &clusterpb.StatusRequest{})
+		return err
+	})
+	return r, err
+}
+
+func isVoter(ctx context.Context, memberAPI, id string) bool {
+	var st *clusterpb.StatusResponse
+	err := callCtx(ctx, memberAPI, 3*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		var err error
+		st, err = cl.Status(ctx, &clusterpb.StatusRequest{})
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	for _, m := range st.GetMembers() {
+		if m.GetId() == id && strings.EqualFold(m.GetSuffrage(), "voter") {
+			return true
+		}
+	}
+	return false
+}
+
+// callCtx is grpcapi.Call bounded by ctx as well.
+func callCtx(ctx context.Context, addr string, timeout time.Duration, fn func(context.Context, clusterpb.ClusterClient) error) error {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return context.DeadlineExceeded
+	}
+	return grpcapi.Call(addr, timeout, fn)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
