@@ -30,7 +30,7 @@ unit:
 
 e2e:
 	@mkdir -p $(BUILD)
-	$(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/ 2>&1 | tee $(BUILD)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
+	KMSHA_E2E_RACE=1 $(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/ 2>&1 | tee $(BUILD)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

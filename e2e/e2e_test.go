@@ -275,6 +275,11 @@ func checkSafety(t *testing.T, c *harness.Cluster) harness.Scan {
 	for _, e := range scan.Errors {
 		t.Error(e)
 	}
+	if err := harness.CheckNoRace(c.LogPaths()...); err != nil {
+		t.Error(err)
+	} else if os.Getenv(harness.RaceEnv) == "1" {
+		t.Logf("race detector: no data race reported by any kms-ha process")
+	}
 	connects, err := harness.CheckLeaderOnly(c.LogPaths()...)
 	if err != nil {
 		t.Errorf("invariant 3: %v", err)

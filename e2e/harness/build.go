@@ -50,10 +50,21 @@ func isModule(gomod []byte, path string) bool {
 	return false
 }
 
+// RaceEnv, set to 1, builds kms-ha with the race detector, so the end-to-end
+// tests hunt data races in the real processes too (`make test` sets it).
+const RaceEnv = "KMSHA_E2E_RACE"
+
+// RaceReport is what the race detector prints into a process's stderr.
+const RaceReport = "WARNING: DATA RACE"
+
 // BuildKMSHA builds ./cmd/kms-ha into outDir.
 func BuildKMSHA(ctx context.Context, repoRoot, outDir string) (string, error) {
 	out := filepath.Join(outDir, "kms-ha")
-	return out, goBuild(ctx, repoRoot, out, "./cmd/kms-ha")
+	var flags []string
+	if os.Getenv(RaceEnv) == "1" {
+		flags = append(flags, "-race")
+	}
+	return out, goBuild(ctx, repoRoot, out, "./cmd/kms-ha", flags...)
 }
 
 // BuildCometBFT builds the cometbft version pinned by go.mod (a tool
@@ -80,14 +91,15 @@ func Build(ctx context.Context, repoRoot, outDir string) (Binaries, error) {
 	return b, nil
 }
 
-func goBuild(ctx context.Context, repoRoot, out, pkg string) error {
+func goBuild(ctx context.Context, repoRoot, out, pkg string, flags ...string) error {
 	goBin := "go"
 	if root := os.Getenv("GOROOT"); root != "" {
 		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
 			goBin = p
 		}
 	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
+	args := append(append([]string{"build"}, flags...), "-o", out, pkg)
+	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = repoRoot
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr

@@ -134,3 +134,15 @@ func TestCheckLeaderOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckNoRace(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "n.log")
+	os.WriteFile(p, []byte(`{"msg":"signed"}`+"\n"), 0o600)
+	if err := CheckNoRace(p); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(p, []byte("==================\nWARNING: DATA RACE\nWrite at 0x00c0001 by goroutine 7:\n"), 0o600)
+	if err := CheckNoRace(p); err == nil {
+		t.Fatal("a race report was not noticed")
+	}
+}

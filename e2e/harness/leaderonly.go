@@ -65,3 +65,21 @@ func CheckLeaderOnly(paths ...string) (connects int, err error) {
 	}
 	return connects, nil
 }
+
+// CheckNoRace fails if the race detector reported anything in a log.
+func CheckNoRace(paths ...string) error {
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if i := bytes.Index(data, []byte(RaceReport)); i >= 0 {
+			end := min(len(data), i+3000)
+			return fmt.Errorf("%s: data race in kms-ha:\n%s", p, data[i:end])
+		}
+	}
+	return nil
+}
