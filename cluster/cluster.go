@@ -50,8 +50,11 @@ type Config struct {
 	// to cut links between nodes.
 	Transport raft.Transport
 
-	// Leading runs each time this node becomes leader; see OnLeadership.
-	// Set here rather than after Open so no term can start without it.
+	// Leading runs each time this node becomes leader, once raft.Barrier
+	// has returned on the new term (so the FSM holds every entry of earlier
+	// terms). Its ctx is cancelled as soon as leadership is lost, and the
+	// next term's run starts only after the previous one returned. It is
+	// part of the config so that no term can start without it.
 	Leading []func(ctx context.Context)
 
 	// lockTimeout bounds the wait for raft.db's file lock.
@@ -214,7 +217,6 @@ type Node struct {
 	wg       sync.WaitGroup
 
 	mu       sync.Mutex
-	onLead   []func(ctx context.Context)
 	leadStop context.CancelFunc
 	leadWG   sync.WaitGroup
 }
@@ -247,7 +249,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	rc := cfg.raftConfig()
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
-		notifyCh: make(chan bool, 16), done: make(chan struct{}), onLead: cfg.Leading}
+		notifyCh: make(chan bool, 16), done: make(chan struct{})}
 	rc.NotifyCh = n.notifyCh
 	var rf raft.FSM = f
 	if cfg.WrapFSM != nil {
@@ -279,18 +281,6 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 // IsLeader reports whether this node is the leader right now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
-// OnLeadership registers fn to run each time this node becomes leader,
-// once raft.Barrier has returned on the new term (so the FSM holds every
-// entry of earlier terms). fn's ctx is cancelled as soon as leadership is
-// lost, and the next term's fn starts only after the previous one returned.
-// Callbacks registered after Open apply from the next term on; to cover
-// the first term, pass them in Config.Leading.
-func (n *Node) OnLeadership(fn func(ctx context.Context)) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.onLead = append(n.onLead, fn)
-}
-
 func (n *Node) watchLeadership() {
 	defer n.wg.Done()
 	for {
@@ -313,8 +303,8 @@ func (n *Node) startLeading() {
 	ctx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
 	n.leadStop = cancel
-	fns := append([]func(context.Context){}, n.onLead...)
 	n.mu.Unlock()
+	fns := n.cfg.Leading
 	n.leadWG.Add(1)
 	go func() {
 		defer n.leadWG.Done()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"slices"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -139,10 +138,3 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s *snapshot) Release() {}
-
-// ChainIDs returns the chains with a watermark, sorted.
-func (f *FSM) ChainIDs() []string {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return slices.Sorted(maps.Keys(f.chains))
-}

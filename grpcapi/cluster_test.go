@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,14 +39,20 @@ func freeAddr(t *testing.T) string {
 
 func (m *member) start(t *testing.T) {
 	t.Helper()
+	var self atomic.Pointer[cluster.Node]
+	cfg := m.cfg
+	// What node.lead does: record this member's API address while leading.
+	cfg.Leading = []func(context.Context){func(ctx context.Context) {
+		if n := self.Load(); n != nil {
+			_ = n.SetMemberAPI(ctx, cfg.NodeID, m.api)
+		}
+	}}
 	var err error
-	m.node, err = cluster.Open(m.cfg, fsm.New())
+	m.node, err = cluster.Open(cfg, fsm.New())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.node.OnLeadership(func(ctx context.Context) {
-		_ = m.node.SetMemberAPI(ctx, m.cfg.NodeID, m.api)
-	})
+	self.Store(m.node)
 	ln, err := net.Listen("tcp", m.api)
 	if err != nil {
 		t.Fatal(err)

@@ -113,8 +113,22 @@ func (c *testCluster) start(n *testNode) {
 	c.t.Helper()
 	_, n.trans = raft.NewInmemTransport(n.addr)
 	n.fsm = fsm.New()
+	// The node is known only once Open returns; its first term starts
+	// after an election, and the pointer makes that hand-off race-free.
+	var self atomic.Pointer[cluster.Node]
+	id := n.id
+	cfg := c.cfg(n)
+	cfg.Leading = []func(context.Context){func(ctx context.Context) {
+		node := self.Load()
+		if node == nil {
+			c.h.violate("%s: leadership callback ran before the node was open", id)
+			return
+		}
+		leadingCheck(ctx, c.h, id, node)
+	}}
 	var err error
-	n.node, err = cluster.Open(c.cfg(n), n.fsm)
+	n.node, err = cluster.Open(cfg, n.fsm)
+	self.Store(n.node)
 	if err != nil {
 		c.t.Fatalf("open %s: %v", n.id, err)
 	}
@@ -127,38 +141,37 @@ func (c *testCluster) start(n *testNode) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	node := n.node
-	id := n.id
-	node.OnLeadership(func(ctx context.Context) {
-		// Invariant 3: serving starts only on a leader (after Barrier, which
-		// cluster guarantees before calling), and stops promptly when
-		// leadership is lost.
-		if !node.IsLeader() {
-			c.h.violate("%s: leadership callback started on a non-leader", id)
-		}
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		var notLeaderSince time.Time
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if node.IsLeader() {
-					notLeaderSince = time.Time{}
-					continue
-				}
-				if notLeaderSince.IsZero() {
-					notLeaderSince = time.Now()
-				} else if time.Since(notLeaderSince) > time.Second {
-					c.h.violate("%s: still serving validators 1s after losing leadership", id)
-					return
-				}
-			}
-		}
-	})
 	n.up = true
 	c.rewire()
+}
+
+// leadingCheck is invariant 3 at the leadership callback: serving starts
+// only on a leader (after Barrier, which cluster guarantees before calling)
+// and stops promptly when leadership is lost.
+func leadingCheck(ctx context.Context, h *history, id string, node *cluster.Node) {
+	if !node.IsLeader() {
+		h.violate("%s: leadership callback started on a non-leader", id)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var notLeaderSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if node.IsLeader() {
+				notLeaderSince = time.Time{}
+				continue
+			}
+			if notLeaderSince.IsZero() {
+				notLeaderSince = time.Now()
+			} else if time.Since(notLeaderSince) > time.Second {
+				h.violate("%s: still serving validators 1s after losing leadership", id)
+				return
+			}
+		}
+	}
 }
 
 // rewire connects every pair of running, uncut nodes and disconnects the rest.

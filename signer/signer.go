@@ -56,8 +56,6 @@ type Config struct {
 	Logger      *slog.Logger
 	// OnRelease, if set, sees every signature before it is sent.
 	OnRelease func(Release)
-	// OnRefuse, if set, sees every refused request's reason.
-	OnRefuse func(chainID, reason string)
 }
 
 // Signer serves every configured chain. Requests of one chain are
@@ -315,8 +313,5 @@ func (s *Signer) remoteError(chainID string, err error) *privvalproto.RemoteSign
 		re = &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: err}
 	}
 	s.log.Warn("refused to sign", "chain", chainID, "reason", re.reason, "err", re.err)
-	if s.cfg.OnRefuse != nil {
-		s.cfg.OnRefuse(chainID, re.reason)
-	}
 	return &privvalproto.RemoteSignerError{Code: re.code, Description: "kms-ha: " + re.err.Error()}
 }
