@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -219,6 +220,11 @@ type Node struct {
 	mu       sync.Mutex
 	leadStop context.CancelFunc
 	leadWG   sync.WaitGroup
+
+	// termReady is set once this node, as leader, has committed its term's
+	// barrier; linearizable reads wait for it.
+	termReady atomic.Bool
+	started   time.Time
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to
@@ -249,7 +255,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	rc := cfg.raftConfig()
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
-		notifyCh: make(chan bool, 16), done: make(chan struct{})}
+		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
 	var rf raft.FSM = f
 	if cfg.WrapFSM != nil {
@@ -334,6 +340,7 @@ func (n *Node) startLeading() {
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
+		n.termReady.Store(true)
 		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
 		var wg sync.WaitGroup
 		for _, fn := range fns {
@@ -345,6 +352,7 @@ func (n *Node) startLeading() {
 }
 
 func (n *Node) stopLeading() {
+	n.termReady.Store(false)
 	n.mu.Lock()
 	stop := n.leadStop
 	n.leadStop = nil
@@ -381,24 +389,6 @@ func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signByt
 	default:
 		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: unexpected result %T", chainID, hrs, res)
 	}
-}
-
-// SetMemberAPI records a member's API address in the replicated state.
-func (n *Node) SetMemberAPI(ctx context.Context, id, apiAddr string) error {
-	data, err := fsm.Encode(fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr})
-	if err != nil {
-		return err
-	}
-	res, err := n.apply(ctx, data)
-	if err == nil {
-		if e, ok := res.(error); ok {
-			err = e
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("cluster: record api address of %s: %w", id, err)
-	}
-	return nil
 }
 
 func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
@@ -462,9 +452,4 @@ func (n *Node) shutdown() error {
 }
 
 // TransferLeadership hands leadership to an up-to-date follower.
-func (n *Node) TransferLeadership() error {
-	if err := n.raft.LeadershipTransfer().Error(); err != nil {
-		return fmt.Errorf("cluster: transfer leadership: %w", err)
-	}
-	return nil
-}
+func (n *Node) TransferLeadership() error { return n.TransferLeadershipTo("") }

@@ -129,6 +129,7 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 	link(ms...)
 	waitLeader(t, L)
 	ctx := context.Background()
+	seed(t, L.node, []string{"L", "X", "Y"}, "c")
 	if _, err := L.node.Reserve(ctx, "c", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte("A")); err != nil {
 		t.Fatal(err)
 	}

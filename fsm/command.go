@@ -15,14 +15,40 @@ const (
 	// CmdSetMember records a member's API address, so that any node can
 	// forward writes to the leader and show operators where members listen.
 	CmdSetMember CommandType = 2
+	// CmdImport raises a chain's watermark to an operator's state (an
+	// imported priv_validator_state.json, a backup, or the empty state of
+	// a new chain); it never lowers one.
+	CmdImport CommandType = 3
+	// CmdSetChainKey records the public key a chain is signed with, so that
+	// a node whose backend holds another key never leads.
+	CmdSetChainKey CommandType = 4
 )
+
+// Level is the command set this binary understands: 0 for types 1 and 2
+// (the first release), 1 adds CmdImport and CmdSetChainKey. Members record
+// their level; a leader writes a type only when every member's level covers
+// it, because a member that refuses an entry others applied diverges.
+const Level = 1
+
+// levelOf is the level a command type needs.
+var levelOf = map[CommandType]int{
+	CmdReserve:     0,
+	CmdSetMember:   0,
+	CmdImport:      1,
+	CmdSetChainKey: 1,
+}
+
+// RequiredLevel returns the member level a command type needs.
+func RequiredLevel(t CommandType) int { return levelOf[t] }
 
 // Versions this FSM understands, per type. A leader only writes a version
 // every member understands; an entry of an unknown type or version is
 // refused without touching state, so an old binary can never misread it.
 var supported = map[CommandType]uint8{
-	CmdReserve:   1,
-	CmdSetMember: 1,
+	CmdReserve:     1,
+	CmdSetMember:   1,
+	CmdImport:      1,
+	CmdSetChainKey: 1,
 }
 
 // ErrUnknownCommand is returned (as the apply result) for an entry this
@@ -36,10 +62,31 @@ type Reserve struct {
 	SignBytes []byte `json:"sign_bytes"`
 }
 
-// SetMember is the body of CmdSetMember.
+// SetMember is the body of CmdSetMember. Level was added with level 1;
+// an entry without it records level 0.
 type SetMember struct {
 	ID      string `json:"id"`
 	APIAddr string `json:"api_addr"`
+	Level   int    `json:"level,omitempty"`
+}
+
+// Import is the body of CmdImport.
+type Import struct {
+	ChainID string `json:"chain_id"`
+	HRS     HRS    `json:"hrs"`
+	// SignBytes may be empty: the position is then taken, and a request at
+	// exactly that position is refused because it cannot be compared.
+	SignBytes []byte `json:"sign_bytes,omitempty"`
+	// Source says where the state came from, for the operator's record.
+	Source string `json:"source,omitempty"`
+}
+
+// SetChainKey is the body of CmdSetChainKey.
+type SetChainKey struct {
+	ChainID string `json:"chain_id"`
+	// PubKey is the raw public key; KeyType is CometBFT's type name.
+	PubKey  []byte `json:"pub_key"`
+	KeyType string `json:"key_type"`
 }
 
 // Encode frames a command: one byte of type, one of version, then the body.
@@ -88,6 +135,24 @@ func Decode(data []byte) (CommandType, any, error) {
 			return t, nil, errors.New("fsm: decode set-member: empty id")
 		}
 		body = m
+	case CmdImport:
+		var im Import
+		if err := json.Unmarshal(data[2:], &im); err != nil {
+			return t, nil, fmt.Errorf("fsm: decode import: %w", err)
+		}
+		if im.ChainID == "" {
+			return t, nil, errors.New("fsm: decode import: empty chain id")
+		}
+		body = im
+	case CmdSetChainKey:
+		var k SetChainKey
+		if err := json.Unmarshal(data[2:], &k); err != nil {
+			return t, nil, fmt.Errorf("fsm: decode set-chain-key: %w", err)
+		}
+		if k.ChainID == "" || len(k.PubKey) == 0 {
+			return t, nil, errors.New("fsm: decode set-chain-key: empty chain id or key")
+		}
+		body = k
 	}
 	return t, body, nil
 }

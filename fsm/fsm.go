@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,21 +11,59 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// FSM holds every chain's watermark and the members' API addresses. It
-// implements raft.FSM; reads are safe from any goroutine.
+// FSM holds every chain's watermark and public key and the members' API
+// addresses and levels. It implements raft.FSM; reads are safe from any
+// goroutine.
 type FSM struct {
 	mu      sync.RWMutex
 	chains  map[string]Watermark
-	members map[string]string // node id -> API address
+	keys    map[string]ChainKey
+	members map[string]MemberInfo
+}
+
+// MemberInfo is what a member registered about itself.
+type MemberInfo struct {
+	APIAddr string `json:"api_addr"`
+	Level   int    `json:"level,omitempty"`
+}
+
+// ChainKey is the public key recorded for a chain.
+type ChainKey struct {
+	PubKey  []byte `json:"pub_key"`
+	KeyType string `json:"key_type"`
 }
 
 // New returns an empty state machine.
 func New() *FSM {
-	return &FSM{chains: map[string]Watermark{}, members: map[string]string{}}
+	return &FSM{chains: map[string]Watermark{}, keys: map[string]ChainKey{}, members: map[string]MemberInfo{}}
 }
 
-// Apply applies one committed entry. For CmdReserve it returns a Decision;
-// for an entry it cannot decode it returns an error and changes nothing.
+// ReasonNoState refuses a chain the cluster holds no watermark for: signing
+// from an empty watermark could repeat what another signer already signed.
+const ReasonNoState = "no_state"
+
+// ImportResult is the result of applying a CmdImport.
+type ImportResult struct {
+	// Applied is false when the import would not raise the watermark.
+	Applied bool
+	// Previous is the watermark before the import (Had false: none).
+	Previous Watermark
+	Had      bool
+	// Current is the watermark after the import.
+	Current Watermark
+}
+
+// KeyResult is the result of applying a CmdSetChainKey.
+type KeyResult struct {
+	// Recorded is the key the cluster holds for the chain after the entry;
+	// it differs from the entry's key when another key was recorded first.
+	Recorded ChainKey
+	Matches  bool
+}
+
+// Apply applies one committed entry. For CmdReserve it returns a Decision,
+// for CmdImport an ImportResult, for CmdSetChainKey a KeyResult; for an
+// entry it cannot decode it returns an error and changes nothing.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -38,7 +77,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 	switch t {
 	case CmdReserve:
 		r := body.(Reserve)
-		d := Decide(f.chains[r.ChainID], r.HRS, r.SignBytes)
+		cur, ok := f.chains[r.ChainID]
+		if !ok {
+			return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
+				"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
+					"or, for a validator that never signed, start a node with --allow-fresh-state %s", r.ChainID, r.ChainID)}
+		}
+		d := Decide(cur, r.HRS, r.SignBytes)
 		if d.Outcome == Allow {
 			f.chains[r.ChainID] = d.Watermark
 		}
@@ -48,8 +93,29 @@ func (f *FSM) Apply(l *raft.Log) any {
 		if m.APIAddr == "" {
 			delete(f.members, m.ID)
 		} else {
-			f.members[m.ID] = m.APIAddr
+			f.members[m.ID] = MemberInfo{APIAddr: m.APIAddr, Level: m.Level}
 		}
+	case CmdImport:
+		im := body.(Import)
+		cur, had := f.chains[im.ChainID]
+		res := ImportResult{Previous: cur, Had: had, Current: cur}
+		if im.HRS.Height < 0 || im.HRS.Round < 0 || im.HRS.Step < StepNone || im.HRS.Step > StepPrecommit {
+			return res
+		}
+		if !had || im.HRS.Compare(cur.HRS) > 0 {
+			next := Watermark{HRS: im.HRS, SignBytes: bytes.Clone(im.SignBytes)}
+			f.chains[im.ChainID] = next
+			res.Applied, res.Current = true, next
+		}
+		return res
+	case CmdSetChainKey:
+		k := body.(SetChainKey)
+		cur, ok := f.keys[k.ChainID]
+		if !ok {
+			cur = ChainKey{PubKey: bytes.Clone(k.PubKey), KeyType: k.KeyType}
+			f.keys[k.ChainID] = cur
+		}
+		return KeyResult{Recorded: cur, Matches: bytes.Equal(cur.PubKey, k.PubKey) && cur.KeyType == k.KeyType}
 	}
 	return nil
 }
@@ -69,64 +135,135 @@ func (f *FSM) Watermarks() map[string]Watermark {
 	return maps.Clone(f.chains)
 }
 
+// ChainKey returns the public key recorded for a chain.
+func (f *FSM) ChainKey(chainID string) (ChainKey, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	k, ok := f.keys[chainID]
+	return k, ok
+}
+
+// ChainKeys returns a copy of every recorded chain key.
+func (f *FSM) ChainKeys() map[string]ChainKey {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.keys)
+}
+
 // MemberAPIAddr returns the API address a member registered.
 func (f *FSM) MemberAPIAddr(id string) string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.members[id]
+	return f.members[id].APIAddr
 }
 
-// Members returns every registered member's API address.
-func (f *FSM) Members() map[string]string {
+// Member returns what a member registered and whether it did.
+func (f *FSM) Member(id string) (MemberInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.members[id]
+	return m, ok
+}
+
+// Members returns every registered member.
+func (f *FSM) Members() map[string]MemberInfo {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return maps.Clone(f.members)
 }
 
 // snapshotVersion is bumped when the snapshot layout changes; Restore
-// refuses versions it does not know rather than guess.
-const snapshotVersion = 1
+// refuses versions it does not know rather than guess. Version 1 (members
+// as plain API addresses, no keys) is still read.
+const snapshotVersion = 2
 
-type snapshotData struct {
+// State is the whole replicated state, as snapshots and backups hold it.
+type State struct {
+	Version int                   `json:"version"`
+	Chains  map[string]Watermark  `json:"chains"`
+	Keys    map[string]ChainKey   `json:"keys,omitempty"`
+	Members map[string]MemberInfo `json:"members"`
+}
+
+type snapshotV1 struct {
 	Version int                  `json:"version"`
 	Chains  map[string]Watermark `json:"chains"`
 	Members map[string]string    `json:"members"`
 }
 
-// Snapshot captures the state; Persist may run concurrently with Apply.
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+// State returns a copy of the whole state.
+func (f *FSM) State() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return &snapshot{data: snapshotData{
+	return State{
 		Version: snapshotVersion,
 		Chains:  maps.Clone(f.chains),
+		Keys:    maps.Clone(f.keys),
 		Members: maps.Clone(f.members),
-	}}, nil
+	}
+}
+
+// Snapshot captures the state; Persist may run concurrently with Apply.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{data: f.State()}, nil
+}
+
+// DecodeState parses a snapshot or backup of any version this binary reads.
+func DecodeState(data []byte) (State, error) {
+	var head struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return State{}, fmt.Errorf("fsm: state: %w", err)
+	}
+	var d State
+	switch head.Version {
+	case 1:
+		var v1 snapshotV1
+		if err := json.Unmarshal(data, &v1); err != nil {
+			return State{}, fmt.Errorf("fsm: state v1: %w", err)
+		}
+		d = State{Version: snapshotVersion, Chains: v1.Chains, Members: map[string]MemberInfo{}}
+		for id, addr := range v1.Members {
+			d.Members[id] = MemberInfo{APIAddr: addr}
+		}
+	case snapshotVersion:
+		if err := json.Unmarshal(data, &d); err != nil {
+			return State{}, fmt.Errorf("fsm: state: %w", err)
+		}
+	default:
+		return State{}, fmt.Errorf("fsm: state version %d is not supported by this binary (want 1 or %d)", head.Version, snapshotVersion)
+	}
+	if d.Chains == nil {
+		d.Chains = map[string]Watermark{}
+	}
+	if d.Keys == nil {
+		d.Keys = map[string]ChainKey{}
+	}
+	if d.Members == nil {
+		d.Members = map[string]MemberInfo{}
+	}
+	return d, nil
 }
 
 // Restore replaces the state with a snapshot's.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var d snapshotData
-	if err := json.NewDecoder(rc).Decode(&d); err != nil {
+	data, err := io.ReadAll(rc)
+	if err != nil {
 		return fmt.Errorf("fsm: restore: %w", err)
 	}
-	if d.Version != snapshotVersion {
-		return fmt.Errorf("fsm: restore: snapshot version %d is not supported by this binary (want %d)", d.Version, snapshotVersion)
-	}
-	if d.Chains == nil {
-		d.Chains = map[string]Watermark{}
-	}
-	if d.Members == nil {
-		d.Members = map[string]string{}
+	d, err := DecodeState(data)
+	if err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.chains, f.members = d.Chains, d.Members
+	f.chains, f.keys, f.members = d.Chains, d.Keys, d.Members
 	return nil
 }
 
-type snapshot struct{ data snapshotData }
+type snapshot struct{ data State }
 
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	// encoding/json sorts map keys, so equal states give equal snapshots.

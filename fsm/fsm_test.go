@@ -49,6 +49,23 @@ func apply(t *testing.T, f *FSM, idx uint64, r Reserve) Decision {
 	return d
 }
 
+// newWith returns an FSM holding the empty watermark for each chain, as
+// --allow-fresh-state commits it.
+func newWith(t testing.TB, chains ...string) *FSM {
+	t.Helper()
+	f := New()
+	for _, c := range chains {
+		data, err := Encode(CmdImport, Import{ChainID: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := f.Apply(&raft.Log{Type: raft.LogCommand, Data: data}).(ImportResult); !ok || !r.Applied {
+			t.Fatalf("fresh import of %s not applied", c)
+		}
+	}
+	return f
+}
+
 func TestDecideRules(t *testing.T) {
 	prevote := cmtproto.PrevoteType
 	precommit := cmtproto.PrecommitType
@@ -81,7 +98,7 @@ func TestDecideRules(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := New()
+			f := newWith(t, chain, "a", "b")
 			if d := apply(t, f, 1, Reserve{ChainID: chain, HRS: base, SignBytes: baseBytes}); d.Outcome != Allow {
 				t.Fatalf("seed reservation: %v %s", d.Outcome, d.Detail)
 			}
@@ -115,7 +132,7 @@ func TestDecideRules(t *testing.T) {
 }
 
 func TestProposalTimestampOnly(t *testing.T) {
-	f := New()
+	f := newWith(t, chain, "a", "b")
 	hrs := HRS{5, 0, StepPropose}
 	apply(t, f, 1, Reserve{ChainID: chain, HRS: hrs, SignBytes: proposalBytes(5, 0, 1, t0)})
 	d := apply(t, f, 2, Reserve{ChainID: chain, HRS: hrs, SignBytes: proposalBytes(5, 0, 1, t0.Add(time.Minute))})
@@ -129,7 +146,7 @@ func TestProposalTimestampOnly(t *testing.T) {
 }
 
 func TestChainsAreIndependent(t *testing.T) {
-	f := New()
+	f := newWith(t, chain, "a", "b")
 	apply(t, f, 1, Reserve{ChainID: "a", HRS: HRS{100, 0, StepPrevote}, SignBytes: []byte{1}})
 	if d := apply(t, f, 2, Reserve{ChainID: "b", HRS: HRS{1, 0, StepPrevote}, SignBytes: []byte{1}}); d.Outcome != Allow {
 		t.Fatalf("chain b blocked by chain a: %s", d.Detail)
@@ -137,7 +154,7 @@ func TestChainsAreIndependent(t *testing.T) {
 }
 
 func TestUnknownCommandChangesNothing(t *testing.T) {
-	f := New()
+	f := newWith(t, chain, "a", "b")
 	apply(t, f, 1, Reserve{ChainID: chain, HRS: HRS{3, 0, StepPrevote}, SignBytes: []byte{1}})
 	before := f.Watermarks()
 	for _, data := range [][]byte{
@@ -171,7 +188,7 @@ type readCloser struct{ *bytes.Reader }
 func (readCloser) Close() error { return nil }
 
 func TestSnapshotRestore(t *testing.T) {
-	f := New()
+	f := newWith(t, chain, "a", "b")
 	apply(t, f, 1, Reserve{ChainID: "a", HRS: HRS{7, 1, StepPrecommit}, SignBytes: []byte{7}})
 	apply(t, f, 2, Reserve{ChainID: "b", HRS: HRS{9, 0, StepPropose}, SignBytes: []byte{9}})
 	data, _ := Encode(CmdSetMember, SetMember{ID: "n1", APIAddr: "127.0.0.1:1"})
@@ -221,7 +238,7 @@ func TestSnapshotRestore(t *testing.T) {
 func TestPropertyRandomSequences(t *testing.T) {
 	for seed := int64(1); seed <= 200; seed++ {
 		rng := rand.New(rand.NewSource(seed))
-		f := New()
+		f := newWith(t, chain, "a", "b")
 		signed := map[HRS][]byte{}
 		var last HRS
 		for i := uint64(1); i <= 300; i++ {

@@ -15,8 +15,12 @@ func FuzzApply(f *testing.F) {
 	f.Add([]byte{byte(CmdReserve), 1, '{', '}'})
 	f.Add([]byte{byte(CmdSetMember), 1})
 	f.Add([]byte{})
+	imp, _ := Encode(CmdImport, Import{ChainID: chain, HRS: HRS{3, 0, StepPrevote}})
+	f.Add(imp)
+	key, _ := Encode(CmdSetChainKey, SetChainKey{ChainID: chain, PubKey: []byte{1}, KeyType: "ed25519"})
+	f.Add(key)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m := New()
+		m := newWith(t, chain)
 		seed, _ := EncodeReserve(Reserve{ChainID: chain, HRS: HRS{4, 0, StepPrecommit}, SignBytes: voteBytes(4, 0, 2, 1, t0)})
 		m.Apply(&raft.Log{Type: raft.LogCommand, Data: seed})
 		before, _ := m.Watermark(chain)

@@ -1,0 +1,202 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-ha/kms-ha/fsm"
+)
+
+// seed registers every member at this binary's level and gives each chain
+// the empty watermark, as a started cluster with --allow-fresh-state does.
+func seed(t *testing.T, leader *Node, members []string, chains ...string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, id := range members {
+		if err := leader.SetMember(ctx, id, id+":api", fsm.Level); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range chains {
+		if _, err := leader.Import(ctx, fsm.Import{ChainID: c, Source: "fresh"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func startThree(t *testing.T) []*memNode {
+	t.Helper()
+	dir := t.TempDir()
+	var ms []*memNode
+	var servers []Server
+	for _, id := range []string{"a", "b", "c"} {
+		m := &memNode{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: id, Logger: quiet,
+			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
+		ms = append(ms, m)
+		servers = append(servers, Server{ID: id, Address: id})
+	}
+	if err := Bootstrap(ms[0].cfg, servers); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if err := MarkJoined(m.cfg, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		startMem(t, m)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			if m.node != nil {
+				m.node.Shutdown()
+			}
+		}
+	})
+	link(ms...)
+	waitLeader(t, ms[0])
+	return ms
+}
+
+func leaderOf(t *testing.T, ms []*memNode) *memNode {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, m := range ms {
+			if m.node != nil && m.node.IsLeader() && m.node.termReady.Load() {
+				return m
+			}
+		}
+	}
+	t.Fatal("no leader")
+	return nil
+}
+
+func TestTransferRemoveAndLevels(t *testing.T) {
+	ms := startThree(t)
+	a := ms[0]
+	ctx := context.Background()
+	// Import needs every member to have registered its level.
+	if _, err := a.node.Import(ctx, fsm.Import{ChainID: "x"}); err == nil || !strings.Contains(err.Error(), "has not registered") {
+		t.Fatalf("import with unregistered members: %v", err)
+	}
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+
+	if err := a.node.TransferLeadershipTo("c"); err != nil {
+		t.Fatal(err)
+	}
+	c := leaderOf(t, ms)
+	if c.cfg.NodeID != "c" {
+		t.Fatalf("leadership went to %s, want c", c.cfg.NodeID)
+	}
+	if err := c.node.Remove(ctx, "c"); !errors.Is(err, ErrLeaderItself) {
+		t.Fatalf("leader removing itself: %v", err)
+	}
+	if err := a.node.Remove(ctx, "b"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("follower removing: %v", err)
+	}
+	if err := c.node.Remove(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	members, _ := c.node.Members()
+	if len(members) != 2 {
+		t.Fatalf("members after remove: %+v", members)
+	}
+	if _, ok := c.node.FSM().Member("b"); ok {
+		t.Fatal("removed member's record kept")
+	}
+	if err := c.node.Remove(ctx, "b"); err == nil {
+		t.Fatal("removing a non-member succeeded")
+	}
+	// Two voters left: both are needed, and the cluster still commits.
+	if d, err := c.node.Reserve(ctx, "x", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte{1}); err != nil || d.Outcome != fsm.Allow {
+		t.Fatalf("reserve after remove: %v %v", d.Outcome, err)
+	}
+}
+
+func TestReadIndexOnlyOnConfirmedLeader(t *testing.T) {
+	ms := startThree(t)
+	a := ms[0]
+	ctx := context.Background()
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	if _, err := ms[1].node.ReadIndex(ctx); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("follower read index: %v", err)
+	}
+	d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: 5, Step: fsm.StepPrevote}, []byte{1})
+	if err != nil || d.Outcome != fsm.Allow {
+		t.Fatal(err)
+	}
+	idx, err := a.node.ReadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A follower that waits for the index sees the write.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := ms[1].node.WaitApplied(wctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := ms[1].node.FSM().Watermark("x"); w.Height != 5 {
+		t.Fatalf("follower after WaitApplied: %s", w.HRS)
+	}
+	// A leader cut off from its quorum cannot confirm it leads.
+	a.trans.DisconnectAll()
+	ms[1].trans.Disconnect("a")
+	ms[2].trans.Disconnect("a")
+	rctx, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if _, err := a.node.ReadIndex(rctx); err == nil {
+		t.Fatal("an isolated leader confirmed a linearizable read")
+	}
+}
+
+func TestRecoverSingleKeepsWatermarks(t *testing.T) {
+	ms := startThree(t)
+	a := ms[0]
+	ctx := context.Background()
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	for h := int64(1); h <= 20; h++ {
+		if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: h, Step: fsm.StepPrevote}, []byte{byte(h)}); err != nil || d.Outcome != fsm.Allow {
+			t.Fatalf("reserve %d: %v", h, err)
+		}
+	}
+	if err := a.node.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	for h := int64(21); h <= 25; h++ {
+		a.node.Reserve(ctx, "x", fsm.HRS{Height: h, Step: fsm.StepPrevote}, []byte{byte(h)})
+	}
+	// b and c are lost for good.
+	for _, m := range ms {
+		m.node.Shutdown()
+		m.node = nil
+	}
+	ins, err := Inspect(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := ins.State.Chains["x"]; w.Height != 25 || len(ins.Servers) != 3 {
+		t.Fatalf("inspect: watermark %s, %d servers", w.HRS, len(ins.Servers))
+	}
+	rec, err := RecoverSingle(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Servers) != 1 || rec.State.Chains["x"].Height != 25 {
+		t.Fatalf("recover: %+v", rec)
+	}
+	startMem(t, a)
+	waitLeader(t, a)
+	w, _ := a.node.FSM().Watermark("x")
+	if w.Height != 25 {
+		t.Fatalf("after recovery the watermark is %s, want height 25", w.HRS)
+	}
+	if d, _ := a.node.Reserve(ctx, "x", fsm.HRS{Height: 25, Step: fsm.StepPrevote}, []byte{99}); d.Outcome != fsm.Refuse {
+		t.Fatal("recovered node allowed a conflicting signature")
+	}
+	if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: 26, Step: fsm.StepPrevote}, []byte{26}); err != nil || d.Outcome != fsm.Allow {
+		t.Fatalf("recovered single node does not commit: %v", err)
+	}
+}
