@@ -48,7 +48,8 @@ proto:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I grpcapi/proto \
 	  --go_out=. --go_opt=module=github.com/kms-ha/kms-ha \
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/kms-ha/kms-ha \
-	  grpcapi/proto/kmsha/cluster/v1/cluster.proto
+	  grpcapi/proto/kmsha/cluster/v1/cluster.proto \
+	  grpcapi/proto/signerservice/signerservice.proto
 
 clean:
 	rm -rf $(BUILD)

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -47,9 +48,17 @@ type Config struct {
 
 	Logger *slog.Logger
 
-	// Transport replaces the TCP transport; tests use raft's in-memory one
+	// TLS is the mutual TLS of the raft stream layer: Server must require
+	// client certificates from the cluster CA, Client presents this node's.
+	TLS *TLS
+
+	// Transport replaces the TLS transport; tests use raft's in-memory one
 	// to cut links between nodes.
 	Transport raft.Transport
+
+	// OnHandshakeError, if set, hears of every inbound raft connection
+	// dropped for want of a valid cluster certificate.
+	OnHandshakeError func(remote net.Addr, err error)
 
 	// Leading runs each time this node becomes leader, once raft.Barrier
 	// has returned on the new term (so the FSM holds every entry of earlier
@@ -110,6 +119,11 @@ func (c *Config) raftConfig() *raft.Config {
 	rc.SnapshotThreshold = c.SnapshotThreshold
 	rc.Logger = newHCLogAdapter(c.Logger.With("component", "raft"))
 	return rc
+}
+
+// TLS holds the raft stream layer's TLS configs.
+type TLS struct {
+	Server, Client *tls.Config
 }
 
 // stores are the durable parts of a raft node.
@@ -240,18 +254,26 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	trans := cfg.Transport
 	if trans == nil {
+		if cfg.TLS == nil {
+			st.bolt.Close()
+			return nil, errors.New("cluster: raft needs the cluster TLS configuration (there is no plaintext mode)")
+		}
 		adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
 		if err != nil {
 			st.bolt.Close()
 			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.AdvertiseAddr, err)
 		}
-		nt, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 5, 2*time.Second,
-			newHCLogAdapter(cfg.Logger.With("component", "raft-transport")))
+		var opts []TLSStreamOption
+		if cfg.OnHandshakeError != nil {
+			opts = append(opts, WithHandshakeErrorHandler(cfg.OnHandshakeError))
+		}
+		stream, err := NewTLSStreamLayer(cfg.BindAddr, adv, cfg.TLS.Server, cfg.TLS.Client, opts...)
 		if err != nil {
 			st.bolt.Close()
 			return nil, fmt.Errorf("cluster: listen on raft address %s: %w", cfg.BindAddr, err)
 		}
-		trans = nt
+		trans = raft.NewNetworkTransportWithLogger(stream, 5, 2*time.Second,
+			newHCLogAdapter(cfg.Logger.With("component", "raft-transport")))
 	}
 	rc := cfg.raftConfig()
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,

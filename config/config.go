@@ -5,6 +5,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -31,7 +32,15 @@ type Config struct {
 	Validators []Validator `yaml:"validators"`
 	Keys       []Key       `yaml:"keys"`
 	GRPC       *GRPC       `yaml:"grpc"`
+	Metrics    Metrics     `yaml:"metrics"`
 	Log        Log         `yaml:"log"`
+}
+
+// Metrics configures the Prometheus and health endpoint.
+type Metrics struct {
+	// Listen is host:port for /metrics, /healthz and /readyz; empty turns
+	// the endpoint off.
+	Listen string `yaml:"listen"`
 }
 
 // Cluster is the raft membership of this node.
@@ -50,12 +59,16 @@ type Cluster struct {
 	SnapshotInterval   time.Duration `yaml:"snapshot_interval"`
 	SnapshotThreshold  uint64        `yaml:"snapshot_threshold"`
 
-	// AllowPlaintextNetwork acknowledges that raft and the cluster API are
-	// neither encrypted nor authenticated in this version, so that they may
-	// listen beyond loopback. Anyone who reaches these ports can join the
-	// cluster or overwrite watermarks: use it only on a private, firewalled
-	// network.
-	AllowPlaintextNetwork bool `yaml:"allow_plaintext_network"`
+	// Mutual TLS for raft and the cluster API: the cluster CA, and this
+	// node's certificate and key issued by it (`kms-ha certs`). There is no
+	// plaintext mode.
+	TLSCA   string `yaml:"tls_ca"`
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+
+	// AllowPlaintextNetwork was an opt-in of the first release, whose
+	// cluster traffic was plaintext; it is refused with an explanation.
+	AllowPlaintextNetwork *bool `yaml:"allow_plaintext_network"`
 }
 
 // Chain declares a chain to sign for.
@@ -105,10 +118,12 @@ type Key struct {
 
 // GRPC is cosmos/kms's SignerService block.
 type GRPC struct {
-	Listen  string    `yaml:"listen"`
-	TLSCert string    `yaml:"tls_cert"`
-	TLSKey  string    `yaml:"tls_key"`
-	Keys    []GRPCKey `yaml:"keys"`
+	Listen  string `yaml:"listen"`
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// ClientCA, if set, requires clients to present a certificate from it.
+	ClientCA string    `yaml:"client_ca"`
+	Keys     []GRPCKey `yaml:"keys"`
 }
 
 // GRPCKey is a SignerService key.
@@ -206,6 +221,15 @@ func (c *Config) setDefaults() {
 	if cl.SnapshotThreshold == 0 {
 		cl.SnapshotThreshold = 8192
 	}
+	if cl.TLSCA == "" {
+		cl.TLSCA = DefaultTLSCA
+	}
+	if cl.TLSCert == "" {
+		cl.TLSCert = DefaultTLSCert
+	}
+	if cl.TLSKey == "" {
+		cl.TLSKey = DefaultTLSKey
+	}
 	for i := range c.Keys {
 		if c.Keys[i].Backend == "" {
 			c.Keys[i].Backend = BackendFile
@@ -222,6 +246,14 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Default locations of the cluster TLS files, relative to --home; `kms-ha
+// certs` writes them there.
+const (
+	DefaultTLSCA   = "tls/ca.crt"
+	DefaultTLSCert = "tls/node.crt"
+	DefaultTLSKey  = "tls/node.key"
+)
+
 // Path resolves p against Home unless it is absolute.
 func (c *Config) Path(p string) string {
 	if p == "" || filepath.IsAbs(p) {
@@ -232,11 +264,26 @@ func (c *Config) Path(p string) string {
 
 func (c *Config) resolvePaths() {
 	c.Cluster.DataDir = c.Path(c.Cluster.DataDir)
+	c.Cluster.TLSCA = c.Path(c.Cluster.TLSCA)
+	c.Cluster.TLSCert = c.Path(c.Cluster.TLSCert)
+	c.Cluster.TLSKey = c.Path(c.Cluster.TLSKey)
+	if c.GRPC != nil {
+		c.GRPC.TLSCert = c.Path(c.GRPC.TLSCert)
+		c.GRPC.TLSKey = c.Path(c.GRPC.TLSKey)
+		c.GRPC.ClientCA = c.Path(c.GRPC.ClientCA)
+		for i := range c.GRPC.Keys {
+			c.GRPC.Keys[i].KeyFile = c.Path(c.GRPC.Keys[i].KeyFile)
+		}
+	}
 	for i := range c.Validators {
 		c.Validators[i].IdentityKey = c.Path(c.Validators[i].IdentityKey)
 	}
 	for i := range c.Keys {
 		c.Keys[i].KeyFile = c.Path(c.Keys[i].KeyFile)
+		c.Keys[i].PinFile = c.Path(c.Keys[i].PinFile)
+		if c.Keys[i].Backend == BackendPKCS11 && strings.ContainsRune(c.Keys[i].Module, '/') {
+			c.Keys[i].Module = c.Path(c.Keys[i].Module)
+		}
 	}
 }
 
@@ -268,16 +315,10 @@ func (c *Config) Validate() error {
 	if err := checkHostPort(cl.APIAddr); err != nil {
 		bad("cluster.api_addr", "%v; set it to the address of the cluster gRPC API, e.g. 127.0.0.1:7101", err)
 	}
-	if !cl.AllowPlaintextNetwork {
-		for _, f := range []struct{ name, addr string }{
-			{"raft_addr", cl.RaftAddr}, {"advertise_addr", cl.AdvertiseAddr}, {"api_addr", cl.APIAddr},
-		} {
-			if host, _, err := net.SplitHostPort(f.addr); err == nil && !isLoopback(host) {
-				bad("cluster."+f.name, "%q is not a loopback address, and cluster traffic is not encrypted or authenticated "+
-					"in this version: whoever reaches it can join the cluster or overwrite watermarks. Bind to 127.0.0.1, "+
-					"or set cluster.allow_plaintext_network: true if the network between the nodes is private and firewalled", f.addr)
-			}
-		}
+	if cl.AllowPlaintextNetwork != nil {
+		bad("cluster.allow_plaintext_network", "is no longer supported: raft and the cluster API always run over mutual TLS. "+
+			"Delete this line and give every node a certificate from the cluster CA (`kms-ha certs ca`, `kms-ha certs issue`; "+
+			"see README \"Certificates\")")
 	}
 	if cl.HeartbeatTimeout < 5*time.Millisecond {
 		bad("cluster.heartbeat_timeout", "%s is too short (at least 5ms)", cl.HeartbeatTimeout)
@@ -340,8 +381,37 @@ func (c *Config) Validate() error {
 			if k.KeyFile == "" {
 				bad(p+".key_file", "is required for backend file: the path of a priv_validator_key.json")
 			}
-		case BackendPKCS11, BackendAWSKMS:
-			bad(p+".backend", "%q is not available in this build yet; use backend: file", k.Backend)
+		case BackendPKCS11:
+			if k.Module == "" {
+				bad(p+".module", "is required for backend pkcs11: the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+			}
+			if (k.TokenLabel == "") == (k.Slot == nil) {
+				bad(p+".token_label", "set exactly one of token_label and slot")
+			}
+			if k.KeyLabel == "" && k.KeyID == "" {
+				bad(p+".key_label", "set key_label, key_id (hex), or both")
+			}
+			if k.KeyID != "" {
+				if _, err := hex.DecodeString(k.KeyID); err != nil {
+					bad(p+".key_id", "%q is not hex (the CKA_ID of the key, e.g. 01)", k.KeyID)
+				}
+			}
+			n := 0
+			for _, v := range []string{k.Pin, k.PinEnv, k.PinFile} {
+				if v != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				bad(p+".pin", "set exactly one of pin, pin_env and pin_file (pin_env or pin_file keep the PIN out of kms.yaml)")
+			}
+		case BackendAWSKMS:
+			if k.KeyID == "" {
+				bad(p+".key_id", "is required for backend awskms: the key id, ARN or alias/NAME")
+			}
+			if k.Endpoint != "" && !strings.HasPrefix(k.Endpoint, "https://") && !strings.HasPrefix(k.Endpoint, "http://") {
+				bad(p+".endpoint", "%q must be a URL, e.g. https://kms.us-east-1.amazonaws.com", k.Endpoint)
+			}
 		default:
 			bad(p+".backend", "%q is unknown; use file, pkcs11 or awskms", k.Backend)
 		}
@@ -351,8 +421,34 @@ func (c *Config) Validate() error {
 			bad("keys", "chain %q has no key; add a keys entry with chain_ids: [%s]", id, id)
 		}
 	}
-	if c.GRPC != nil {
-		bad("grpc", "the SignerService is not available in this build yet; remove the grpc block")
+	if g := c.GRPC; g != nil {
+		if err := checkHostPort(g.Listen); err != nil {
+			bad("grpc.listen", "%v; the SignerService address, e.g. 0.0.0.0:9090", err)
+		}
+		if g.TLSCert == "" || g.TLSKey == "" {
+			bad("grpc.tls_cert", "tls_cert and tls_key are required: the SignerService only serves TLS")
+		}
+		if len(g.Keys) == 0 {
+			bad("grpc.keys", "is empty: add at least one key (id, key_file) or remove the grpc block")
+		}
+		ids := map[string]bool{}
+		for i, k := range g.Keys {
+			p := fmt.Sprintf("grpc.keys[%d]", i)
+			if k.ID == "" {
+				bad(p+".id", "is required")
+			} else if ids[k.ID] {
+				bad(p+".id", "%q is used twice", k.ID)
+			}
+			ids[k.ID] = true
+			if k.KeyFile == "" {
+				bad(p+".key_file", "is required: a file holding the hex of a 32-byte secp256k1 key")
+			}
+		}
+	}
+	if c.Metrics.Listen != "" {
+		if err := checkHostPort(c.Metrics.Listen); err != nil {
+			bad("metrics.listen", "%v; e.g. 127.0.0.1:26661", err)
+		}
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
@@ -367,11 +463,12 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// CheckValidatorAddr checks a validators[].addr value.
+// CheckValidatorAddr checks a validators[].addr value's syntax; the
+// transport checks the rest (the peer ID's encoding) when the node starts.
 func CheckValidatorAddr(addr string) error {
 	scheme, rest, ok := strings.Cut(addr, "://")
 	if !ok {
-		return fmt.Errorf("%q has no scheme; use tcp://HOST:PORT (the validator's priv_validator_laddr)", addr)
+		return fmt.Errorf("%q has no scheme; use tcp://HOST:PORT, noise://PEER_ID@IP:PORT or unix:///PATH (the validator's priv_validator_laddr)", addr)
 	}
 	switch scheme {
 	case "tcp":
@@ -379,10 +476,25 @@ func CheckValidatorAddr(addr string) error {
 			return fmt.Errorf("%q: %v", addr, err)
 		}
 		return nil
-	case "noise", "unix":
-		return fmt.Errorf("%q: the %s:// transport is not available in this build yet; use tcp://", addr, scheme)
+	case "noise":
+		id, hostport, ok := strings.Cut(rest, "@")
+		if !ok || id == "" {
+			return fmt.Errorf("%q: noise addresses pin the validator's peer ID: noise://PEER_ID@IP:PORT (get it with `cometbft show-node-id --libp2p`)", addr)
+		}
+		if err := checkHostPort(hostport); err != nil {
+			return fmt.Errorf("%q: %v", addr, err)
+		}
+		if host, _, _ := net.SplitHostPort(hostport); net.ParseIP(host) == nil {
+			return fmt.Errorf("%q: the host must be an IP address, as CometBFT's noise listener requires", addr)
+		}
+		return nil
+	case "unix":
+		if !strings.HasPrefix(rest, "/") {
+			return fmt.Errorf("%q: use an absolute socket path, unix:///path/to/privval.sock", addr)
+		}
+		return nil
 	}
-	return fmt.Errorf("%q: unknown scheme %q; use tcp://HOST:PORT", addr, scheme)
+	return fmt.Errorf("%q: unknown scheme %q; use tcp://, noise:// or unix://", addr, scheme)
 }
 
 func checkHostPort(s string) error {

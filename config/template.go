@@ -10,8 +10,6 @@ type TemplateParams struct {
 	NodeID   string
 	RaftAddr string
 	APIAddr  string
-	// AllowPlaintext writes allow_plaintext_network: true (uncommented).
-	AllowPlaintext bool
 }
 
 var tmpl = template.Must(template.New("kms.yaml").Parse(`# kms-ha configuration. Relative paths resolve against --home.
@@ -26,12 +24,16 @@ cluster:
   # from them; required when raft_addr is 0.0.0.0).
   raft_addr: {{.RaftAddr}}
   # advertise_addr: {{.RaftAddr}}
-  # The cluster gRPC API (status, join). kms-ha status/join talk to it.
+  # The cluster gRPC API (status, join, remove, state import). The kms-ha
+  # commands talk to it.
   api_addr: {{.APIAddr}}
-  # Raft and the API are not yet encrypted or authenticated (mutual TLS is
-  # coming): addresses beyond loopback are refused unless you acknowledge
-  # that the network between the nodes is private and firewalled.
-  {{if not .AllowPlaintext}}# {{end}}allow_plaintext_network: true
+  # Raft and the API run over mutual TLS with one cluster CA; there is no
+  # plaintext mode. Create them with:
+  #   kms-ha certs ca --out CA_DIR            (once, keep CA_DIR offline)
+  #   kms-ha certs issue --ca CA_DIR --node-id {{.NodeID}} --host HOST_OR_IP --out HOME/tls
+  # tls_ca: tls/ca.crt
+  # tls_cert: tls/node.crt
+  # tls_key: tls/node.key
   # Raft timing, LAN defaults. For nodes in different regions raise all three
   # (e.g. heartbeat 1500ms, election 1500ms, lease 750ms).
   # heartbeat_timeout: 500ms
@@ -57,6 +59,20 @@ keys: []
 #  - chain_ids: [cosmoshub-4]
 #    backend: file
 #    key_file: /secrets/priv_validator_key.json
+
+# Prometheus metrics, /healthz and /readyz (off unless set).
+# metrics:
+#   listen: 127.0.0.1:26661
+
+# The cosmos/kms secp256k1 SignerService (TLS mandatory), served by every node.
+# grpc:
+#   listen: 0.0.0.0:9090
+#   tls_cert: grpc.crt
+#   tls_key: grpc.key
+#   client_ca: clients-ca.crt     # optional: require client certificates
+#   keys:
+#     - id: attestor-1
+#       key_file: attestor_secp256k1.hex
 
 # log:
 #   level: info     # debug, info, warn, error

@@ -4,28 +4,33 @@ package grpcapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 )
 
 // ClusterServer implements clusterpb.ClusterServer on a cluster node.
 type ClusterServer struct {
 	clusterpb.UnimplementedClusterServer
-	id   string
-	node atomic.Pointer[cluster.Node]
-	log  *slog.Logger
+	id     string
+	node   atomic.Pointer[cluster.Node]
+	log    *slog.Logger
+	dialer Dialer
 }
 
 // StateAwaitingJoin is the state a node reports before it runs raft.
@@ -33,8 +38,8 @@ const StateAwaitingJoin = "AwaitingJoin"
 
 // NewClusterServer serves node's state and membership. node may be nil
 // while the node waits to be admitted; see SetNode.
-func NewClusterServer(id string, node *cluster.Node, log *slog.Logger) *ClusterServer {
-	s := &ClusterServer{id: id, log: log}
+func NewClusterServer(id string, node *cluster.Node, dialer Dialer, log *slog.Logger) *ClusterServer {
+	s := &ClusterServer{id: id, log: log, dialer: dialer}
 	if node != nil {
 		s.node.Store(node)
 	}
@@ -48,11 +53,21 @@ var errNotMember = status.Error(codes.FailedPrecondition,
 	"the node at this address is not a cluster member yet (it waits to be admitted): send joins to a running member's API address")
 
 // Status answers from the local replica: it never needs a quorum, so an
-// operator can read any surviving node during an outage.
-func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) (*clusterpb.StatusResponse, error) {
+// operator can read any surviving node during an outage. A linearizable
+// status waits until this replica has applied everything the leader had
+// committed when it confirmed its leadership.
+func (s *ClusterServer) Status(ctx context.Context, req *clusterpb.StatusRequest) (*clusterpb.StatusResponse, error) {
 	node := s.node.Load()
 	if node == nil {
+		if req.GetLinearizable() {
+			return nil, errNotMember
+		}
 		return &clusterpb.StatusResponse{NodeId: s.id, State: StateAwaitingJoin}, nil
+	}
+	if req.GetLinearizable() {
+		if err := s.readBarrier(ctx, node); err != nil {
+			return nil, err
+		}
 	}
 	st := node.Stats()
 	leaderID, leaderAPI := node.Leader()
@@ -65,6 +80,8 @@ func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) 
 		CommitIndex:   st.CommitIndex,
 		AppliedIndex:  st.AppliedIndex,
 		LastContact:   st.LastContact,
+		LastContactMs: node.LastContact().Milliseconds(),
+		Linearizable:  req.GetLinearizable(),
 	}
 	members, err := node.Members()
 	if err != nil {
@@ -75,17 +92,105 @@ func (s *ClusterServer) Status(ctx context.Context, _ *clusterpb.StatusRequest) 
 		if m.Leader {
 			role = "leader"
 		}
+		info, _ := node.FSM().Member(m.ID)
 		resp.Members = append(resp.Members, &clusterpb.Member{
-			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage,
+			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage, Level: int32(info.Level),
 		})
 	}
 	for id, w := range node.FSM().Watermarks() {
-		resp.Chains = append(resp.Chains, &clusterpb.ChainWatermark{
-			ChainId: id, Height: w.Height, Round: w.Round, Step: int32(w.Step),
-		})
+		resp.Chains = append(resp.Chains, watermarkPB(id, w))
 	}
 	sort.Slice(resp.Chains, func(i, j int) bool { return resp.Chains[i].ChainId < resp.Chains[j].ChainId })
+	for id, k := range node.FSM().ChainKeys() {
+		resp.Keys = append(resp.Keys, &clusterpb.ChainKey{ChainId: id, KeyType: k.KeyType, PubKey: k.PubKey})
+	}
+	sort.Slice(resp.Keys, func(i, j int) bool { return resp.Keys[i].ChainId < resp.Keys[j].ChainId })
 	return resp, nil
+}
+
+func watermarkPB(chainID string, w fsm.Watermark) *clusterpb.ChainWatermark {
+	return &clusterpb.ChainWatermark{ChainId: chainID, Height: w.Height, Round: w.Round, Step: int32(w.Step),
+		HasSignBytes: len(w.SignBytes) > 0}
+}
+
+// readBarrier makes the next local read linearizable: it obtains a read
+// index from the leader (which confirms its leadership with a quorum first)
+// and waits until this replica has applied it.
+func (s *ClusterServer) readBarrier(ctx context.Context, node *cluster.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	var idx uint64
+	if node.IsLeader() {
+		i, err := node.ReadIndex(ctx)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "linearizable read on %s: %v", node.ID(), err)
+		}
+		idx = i
+	} else {
+		leaderID, leaderAPI := node.Leader()
+		if leaderAPI == "" {
+			return status.Errorf(codes.Unavailable, "linearizable read: %s knows no leader (leader id %q); retry, or read without --linearizable", node.ID(), leaderID)
+		}
+		err := s.dialer.with(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+			r, err := c.ReadIndex(ctx, &clusterpb.ReadIndexRequest{})
+			if err == nil {
+				idx = r.GetIndex()
+			}
+			return err
+		})
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "linearizable read: leader %s: %v", leaderID, errText(err))
+		}
+	}
+	if err := node.WaitApplied(ctx, idx); err != nil {
+		return status.Errorf(codes.Unavailable, "linearizable read: %v", err)
+	}
+	return nil
+}
+
+// readTimeout bounds a linearizable read: a leader that cannot reach a
+// quorum cannot confirm anything.
+const readTimeout = 3 * time.Second
+
+// ReadIndex is answered by the leader once a quorum confirmed it leads.
+func (s *ClusterServer) ReadIndex(ctx context.Context, _ *clusterpb.ReadIndexRequest) (*clusterpb.ReadIndexResponse, error) {
+	node := s.node.Load()
+	if node == nil {
+		return nil, errNotMember
+	}
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	idx, err := node.ReadIndex(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read index on %s: %v", node.ID(), err)
+	}
+	return &clusterpb.ReadIndexResponse{Index: idx, LeaderId: node.ID()}, nil
+}
+
+// forward sends a write to the leader when this node is not the leader. It
+// reports handled=false on the leader, which then serves the call itself.
+// A request that was already forwarded is never forwarded again, so two
+// nodes with stale views cannot bounce it between them.
+func forward[T any](ctx context.Context, s *ClusterServer, node *cluster.Node, forwarded bool, op string,
+	call func(ctx context.Context, c clusterpb.ClusterClient) (T, error),
+) (resp T, handled bool, err error) {
+	if node.IsLeader() {
+		return resp, false, nil
+	}
+	leaderID, leaderAPI := node.Leader()
+	if forwarded {
+		return resp, true, status.Errorf(codes.Unavailable, "forwarded %s reached %s, which is not the leader; retry", op, node.ID())
+	}
+	if leaderAPI == "" {
+		return resp, true, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the %s to; retry when the cluster has a leader", node.ID(), leaderID, op)
+	}
+	s.log.Info("forwarding to the leader", "op", op, "leader", leaderID, "leader_api", leaderAPI)
+	err = s.dialer.with(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+		var err error
+		resp, err = call(ctx, c)
+		return err
+	})
+	return resp, true, err
 }
 
 // Join adds a voter on the leader, or forwards the request to it once.
@@ -97,33 +202,19 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 	if node == nil {
 		return nil, errNotMember
 	}
-	if !node.IsLeader() {
-		leaderID, leaderAPI := node.Leader()
-		if req.GetForwarded() {
-			return nil, status.Errorf(codes.Unavailable, "forwarded join reached %s, which is not the leader; retry", node.ID())
-		}
-		if leaderAPI == "" {
-			return nil, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the join to; retry when the cluster has a leader", node.ID(), leaderID)
-		}
-		fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(),
-			Forwarded: true, Fresh: req.GetFresh(), Promote: req.GetPromote()}
-		s.log.Info("forwarding join to the leader", "joiner", req.GetId(), "leader", leaderID, "leader_api", leaderAPI)
-		var resp *clusterpb.JoinResponse
-		err := withClient(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
-			var err error
-			resp, err = c.Join(ctx, fwd)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		return resp, nil
+	fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(),
+		Forwarded: true, Fresh: req.GetFresh(), Promote: req.GetPromote(), Level: req.GetLevel()}
+	if resp, handled, err := forward(ctx, s, node, req.GetForwarded(), "join",
+		func(ctx context.Context, c clusterpb.ClusterClient) (*clusterpb.JoinResponse, error) {
+			return c.Join(ctx, fwd)
+		}); handled {
+		return resp, err
 	}
 	if req.GetFresh() && req.GetApiAddr() != "" && s.isMember(node, req.GetId()) {
 		// About to remove a member as a lost incarnation: make sure it is
 		// not a live member that a mistaken join (a wrong --home, another
 		// host) claims to be empty.
-		if st, err := peerStatus(ctx, req.GetApiAddr()); err == nil && st.GetState() != StateAwaitingJoin {
+		if st, err := s.peerStatus(ctx, req.GetApiAddr()); err == nil && st.GetState() != StateAwaitingJoin {
 			return nil, status.Errorf(codes.FailedPrecondition,
 				"%s answers at %s as a running member (%s), so it has not lost its state: refusing to remove it; "+
 					"check --home and the host you ran join on", req.GetId(), req.GetApiAddr(), st.GetState())
@@ -136,8 +227,9 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 		}
 		return nil, status.Errorf(code, "%v", err)
 	}
-	if req.GetApiAddr() != "" && node.FSM().MemberAPIAddr(req.GetId()) != req.GetApiAddr() {
-		if err := node.SetMemberAPI(ctx, req.GetId(), req.GetApiAddr()); err != nil {
+	if cur, _ := node.FSM().Member(req.GetId()); req.GetApiAddr() != "" &&
+		(cur.APIAddr != req.GetApiAddr() || cur.Level != int(req.GetLevel())) {
+		if err := node.SetMember(ctx, req.GetId(), req.GetApiAddr(), int(req.GetLevel())); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "%v", err)
 		}
 	}
@@ -158,11 +250,11 @@ func (s *ClusterServer) isMember(node *cluster.Node, id string) bool {
 	return false
 }
 
-func peerStatus(ctx context.Context, addr string) (*clusterpb.StatusResponse, error) {
+func (s *ClusterServer) peerStatus(ctx context.Context, addr string) (*clusterpb.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	var st *clusterpb.StatusResponse
-	err := withClient(ctx, addr, func(c clusterpb.ClusterClient) error {
+	err := s.dialer.with(ctx, addr, func(c clusterpb.ClusterClient) error {
 		var err error
 		st, err = c.Status(ctx, &clusterpb.StatusRequest{})
 		return err
@@ -173,19 +265,28 @@ func peerStatus(ctx context.Context, addr string) (*clusterpb.StatusResponse, er
 // Register adds the Cluster service to a gRPC server.
 func (s *ClusterServer) Register(g *grpc.Server) { clusterpb.RegisterClusterServer(g, s) }
 
+// Dialer opens client connections to nodes' API addresses. TLS holds the
+// cluster CA and this node's certificate; nil means plaintext, which only
+// tests of this package use.
+type Dialer struct {
+	TLS *tls.Config
+}
+
 // Dial opens a client connection to a node's API address.
-func Dial(addr string) (*grpc.ClientConn, error) {
-	// TODO(issue 3): mutual TLS with the cluster CA; until then the API
-	// must only listen on a trusted network.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (d Dialer) Dial(addr string) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if d.TLS != nil {
+		creds = credentials.NewTLS(d.TLS.Clone())
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("grpcapi: dial %s: %w", addr, err)
 	}
 	return conn, nil
 }
 
-func withClient(ctx context.Context, addr string, fn func(clusterpb.ClusterClient) error) error {
-	conn, err := Dial(addr)
+func (d Dialer) with(ctx context.Context, addr string, fn func(clusterpb.ClusterClient) error) error {
+	conn, err := d.Dial(addr)
 	if err != nil {
 		return err
 	}
@@ -195,21 +296,33 @@ func withClient(ctx context.Context, addr string, fn func(clusterpb.ClusterClien
 
 // Call runs fn against the node at addr with a timeout, turning gRPC
 // errors into plain messages for the command line.
-func Call(addr string, timeout time.Duration, fn func(ctx context.Context, c clusterpb.ClusterClient) error) error {
+func (d Dialer) Call(addr string, timeout time.Duration, fn func(ctx context.Context, c clusterpb.ClusterClient) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	err := withClient(ctx, addr, func(c clusterpb.ClusterClient) error { return fn(ctx, c) })
+	err := d.with(ctx, addr, func(c clusterpb.ClusterClient) error { return fn(ctx, c) })
 	if err == nil {
 		return nil
 	}
 	if st, ok := status.FromError(err); ok {
 		switch st.Code() {
 		case codes.Unavailable:
-			return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, st.Message())
+			msg := st.Message()
+			if strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "certificate") {
+				return fmt.Errorf("%s: TLS handshake failed: %s (check that this host's certificate and the node's come from the same cluster CA)", addr, msg)
+			}
+			return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, msg)
 		case codes.DeadlineExceeded:
 			return fmt.Errorf("%s: no answer within %s", addr, timeout)
 		}
 		return fmt.Errorf("%s: %s", addr, st.Message())
 	}
 	return fmt.Errorf("%s: %w", addr, err)
+}
+
+// errText is a gRPC error's message without the status prefix.
+func errText(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Message()
+	}
+	return err.Error()
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
@@ -25,6 +26,7 @@ type member struct {
 	api  string
 	node *cluster.Node
 	srv  *grpc.Server
+	tls  tlsFiles
 }
 
 func freeAddr(t *testing.T) string {
@@ -47,6 +49,7 @@ func (m *member) start(t *testing.T) {
 			_ = n.SetMemberAPI(ctx, cfg.NodeID, m.api)
 		}
 	}}
+	cfg.TLS = &cluster.TLS{Server: m.tls.server, Client: m.tls.client}
 	var err error
 	m.node, err = cluster.Open(cfg, fsm.New())
 	if err != nil {
@@ -57,8 +60,8 @@ func (m *member) start(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.srv = grpc.NewServer()
-	grpcapi.NewClusterServer(m.cfg.NodeID, m.node, m.cfg.Logger).Register(m.srv)
+	m.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(m.tls.server)))
+	grpcapi.NewClusterServer(m.cfg.NodeID, m.node, grpcapi.Dialer{TLS: m.tls.client}, m.cfg.Logger).Register(m.srv)
 	go m.srv.Serve(ln)
 }
 
@@ -70,7 +73,7 @@ func (m *member) stop() {
 func status(t *testing.T, addr string) *clusterpb.StatusResponse {
 	t.Helper()
 	var r *clusterpb.StatusResponse
-	err := grpcapi.Call(addr, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+	err := operator.Call(addr, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
 		var err error
 		r, err = c.Status(ctx, &clusterpb.StatusRequest{})
 		return err
@@ -109,9 +112,10 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := t.TempDir()
 	var ms []*member
+	pk := newPKI(t)
 	for _, id := range []string{"n1", "n2", "n3"} {
 		raftAddr := freeAddr(t)
-		ms = append(ms, &member{api: freeAddr(t), cfg: cluster.Config{
+		ms = append(ms, &member{api: freeAddr(t), tls: pk.node(t, id), cfg: cluster.Config{
 			NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: raftAddr, Logger: log,
 		}})
 	}
@@ -132,9 +136,9 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	waitFor(t, "n1 to lead", func() bool { return ms[0].node.IsLeader() && ms[0].node.FSM().MemberAPIAddr("n1") != "" })
 
 	joinAs := func(via string, m *member, fresh, promote bool) error {
-		return grpcapi.Call(via, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		return operator.Call(via, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
 			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: m.cfg.NodeID, RaftAddr: m.cfg.BindAddr, ApiAddr: m.api,
-				Fresh: fresh, Promote: promote})
+				Fresh: fresh, Promote: promote, Level: fsm.Level})
 			return err
 		})
 	}
@@ -183,6 +187,9 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	}
 
 	ctx := context.Background()
+	// The chain needs a watermark before anything is signed: what
+	// --allow-fresh-state commits, sent to a follower and forwarded.
+	importVia(t, ms[2].api, &clusterpb.ImportStateRequest{ChainId: "c", Source: "fresh"})
 	for h := int64(1); h <= 20; h++ {
 		d, err := ms[0].node.Reserve(ctx, "c", fsm.HRS{Height: h, Step: fsm.StepPrevote}, []byte{byte(h)})
 		if err != nil || d.Outcome != fsm.Allow {

@@ -61,6 +61,14 @@ func benchCluster(b *testing.B, n int) (*signer.Signer, func()) {
 	if leader == nil {
 		b.Fatal("no leader")
 	}
+	for _, c := range cfgs {
+		if err := leader.SetMember(context.Background(), c.NodeID, c.BindAddr, fsm.Level); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := leader.Import(context.Background(), fsm.Import{ChainID: "bench"}); err != nil {
+		b.Fatal(err)
+	}
 	s, err := signer.New(signer.Config{Reserver: leader, State: leader.FSM(), Logger: log,
 		Keys: map[string]keys.Signer{"bench": file.New(ed25519.GenPrivKey())}})
 	if err != nil {

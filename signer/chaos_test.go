@@ -124,6 +124,7 @@ func (c *testCluster) start(n *testNode) {
 			c.h.violate("%s: leadership callback ran before the node was open", id)
 			return
 		}
+		go seedCluster(ctx, node, c.nodes)
 		leadingCheck(ctx, c.h, id, node)
 	}}
 	var err error
@@ -143,6 +144,26 @@ func (c *testCluster) start(n *testNode) {
 	}
 	n.up = true
 	c.rewire()
+}
+
+// seedCluster registers the members and gives each chain the empty
+// watermark once, as a node started with --allow-fresh-state does; until it
+// has, requests are refused for want of state.
+func seedCluster(ctx context.Context, node *cluster.Node, nodes []*testNode) {
+	for _, n := range nodes {
+		if _, ok := node.FSM().Member(n.id); !ok {
+			if node.SetMember(ctx, n.id, n.id, fsm.Level) != nil {
+				return
+			}
+		}
+	}
+	for _, ch := range chains {
+		if _, ok := node.FSM().Watermark(ch); !ok {
+			if _, err := node.Import(ctx, fsm.Import{ChainID: ch, Source: "fresh"}); err != nil {
+				return
+			}
+		}
+	}
 }
 
 // leadingCheck is invariant 3 at the leadership callback: serving starts

@@ -56,7 +56,29 @@ type Config struct {
 	Logger      *slog.Logger
 	// OnRelease, if set, sees every signature before it is sent.
 	OnRelease func(Release)
+	// Observer, if set, receives timings and outcomes for metrics.
+	Observer Observer
+	// Backends names each chain's key backend for Observer.
+	Backends map[string]string
 }
+
+// Observer is what the signer reports for metrics. Implementations must
+// be cheap: they run on the sign path.
+type Observer interface {
+	ObserveSign(chain, step string, d time.Duration)
+	ObserveReserve(chain string, d time.Duration)
+	ObserveKeySign(chain, backend string, d time.Duration)
+	Refused(chain, reason string)
+	Signed(chain, step string)
+}
+
+type noObserver struct{}
+
+func (noObserver) ObserveSign(string, string, time.Duration)    {}
+func (noObserver) ObserveReserve(string, time.Duration)         {}
+func (noObserver) ObserveKeySign(string, string, time.Duration) {}
+func (noObserver) Refused(string, string)                       {}
+func (noObserver) Signed(string, string)                        {}
 
 // Signer serves every configured chain. Requests of one chain are
 // serialised; different chains proceed concurrently.
@@ -82,6 +104,9 @@ func New(cfg Config) (*Signer, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	s := &Signer{cfg: cfg, chains: map[string]*chain{}, log: cfg.Logger}
 	for id, k := range cfg.Keys {
@@ -275,27 +300,37 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 ) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SignTimeout)
 	defer cancel()
+	start := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
+	// A chain with no local watermark is not refused here: this replica
+	// may lag; the FSM refuses on every replica if the cluster has none.
 	cur, _ := s.cfg.State.Watermark(c.id)
 	if d := fsm.Decide(cur, hrs, signBytes); d.Outcome == fsm.Refuse {
 		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
 	}
+	reserveStart := time.Now()
 	d, err := s.cfg.Reserver.Reserve(ctx, c.id, hrs, signBytes)
+	s.cfg.Observer.ObserveReserve(c.id, time.Since(reserveStart))
 	if err != nil {
 		return &requestError{code: CodeUnavailable, reason: "unavailable", err: err}
 	}
 	if d.Outcome == fsm.Refuse {
 		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
 	}
+	keyStart := time.Now()
 	sig, err := c.key.Sign(ctx, d.SignBytes)
+	s.cfg.Observer.ObserveKeySign(c.id, s.cfg.Backends[c.id], time.Since(keyStart))
 	if err != nil {
 		return &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign %s: %w", hrs, err)}
 	}
 	if err := finish(d, sig); err != nil {
 		return err
 	}
+	step := fsm.StepName(hrs.Step)
+	s.cfg.Observer.ObserveSign(c.id, step, time.Since(start))
+	s.cfg.Observer.Signed(c.id, step)
 	sum := sha256.Sum256(d.SignBytes)
 	s.log.Info("signed", "chain", c.id,
 		"height", hrs.Height, "round", hrs.Round, "step", hrs.Step,
@@ -313,5 +348,6 @@ func (s *Signer) remoteError(chainID string, err error) *privvalproto.RemoteSign
 		re = &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: err}
 	}
 	s.log.Warn("refused to sign", "chain", chainID, "reason", re.reason, "err", re.err)
+	s.cfg.Observer.Refused(chainID, re.reason)
 	return &privvalproto.RemoteSignerError{Code: re.code, Description: "kms-ha: " + re.err.Error()}
 }

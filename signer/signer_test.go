@@ -73,9 +73,24 @@ func (k *countingKey) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 
 const chainID = "unit-chain"
 
-func newUnit(t *testing.T) (*signer.Signer, *fakeReserver, *countingKey, *bytes.Buffer) {
+// freshFSM holds the empty watermark for each chain, as a cluster started
+// with --allow-fresh-state does.
+func freshFSM(t *testing.T, chains ...string) *fsm.FSM {
 	t.Helper()
 	f := fsm.New()
+	for _, c := range chains {
+		data, err := fsm.Encode(fsm.CmdImport, fsm.Import{ChainID: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Apply(&raft.Log{Type: raft.LogCommand, Data: data})
+	}
+	return f
+}
+
+func newUnit(t *testing.T) (*signer.Signer, *fakeReserver, *countingKey, *bytes.Buffer) {
+	t.Helper()
+	f := freshFSM(t, chainID)
 	r := &fakeReserver{state: f}
 	k := &countingKey{Signer: file.New(ed25519.GenPrivKey())}
 	var logs bytes.Buffer
@@ -303,7 +318,7 @@ func (r *rendezvousReserver) Reserve(ctx context.Context, chainID string, hrs fs
 }
 
 func TestChainsSignConcurrently(t *testing.T) {
-	f := fsm.New()
+	f := freshFSM(t, "a", "b")
 	r := &rendezvousReserver{fakeReserver: &fakeReserver{state: f}, arrived: make(chan struct{}, 2)}
 	key := file.New(ed25519.GenPrivKey())
 	s, _ := signer.New(signer.Config{Reserver: r, State: f, SignTimeout: 3 * time.Second,

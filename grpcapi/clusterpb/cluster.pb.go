@@ -25,7 +25,10 @@ const (
 )
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Answer only after the leader confirmed it still leads and this node
+	// applied everything committed before the request.
+	Linearizable  bool `protobuf:"varint,1,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -60,6 +63,13 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *StatusRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
 type Member struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -68,7 +78,9 @@ type Member struct {
 	// "leader" or "follower" as far as the answering node knows.
 	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
 	// "voter", "nonvoter" or "staging".
-	Suffrage      string `protobuf:"bytes,5,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	Suffrage string `protobuf:"bytes,5,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	// The command level the member registered (see fsm.Level).
+	Level         int32 `protobuf:"varint,6,opt,name=level,proto3" json:"level,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -138,13 +150,23 @@ func (x *Member) GetSuffrage() string {
 	return ""
 }
 
+func (x *Member) GetLevel() int32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
 type ChainWatermark struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	ChainId string                 `protobuf:"bytes,1,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
 	Height  int64                  `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
 	Round   int32                  `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
 	// 1 proposal, 2 prevote, 3 precommit.
-	Step          int32 `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	Step int32 `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	// Whether the sign bytes at this position are known (an imported state
+	// may come without them).
+	HasSignBytes  bool `protobuf:"varint,5,opt,name=has_sign_bytes,json=hasSignBytes,proto3" json:"has_sign_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -207,6 +229,73 @@ func (x *ChainWatermark) GetStep() int32 {
 	return 0
 }
 
+func (x *ChainWatermark) GetHasSignBytes() bool {
+	if x != nil {
+		return x.HasSignBytes
+	}
+	return false
+}
+
+type ChainKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChainId       string                 `protobuf:"bytes,1,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
+	KeyType       string                 `protobuf:"bytes,2,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	PubKey        []byte                 `protobuf:"bytes,3,opt,name=pub_key,json=pubKey,proto3" json:"pub_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChainKey) Reset() {
+	*x = ChainKey{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChainKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChainKey) ProtoMessage() {}
+
+func (x *ChainKey) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChainKey.ProtoReflect.Descriptor instead.
+func (*ChainKey) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ChainKey) GetChainId() string {
+	if x != nil {
+		return x.ChainId
+	}
+	return ""
+}
+
+func (x *ChainKey) GetKeyType() string {
+	if x != nil {
+		return x.KeyType
+	}
+	return ""
+}
+
+func (x *ChainKey) GetPubKey() []byte {
+	if x != nil {
+		return x.PubKey
+	}
+	return nil
+}
+
 type StatusResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -220,14 +309,19 @@ type StatusResponse struct {
 	Members       []*Member         `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
 	Chains        []*ChainWatermark `protobuf:"bytes,9,rep,name=chains,proto3" json:"chains,omitempty"`
 	// Time since this node last heard from the leader ("0" on the leader).
-	LastContact   string `protobuf:"bytes,10,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	LastContact string `protobuf:"bytes,10,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	// The same in milliseconds (0 on the leader).
+	LastContactMs int64       `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	Keys          []*ChainKey `protobuf:"bytes,12,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Set when the answer is linearizable (StatusRequest.linearizable).
+	Linearizable  bool `protobuf:"varint,13,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +333,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +346,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -325,6 +419,27 @@ func (x *StatusResponse) GetLastContact() string {
 	return ""
 }
 
+func (x *StatusResponse) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetKeys() []*ChainKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
 type JoinRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -337,14 +452,16 @@ type JoinRequest struct {
 	Fresh bool `protobuf:"varint,5,opt,name=fresh,proto3" json:"fresh,omitempty"`
 	// Sent by an admitted non-voter itself once it has caught up with the
 	// leader: promote it to voter.
-	Promote       bool `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
+	Promote bool `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
+	// The command level of the joining binary (see fsm.Level).
+	Level         int32 `protobuf:"varint,7,opt,name=level,proto3" json:"level,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +473,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +486,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -414,6 +531,13 @@ func (x *JoinRequest) GetPromote() bool {
 	return false
 }
 
+func (x *JoinRequest) GetLevel() int32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
 type JoinResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaderId      string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
@@ -423,7 +547,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[5]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +559,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[5]
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,10 +572,552 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+type RemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Forwarded     bool                   `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRequest) Reset() {
+	*x = RemoveRequest{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRequest) ProtoMessage() {}
+
+func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRequest) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RemoveRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+type RemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaderId      string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveResponse) Reset() {
+	*x = RemoveResponse{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveResponse) ProtoMessage() {}
+
+func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
+func (*RemoveResponse) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemoveResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty: the most up-to-date voter.
+	To            string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	Forwarded     bool   `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *TransferLeadershipRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+type TransferLeadershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NewLeaderId   string                 `protobuf:"bytes,1,opt,name=new_leader_id,json=newLeaderId,proto3" json:"new_leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TransferLeadershipResponse) GetNewLeaderId() string {
+	if x != nil {
+		return x.NewLeaderId
+	}
+	return ""
+}
+
+type ImportStateRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChainId   string                 `protobuf:"bytes,1,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
+	Height    int64                  `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	Round     int32                  `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
+	Step      int32                  `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	SignBytes []byte                 `protobuf:"bytes,5,opt,name=sign_bytes,json=signBytes,proto3" json:"sign_bytes,omitempty"`
+	// Where the state comes from, for the record ("cometbft", "tmkms",
+	// "horcrux", "backup", "fresh").
+	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	Forwarded     bool   `protobuf:"varint,7,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStateRequest) Reset() {
+	*x = ImportStateRequest{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStateRequest) ProtoMessage() {}
+
+func (x *ImportStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStateRequest.ProtoReflect.Descriptor instead.
+func (*ImportStateRequest) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ImportStateRequest) GetChainId() string {
+	if x != nil {
+		return x.ChainId
+	}
+	return ""
+}
+
+func (x *ImportStateRequest) GetHeight() int64 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImportStateRequest) GetRound() int32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *ImportStateRequest) GetStep() int32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *ImportStateRequest) GetSignBytes() []byte {
+	if x != nil {
+		return x.SignBytes
+	}
+	return nil
+}
+
+func (x *ImportStateRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ImportStateRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+type ImportStateResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Applied bool                   `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The watermark before (absent if the chain had none) and after.
+	Previous      *ChainWatermark `protobuf:"bytes,2,opt,name=previous,proto3" json:"previous,omitempty"`
+	Current       *ChainWatermark `protobuf:"bytes,3,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStateResponse) Reset() {
+	*x = ImportStateResponse{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStateResponse) ProtoMessage() {}
+
+func (x *ImportStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStateResponse.ProtoReflect.Descriptor instead.
+func (*ImportStateResponse) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ImportStateResponse) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+func (x *ImportStateResponse) GetPrevious() *ChainWatermark {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+func (x *ImportStateResponse) GetCurrent() *ChainWatermark {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+type ReadIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexRequest) Reset() {
+	*x = ReadIndexRequest{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexRequest) ProtoMessage() {}
+
+func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
+func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+type ReadIndexResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	LeaderId      string                 `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexResponse) Reset() {
+	*x = ReadIndexResponse{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexResponse) ProtoMessage() {}
+
+func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
+func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReadIndexResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReadIndexResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Forwarded     bool                   `protobuf:"varint,1,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BackupRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state as JSON (fsm.State), the format snapshot restore reads.
+	State []byte `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// The raft index the state was read at.
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	LeaderId      string `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kmsha_cluster_v1_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BackupResponse) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetLeaderId() string {
 	if x != nil {
 		return x.LeaderId
 	}
@@ -462,19 +1128,26 @@ var File_kmsha_cluster_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x1ekmsha/cluster/v1/cluster.proto\x12\x10kmsha.cluster.v1\"\x0f\n" +
-	"\rStatusRequest\"\x80\x01\n" +
+	"\x1ekmsha/cluster/v1/cluster.proto\x12\x10kmsha.cluster.v1\"3\n" +
+	"\rStatusRequest\x12\"\n" +
+	"\flinearizable\x18\x01 \x01(\bR\flinearizable\"\x96\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x12\n" +
 	"\x04role\x18\x04 \x01(\tR\x04role\x12\x1a\n" +
-	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\"m\n" +
+	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\x12\x14\n" +
+	"\x05level\x18\x06 \x01(\x05R\x05level\"\x93\x01\n" +
 	"\x0eChainWatermark\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x16\n" +
 	"\x06height\x18\x02 \x01(\x03R\x06height\x12\x14\n" +
 	"\x05round\x18\x03 \x01(\x05R\x05round\x12\x12\n" +
-	"\x04step\x18\x04 \x01(\x05R\x04step\"\xf1\x02\n" +
+	"\x04step\x18\x04 \x01(\x05R\x04step\x12$\n" +
+	"\x0ehas_sign_bytes\x18\x05 \x01(\bR\fhasSignBytes\"Y\n" +
+	"\bChainKey\x12\x19\n" +
+	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x19\n" +
+	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x17\n" +
+	"\apub_key\x18\x03 \x01(\fR\x06pubKey\"\xed\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -486,19 +1159,61 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\amembers\x18\b \x03(\v2\x18.kmsha.cluster.v1.MemberR\amembers\x128\n" +
 	"\x06chains\x18\t \x03(\v2 .kmsha.cluster.v1.ChainWatermarkR\x06chains\x12!\n" +
 	"\flast_contact\x18\n" +
-	" \x01(\tR\vlastContact\"\xa3\x01\n" +
+	" \x01(\tR\vlastContact\x12&\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12.\n" +
+	"\x04keys\x18\f \x03(\v2\x1a.kmsha.cluster.v1.ChainKeyR\x04keys\x12\"\n" +
+	"\flinearizable\x18\r \x01(\bR\flinearizable\"\xb9\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x1c\n" +
 	"\tforwarded\x18\x04 \x01(\bR\tforwarded\x12\x14\n" +
 	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x18\n" +
-	"\apromote\x18\x06 \x01(\bR\apromote\"+\n" +
+	"\apromote\x18\x06 \x01(\bR\apromote\x12\x14\n" +
+	"\x05level\x18\a \x01(\x05R\x05level\"+\n" +
 	"\fJoinResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId2\x9d\x01\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"=\n" +
+	"\rRemoveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"-\n" +
+	"\x0eRemoveResponse\x12\x1b\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"I\n" +
+	"\x19TransferLeadershipRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"@\n" +
+	"\x1aTransferLeadershipResponse\x12\"\n" +
+	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId\"\xc6\x01\n" +
+	"\x12ImportStateRequest\x12\x19\n" +
+	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x16\n" +
+	"\x06height\x18\x02 \x01(\x03R\x06height\x12\x14\n" +
+	"\x05round\x18\x03 \x01(\x05R\x05round\x12\x12\n" +
+	"\x04step\x18\x04 \x01(\x05R\x04step\x12\x1d\n" +
+	"\n" +
+	"sign_bytes\x18\x05 \x01(\fR\tsignBytes\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12\x1c\n" +
+	"\tforwarded\x18\a \x01(\bR\tforwarded\"\xa9\x01\n" +
+	"\x13ImportStateResponse\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\bR\aapplied\x12<\n" +
+	"\bprevious\x18\x02 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\bprevious\x12:\n" +
+	"\acurrent\x18\x03 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\acurrent\"\x12\n" +
+	"\x10ReadIndexRequest\"F\n" +
+	"\x11ReadIndexResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId\"-\n" +
+	"\rBackupRequest\x12\x1c\n" +
+	"\tforwarded\x18\x01 \x01(\bR\tforwarded\"Y\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\fR\x05state\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x1b\n" +
+	"\tleader_id\x18\x03 \x01(\tR\bleaderId2\xda\x04\n" +
 	"\aCluster\x12K\n" +
 	"\x06Status\x12\x1f.kmsha.cluster.v1.StatusRequest\x1a .kmsha.cluster.v1.StatusResponse\x12E\n" +
-	"\x04Join\x12\x1d.kmsha.cluster.v1.JoinRequest\x1a\x1e.kmsha.cluster.v1.JoinResponseB,Z*github.com/kms-ha/kms-ha/grpcapi/clusterpbb\x06proto3"
+	"\x04Join\x12\x1d.kmsha.cluster.v1.JoinRequest\x1a\x1e.kmsha.cluster.v1.JoinResponse\x12K\n" +
+	"\x06Remove\x12\x1f.kmsha.cluster.v1.RemoveRequest\x1a .kmsha.cluster.v1.RemoveResponse\x12o\n" +
+	"\x12TransferLeadership\x12+.kmsha.cluster.v1.TransferLeadershipRequest\x1a,.kmsha.cluster.v1.TransferLeadershipResponse\x12Z\n" +
+	"\vImportState\x12$.kmsha.cluster.v1.ImportStateRequest\x1a%.kmsha.cluster.v1.ImportStateResponse\x12T\n" +
+	"\tReadIndex\x12\".kmsha.cluster.v1.ReadIndexRequest\x1a#.kmsha.cluster.v1.ReadIndexResponse\x12K\n" +
+	"\x06Backup\x12\x1f.kmsha.cluster.v1.BackupRequest\x1a .kmsha.cluster.v1.BackupResponseB,Z*github.com/kms-ha/kms-ha/grpcapi/clusterpbb\x06proto3"
 
 var (
 	file_kmsha_cluster_v1_cluster_proto_rawDescOnce sync.Once
@@ -512,27 +1227,51 @@ func file_kmsha_cluster_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_kmsha_cluster_v1_cluster_proto_rawDescData
 }
 
-var file_kmsha_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_kmsha_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kmsha_cluster_v1_cluster_proto_goTypes = []any{
-	(*StatusRequest)(nil),  // 0: kmsha.cluster.v1.StatusRequest
-	(*Member)(nil),         // 1: kmsha.cluster.v1.Member
-	(*ChainWatermark)(nil), // 2: kmsha.cluster.v1.ChainWatermark
-	(*StatusResponse)(nil), // 3: kmsha.cluster.v1.StatusResponse
-	(*JoinRequest)(nil),    // 4: kmsha.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),   // 5: kmsha.cluster.v1.JoinResponse
+	(*StatusRequest)(nil),              // 0: kmsha.cluster.v1.StatusRequest
+	(*Member)(nil),                     // 1: kmsha.cluster.v1.Member
+	(*ChainWatermark)(nil),             // 2: kmsha.cluster.v1.ChainWatermark
+	(*ChainKey)(nil),                   // 3: kmsha.cluster.v1.ChainKey
+	(*StatusResponse)(nil),             // 4: kmsha.cluster.v1.StatusResponse
+	(*JoinRequest)(nil),                // 5: kmsha.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),               // 6: kmsha.cluster.v1.JoinResponse
+	(*RemoveRequest)(nil),              // 7: kmsha.cluster.v1.RemoveRequest
+	(*RemoveResponse)(nil),             // 8: kmsha.cluster.v1.RemoveResponse
+	(*TransferLeadershipRequest)(nil),  // 9: kmsha.cluster.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 10: kmsha.cluster.v1.TransferLeadershipResponse
+	(*ImportStateRequest)(nil),         // 11: kmsha.cluster.v1.ImportStateRequest
+	(*ImportStateResponse)(nil),        // 12: kmsha.cluster.v1.ImportStateResponse
+	(*ReadIndexRequest)(nil),           // 13: kmsha.cluster.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 14: kmsha.cluster.v1.ReadIndexResponse
+	(*BackupRequest)(nil),              // 15: kmsha.cluster.v1.BackupRequest
+	(*BackupResponse)(nil),             // 16: kmsha.cluster.v1.BackupResponse
 }
 var file_kmsha_cluster_v1_cluster_proto_depIdxs = []int32{
-	1, // 0: kmsha.cluster.v1.StatusResponse.members:type_name -> kmsha.cluster.v1.Member
-	2, // 1: kmsha.cluster.v1.StatusResponse.chains:type_name -> kmsha.cluster.v1.ChainWatermark
-	0, // 2: kmsha.cluster.v1.Cluster.Status:input_type -> kmsha.cluster.v1.StatusRequest
-	4, // 3: kmsha.cluster.v1.Cluster.Join:input_type -> kmsha.cluster.v1.JoinRequest
-	3, // 4: kmsha.cluster.v1.Cluster.Status:output_type -> kmsha.cluster.v1.StatusResponse
-	5, // 5: kmsha.cluster.v1.Cluster.Join:output_type -> kmsha.cluster.v1.JoinResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	1,  // 0: kmsha.cluster.v1.StatusResponse.members:type_name -> kmsha.cluster.v1.Member
+	2,  // 1: kmsha.cluster.v1.StatusResponse.chains:type_name -> kmsha.cluster.v1.ChainWatermark
+	3,  // 2: kmsha.cluster.v1.StatusResponse.keys:type_name -> kmsha.cluster.v1.ChainKey
+	2,  // 3: kmsha.cluster.v1.ImportStateResponse.previous:type_name -> kmsha.cluster.v1.ChainWatermark
+	2,  // 4: kmsha.cluster.v1.ImportStateResponse.current:type_name -> kmsha.cluster.v1.ChainWatermark
+	0,  // 5: kmsha.cluster.v1.Cluster.Status:input_type -> kmsha.cluster.v1.StatusRequest
+	5,  // 6: kmsha.cluster.v1.Cluster.Join:input_type -> kmsha.cluster.v1.JoinRequest
+	7,  // 7: kmsha.cluster.v1.Cluster.Remove:input_type -> kmsha.cluster.v1.RemoveRequest
+	9,  // 8: kmsha.cluster.v1.Cluster.TransferLeadership:input_type -> kmsha.cluster.v1.TransferLeadershipRequest
+	11, // 9: kmsha.cluster.v1.Cluster.ImportState:input_type -> kmsha.cluster.v1.ImportStateRequest
+	13, // 10: kmsha.cluster.v1.Cluster.ReadIndex:input_type -> kmsha.cluster.v1.ReadIndexRequest
+	15, // 11: kmsha.cluster.v1.Cluster.Backup:input_type -> kmsha.cluster.v1.BackupRequest
+	4,  // 12: kmsha.cluster.v1.Cluster.Status:output_type -> kmsha.cluster.v1.StatusResponse
+	6,  // 13: kmsha.cluster.v1.Cluster.Join:output_type -> kmsha.cluster.v1.JoinResponse
+	8,  // 14: kmsha.cluster.v1.Cluster.Remove:output_type -> kmsha.cluster.v1.RemoveResponse
+	10, // 15: kmsha.cluster.v1.Cluster.TransferLeadership:output_type -> kmsha.cluster.v1.TransferLeadershipResponse
+	12, // 16: kmsha.cluster.v1.Cluster.ImportState:output_type -> kmsha.cluster.v1.ImportStateResponse
+	14, // 17: kmsha.cluster.v1.Cluster.ReadIndex:output_type -> kmsha.cluster.v1.ReadIndexResponse
+	16, // 18: kmsha.cluster.v1.Cluster.Backup:output_type -> kmsha.cluster.v1.BackupResponse
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_kmsha_cluster_v1_cluster_proto_init() }
@@ -546,7 +1285,7 @@ func file_kmsha_cluster_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kmsha_cluster_v1_cluster_proto_rawDesc), len(file_kmsha_cluster_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,223 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+const (
+	defaultHandshakeTimeout = 5 * time.Second
+	// maxPendingHandshakes caps the goroutines that connections which
+	// never finish their handshake can hold; raft itself needs a handful
+	// of connections per peer, so the cap only bites on a flood.
+	maxPendingHandshakes = 128
+)
+
+// TLSStreamOption tunes NewTLSStreamLayer.
+type TLSStreamOption func(*tlsStream)
+
+// WithHandshakeTimeout bounds the TLS handshake of each accepted
+// connection; default 5 s.
+func WithHandshakeTimeout(d time.Duration) TLSStreamOption {
+	return func(s *tlsStream) {
+		if d > 0 {
+			s.handshakeTimeout = d
+		}
+	}
+}
+
+// WithHandshakeErrorHandler sets fn to be called for every inbound
+// connection dropped before reaching raft: a failed or timed out
+// handshake, or one over the pending-handshake cap. It is where a node
+// logs and counts peers without a valid cluster certificate. fn may be
+// called concurrently and must not block.
+func WithHandshakeErrorHandler(fn func(remote net.Addr, err error)) TLSStreamOption {
+	return func(s *tlsStream) { s.onHandshakeError = fn }
+}
+
+// tlsStream is a raft.StreamLayer over mutual TLS. Handshakes of inbound
+// connections run in their own goroutines, so a peer that stalls or
+// fails its handshake never delays Accept for the others, and raft only
+// ever receives connections from holders of a cluster certificate.
+type tlsStream struct {
+	ln        net.Listener
+	advertise net.Addr
+	server    *tls.Config
+	client    *tls.Config
+
+	handshakeTimeout time.Duration
+	onHandshakeError func(net.Addr, error)
+
+	accepted chan net.Conn
+	pending  chan struct{} // semaphore of running handshakes
+	ctx      context.Context
+	cancel   context.CancelFunc
+	closing  sync.Once
+	wg       sync.WaitGroup
+}
+
+// NewTLSStreamLayer listens on bind and returns a stream layer for
+// raft.NewNetworkTransport. server must require and verify client
+// certificates; client dials with ServerName set to the host of each
+// address dialed, so every node's certificate must list the hosts in the
+// raft addresses it is known by. advertise is the address other nodes
+// dial; nil means the listener's own address.
+func NewTLSStreamLayer(bind string, advertise net.Addr, server, client *tls.Config, opts ...TLSStreamOption) (raft.StreamLayer, error) {
+	if server == nil || client == nil {
+		return nil, errors.New("cluster: raft TLS: server and client TLS configs are both required")
+	}
+	// Anything weaker would let a node without a cluster certificate
+	// replicate; refuse it here rather than trust every caller.
+	if server.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, errors.New("cluster: raft TLS: the server config must require and verify client certificates")
+	}
+	if client.InsecureSkipVerify {
+		return nil, errors.New("cluster: raft TLS: the client config must verify the server's certificate")
+	}
+	s := &tlsStream{
+		server:           server,
+		client:           client,
+		handshakeTimeout: defaultHandshakeTimeout,
+		accepted:         make(chan net.Conn),
+		pending:          make(chan struct{}, maxPendingHandshakes),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: raft TLS: listen on %s: %w", bind, err)
+	}
+	if advertise == nil {
+		advertise = ln.Addr()
+	}
+	// Peers cannot dial 0.0.0.0; raft's own TCP transport refuses it too.
+	if ta, ok := advertise.(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("cluster: raft TLS: advertise address %v is not one peers can dial; set it explicitly", advertise)
+	}
+	s.ln, s.advertise = ln, advertise
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *tlsStream) acceptLoop() {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		raw, err := s.ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off as
+			// net/http does instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(delay):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		delay = 0
+		select {
+		case s.pending <- struct{}{}:
+		default:
+			raw.Close()
+			s.reportHandshakeError(raw.RemoteAddr(), errors.New("too many TLS handshakes in progress; connection dropped"))
+			continue
+		}
+		s.wg.Add(1)
+		go s.handshake(raw)
+	}
+}
+
+func (s *tlsStream) handshake(raw net.Conn) {
+	defer s.wg.Done()
+	defer func() { <-s.pending }()
+	conn := tls.Server(raw, s.server)
+	ctx, cancel := context.WithTimeout(s.ctx, s.handshakeTimeout)
+	defer cancel()
+	// The deadline also covers a peer that stops reading mid-handshake;
+	// the context alone only interrupts reads.
+	raw.SetDeadline(time.Now().Add(s.handshakeTimeout))
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		if s.ctx.Err() == nil {
+			s.reportHandshakeError(raw.RemoteAddr(), err)
+		}
+		return
+	}
+	// Raft sets its own deadlines per RPC.
+	raw.SetDeadline(time.Time{})
+	select {
+	case s.accepted <- conn:
+	case <-s.ctx.Done():
+		conn.Close()
+	}
+}
+
+func (s *tlsStream) reportHandshakeError(remote net.Addr, err error) {
+	if s.onHandshakeError != nil {
+		s.onHandshakeError(remote, fmt.Errorf("cluster: raft TLS handshake with %s: %w", remote, err))
+	}
+}
+
+// Accept returns the next inbound connection whose TLS handshake, client
+// certificate included, has completed.
+func (s *tlsStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.accepted:
+		return c, nil
+	case <-s.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops listening and aborts handshakes still in progress.
+// Connections already handed to raft are raft's to close.
+func (s *tlsStream) Close() error {
+	var err error
+	s.closing.Do(func() {
+		s.cancel()
+		err = s.ln.Close()
+		s.wg.Wait()
+	})
+	return err
+}
+
+// Addr is the advertised address: raft stores it in the configuration
+// as this node's address.
+func (s *tlsStream) Addr() net.Addr { return s.advertise }
+
+// Dial connects to a peer and completes the TLS handshake within
+// timeout, verifying the peer's certificate against the host dialed.
+func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(string(address))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: raft TLS: dial %s: %w", address, err)
+	}
+	cfg := s.client.Clone()
+	cfg.ServerName = host
+	if timeout <= 0 {
+		timeout = s.handshakeTimeout
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	d := tls.Dialer{Config: cfg}
+	conn, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: raft TLS: dial %s: %w", address, err)
+	}
+	return conn, nil
+}

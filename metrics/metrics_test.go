@@ -1,0 +1,308 @@
+package metrics
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// scrape fetches url over real HTTP and returns the text exposition as
+// series -> value, where series is the name with its labels exactly as
+// exposed (labels sorted by name), e.g. `kmsha_signatures_total{chain="c",step="prevote"}`.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ask for the plain text format so the parser below applies.
+	req.Header.Set("Accept", "text/plain; version=0.0.4")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: status %d", url, resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("unparsable line %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("unparsable value in %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func startServer(t *testing.T, m *Metrics, h Health) *Server {
+	t.Helper()
+	s, err := Start("127.0.0.1:0", m, h, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func TestScrapeShowsObservations(t *testing.T) {
+	m := New()
+	m.ObserveSign("chain-a", "prevote", 2*time.Millisecond)
+	m.ObserveSign("chain-a", "prevote", 3*time.Millisecond)
+	m.ObserveSign("chain-a", "precommit", 20*time.Second) // beyond the last bucket
+	m.ObserveReserve("chain-a", 1500*time.Microsecond)
+	m.ObserveKeySign("chain-a", "softsign", 150*time.Microsecond)
+	m.Refused("chain-a", "regression")
+	m.Refused("chain-a", "regression")
+	m.Refused("chain-b", "unavailable")
+	m.Signed("chain-a", "prevote")
+	m.LeaderChanged(false)
+	m.LeaderChanged(true)
+	m.SetRaft(7, 1234)
+	m.SetWatermark("chain-a", 1_000_001, 2, 3)
+	m.ValidatorState("chain-a", "tcp://10.0.0.5:26659", StateConnecting)
+	m.ValidatorState("chain-a", "tcp://10.0.0.5:26659", StateConnected)
+	m.ValidatorState("chain-a", "tcp://10.0.0.6:26659", StateConnecting)
+	m.ValidatorState("chain-a", "tcp://10.0.0.6:26659", StateDisconnected)
+	m.ValidatorState("chain-a", "tcp://10.0.0.6:26659", StateConnecting)
+
+	s := startServer(t, m, nil)
+	got := scrape(t, "http://"+s.Addr()+"/metrics")
+
+	want := map[string]float64{
+		`kmsha_sign_duration_seconds_count{chain="chain-a",step="prevote"}`:                       2,
+		`kmsha_sign_duration_seconds_sum{chain="chain-a",step="prevote"}`:                         0.005,
+		`kmsha_sign_duration_seconds_bucket{chain="chain-a",step="prevote",le="0.001"}`:           0,
+		`kmsha_sign_duration_seconds_bucket{chain="chain-a",step="prevote",le="0.0025"}`:          1,
+		`kmsha_sign_duration_seconds_bucket{chain="chain-a",step="prevote",le="0.005"}`:           2,
+		`kmsha_sign_duration_seconds_bucket{chain="chain-a",step="precommit",le="10"}`:            0,
+		`kmsha_sign_duration_seconds_bucket{chain="chain-a",step="precommit",le="+Inf"}`:          1,
+		`kmsha_reserve_duration_seconds_count{chain="chain-a"}`:                                   1,
+		`kmsha_reserve_duration_seconds_bucket{chain="chain-a",le="0.0025"}`:                      1,
+		`kmsha_reserve_duration_seconds_bucket{chain="chain-a",le="0.001"}`:                       0,
+		`kmsha_key_sign_duration_seconds_count{backend="softsign",chain="chain-a"}`:               1,
+		`kmsha_key_sign_duration_seconds_bucket{backend="softsign",chain="chain-a",le="0.0001"}`:  0,
+		`kmsha_key_sign_duration_seconds_bucket{backend="softsign",chain="chain-a",le="0.00025"}`: 1,
+		`kmsha_sign_refusals_total{chain="chain-a",reason="regression"}`:                          2,
+		`kmsha_sign_refusals_total{chain="chain-b",reason="unavailable"}`:                         1,
+		`kmsha_signatures_total{chain="chain-a",step="prevote"}`:                                  1,
+		`kmsha_leader_changes_total`:              2,
+		`kmsha_is_leader`:                         1,
+		`kmsha_raft_term`:                         7,
+		`kmsha_raft_applied_index`:                1234,
+		`kmsha_watermark_height{chain="chain-a"}`: 1_000_001,
+		`kmsha_watermark_round{chain="chain-a"}`:  2,
+		`kmsha_watermark_step{chain="chain-a"}`:   3,
+		`kmsha_validator_connected{addr="tcp://10.0.0.5:26659",chain="chain-a"}`:                 1,
+		`kmsha_validator_connected{addr="tcp://10.0.0.6:26659",chain="chain-a"}`:                 0,
+		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.5:26659",chain="chain-a"}`: 1,
+		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.6:26659",chain="chain-a"}`: 2,
+	}
+	for series, v := range want {
+		g, ok := got[series]
+		if !ok {
+			t.Errorf("series %s missing from the scrape", series)
+			continue
+		}
+		if diff := g - v; diff > 1e-9 || diff < -1e-9 {
+			t.Errorf("%s = %v, want %v", series, g, v)
+		}
+	}
+	// The registry is our own, but it must still carry the Go and process
+	// collectors an operator expects on every exporter.
+	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total"} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s missing: Go or process collector not registered", name)
+		}
+	}
+}
+
+func TestTwoInstancesDoNotCollide(t *testing.T) {
+	// Several nodes in one test process each build their own Metrics; a
+	// shared (global) registry would panic on the second registration.
+	a, b := New(), New()
+	a.Signed("c", "prevote")
+	if a.Registry() == b.Registry() {
+		t.Fatal("instances share a registry")
+	}
+	fams, err := b.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == "kmsha_signatures_total" && len(f.GetMetric()) > 0 {
+			t.Fatal("an observation on one instance showed up on the other")
+		}
+	}
+}
+
+func TestNilMetricsIsSafe(t *testing.T) {
+	var m *Metrics
+	m.ObserveSign("c", "prevote", time.Millisecond)
+	m.ObserveReserve("c", time.Millisecond)
+	m.ObserveKeySign("c", "softsign", time.Millisecond)
+	m.Refused("c", "conflict")
+	m.Signed("c", "prevote")
+	m.LeaderChanged(true)
+	m.SetRaft(1, 2)
+	m.SetWatermark("c", 1, 0, 1)
+	m.ValidatorState("c", "tcp://x", StateConnected)
+	if m.Registry() != nil {
+		t.Fatal("nil Metrics returned a registry")
+	}
+
+	// The server still serves probes without metrics; /metrics says why
+	// it is empty.
+	s := startServer(t, nil, nil)
+	resp, err := http.Get("http://" + s.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/metrics with nil Metrics: status %d, want 404", resp.StatusCode)
+	}
+	if code, _ := get(t, "http://"+s.Addr()+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz with nil Metrics: status %d", code)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	var ready error = errors.New("no known leader")
+	s := startServer(t, New(), HealthFunc(func() error { return ready }))
+	base := "http://" + s.Addr()
+
+	if code, body := get(t, base+"/healthz"); code != http.StatusOK || body != "ok" {
+		t.Fatalf("/healthz = %d %q, want 200 ok", code, body)
+	}
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || body != "not ready: no known leader" {
+		t.Fatalf("/readyz = %d %q, want 503 with the reason", code, body)
+	}
+	ready = errors.New("leader, but validator tcp://10.0.0.5:26659 not connected")
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable ||
+		body != "not ready: leader, but validator tcp://10.0.0.5:26659 not connected" {
+		t.Fatalf("/readyz = %d %q", code, body)
+	}
+	ready = nil
+	if code, _ := get(t, base+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz = %d once ready, want 200", code)
+	}
+
+	resp, err := http.Post(base+"/readyz", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST /readyz = %d, want 405", resp.StatusCode)
+	}
+}
+
+func TestServeReportsAddressInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err = Serve(context.Background(), ln.Addr().String(), New(), nil, nil)
+	if err == nil {
+		t.Fatal("Serve on a bound address returned nil")
+	}
+	if !strings.Contains(err.Error(), ln.Addr().String()) || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("error does not name the address and the cause: %v", err)
+	}
+}
+
+func TestServeStopsWithContext(t *testing.T) {
+	// Find a free port, then hand it to Serve.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- Serve(ctx, addr, New(), nil, nil) }()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Serve never answered: %v", err)
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("Serve returned early: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Serve after cancel: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after its context ended")
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Fatal("endpoint still answering after shutdown")
+	}
+}
+
+func BenchmarkObserveSign(b *testing.B) {
+	m := New()
+	b.ReportAllocs()
+	for b.Loop() {
+		m.ObserveSign("chain-a", "prevote", time.Millisecond)
+		m.Signed("chain-a", "prevote")
+	}
+}
