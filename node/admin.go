@@ -11,6 +11,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/config"
+	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 )
@@ -61,14 +62,18 @@ type JoinResult struct {
 // its data dir so that it may start raft.
 func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Logger) (JoinResult, error) {
 	cc := ClusterConfig(c, log)
-	fresh, err := isFresh(ctx, c, cc)
+	d, err := NewDialer(c, log)
 	if err != nil {
 		return JoinResult{}, err
 	}
-	req := &clusterpb.JoinRequest{Id: c.Cluster.NodeID, RaftAddr: c.Cluster.AdvertiseAddr, ApiAddr: c.Cluster.APIAddr, Fresh: fresh}
+	fresh, err := isFresh(ctx, d, c, cc)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	req := &clusterpb.JoinRequest{Id: c.Cluster.NodeID, RaftAddr: c.Cluster.AdvertiseAddr, ApiAddr: c.Cluster.APIAddr, Fresh: fresh, Level: fsm.Level}
 	var resp *clusterpb.JoinResponse
 	for {
-		err = callCtx(ctx, memberAPI, 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		err = callCtx(ctx, d, memberAPI, 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 			var err error
 			resp, err = cl.Join(ctx, req)
 			return err
@@ -97,11 +102,11 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 	// An admitted node becomes a voter by itself once it runs and has
 	// caught up: wait for that if it runs.
 	for {
-		if isVoter(ctx, memberAPI, c.Cluster.NodeID) {
+		if isVoter(ctx, d, memberAPI, c.Cluster.NodeID) {
 			res.Outcome = JoinedVoter
 			return res, nil
 		}
-		if _, err := localStatus(ctx, c); err != nil {
+		if _, err := localStatus(ctx, d, c); err != nil {
 			res.Outcome = JoinedNotRunning
 			return res, nil
 		}
@@ -114,11 +119,11 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 // isFresh tells whether the node holds no raft state. A running member
 // holds the data dir's lock; a node waiting for admission only holds it
 // briefly when it polls, so on a locked dir ask the node itself.
-func isFresh(ctx context.Context, c *config.Config, cc cluster.Config) (bool, error) {
+func isFresh(ctx context.Context, d grpcapi.Dialer, c *config.Config, cc cluster.Config) (bool, error) {
 	st, err := cluster.ReadState(cc, 1500*time.Millisecond)
 	switch {
 	case errors.Is(err, cluster.ErrLocked):
-		r, err := localStatus(ctx, c)
+		r, err := localStatus(ctx, d, c)
 		return err == nil && r.GetState() == grpcapi.StateAwaitingJoin, nil
 	case err != nil:
 		return false, err
@@ -126,9 +131,9 @@ func isFresh(ctx context.Context, c *config.Config, cc cluster.Config) (bool, er
 	return !st.MayStartRaft(), nil
 }
 
-func localStatus(ctx context.Context, c *config.Config) (*clusterpb.StatusResponse, error) {
+func localStatus(ctx context.Context, d grpcapi.Dialer, c *config.Config) (*clusterpb.StatusResponse, error) {
 	var r *clusterpb.StatusResponse
-	err := callCtx(ctx, c.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+	err := callCtx(ctx, d, c.Cluster.APIAddr, time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 		var err error
 		r, err = cl.Status(ctx, &clusterpb.StatusRequest{})
 		return err
@@ -136,9 +141,9 @@ func localStatus(ctx context.Context, c *config.Config) (*clusterpb.StatusRespon
 	return r, err
 }
 
-func isVoter(ctx context.Context, memberAPI, id string) bool {
+func isVoter(ctx context.Context, d grpcapi.Dialer, memberAPI, id string) bool {
 	var st *clusterpb.StatusResponse
-	err := callCtx(ctx, memberAPI, 3*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+	err := callCtx(ctx, d, memberAPI, 3*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 		var err error
 		st, err = cl.Status(ctx, &clusterpb.StatusRequest{})
 		return err
@@ -154,15 +159,15 @@ func isVoter(ctx context.Context, memberAPI, id string) bool {
 	return false
 }
 
-// callCtx is grpcapi.Call bounded by ctx as well.
-func callCtx(ctx context.Context, addr string, timeout time.Duration, fn func(context.Context, clusterpb.ClusterClient) error) error {
+// callCtx is Dialer.Call bounded by ctx as well.
+func callCtx(ctx context.Context, d grpcapi.Dialer, addr string, timeout time.Duration, fn func(context.Context, clusterpb.ClusterClient) error) error {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
 	if timeout <= 0 {
 		return context.DeadlineExceeded
 	}
-	return grpcapi.Call(addr, timeout, fn)
+	return d.Call(addr, timeout, fn)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -172,4 +177,27 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
+}
+
+// Leave takes the node configured by c out of the cluster: it hands
+// leadership on first if it leads, then asks the leader to remove it. The
+// node keeps running as a non-member until it is stopped; its data dir must
+// not be used to rejoin (join again with an empty one).
+func Leave(ctx context.Context, c *config.Config, log *slog.Logger) (string, error) {
+	d, err := NewDialer(c, log)
+	if err != nil {
+		return "", err
+	}
+	var leader string
+	err = callCtx(ctx, d, c.Cluster.APIAddr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		r, err := cl.Remove(ctx, &clusterpb.RemoveRequest{Id: c.Cluster.NodeID})
+		if err == nil {
+			leader = r.GetLeaderId()
+		}
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("node: leave: %w", err)
+	}
+	return leader, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/p2p"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/config"
@@ -22,7 +24,8 @@ import (
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 	"github.com/kms-ha/kms-ha/keys"
-	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/metrics"
+	"github.com/kms-ha/kms-ha/pki"
 	"github.com/kms-ha/kms-ha/signer"
 	"github.com/kms-ha/kms-ha/transport"
 )
@@ -46,43 +49,81 @@ func ClusterConfig(c *config.Config, log *slog.Logger) cluster.Config {
 	}
 }
 
+// Options are the start flags that are not part of kms.yaml.
+type Options struct {
+	// AllowFreshState lists chains that may start signing from an empty
+	// watermark: the validator has never signed with this key.
+	AllowFreshState []string
+}
+
 // Node is a running kms-ha node.
 type Node struct {
 	cfg        *config.Config
+	opts       Options
 	log        *slog.Logger
 	cluster    atomic.Pointer[cluster.Node]
 	signer     *signer.Signer
 	apiSrv     *grpcapi.ClusterServer
+	dialer     grpcapi.Dialer
 	keys       map[string]keys.Signer
+	backends   map[string]string
 	validators []transport.Validator
 	api        *grpc.Server
 	apiLn      net.Listener
+	metrics    *metrics.Metrics
+	metricsSrv *metrics.Server
+	signerSvc  *grpcapi.SignerServiceListener
+
+	// conns is each validator connection's state, for /readyz.
+	connMu sync.Mutex
+	conns  map[string]string
+	// keyProblem is set while this node's key differs from the one the
+	// cluster recorded; it then refuses to lead.
+	keyProblem atomic.Pointer[string]
+}
+
+// TLSFiles are the cluster TLS files of a configuration.
+func TLSFiles(c *config.Config) pki.Files {
+	return pki.Files{CA: c.Cluster.TLSCA, Cert: c.Cluster.TLSCert, Key: c.Cluster.TLSKey}
+}
+
+// NewDialer loads this node's client certificate for calls to the cluster
+// API; the kms-ha commands use it too.
+func NewDialer(c *config.Config, log *slog.Logger) (grpcapi.Dialer, error) {
+	tc, err := pki.ClientConfig(TLSFiles(c), "", pki.WithLogger(log))
+	if err != nil {
+		return grpcapi.Dialer{}, fmt.Errorf("node: cluster TLS: %w", err)
+	}
+	return grpcapi.Dialer{TLS: tc}, nil
 }
 
 // New opens keys and identities and the API listener. Run starts raft. No
 // validator is dialled except while this node leads.
-func New(c *config.Config, log *slog.Logger) (*Node, error) {
-	n := &Node{cfg: c, log: log, keys: map[string]keys.Signer{}}
+func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
+	n := &Node{cfg: c, opts: opts, log: log, keys: map[string]keys.Signer{}, backends: map[string]string{}, conns: map[string]string{}}
 	ok := false
 	defer func() {
 		if !ok {
 			n.closeKeys()
+			if n.signerSvc != nil {
+				n.signerSvc.Stop()
+			}
 		}
 	}()
+	for _, id := range opts.AllowFreshState {
+		if !slices.ContainsFunc(c.Chains, func(ch config.Chain) bool { return ch.ID == id }) {
+			return nil, fmt.Errorf("node: --allow-fresh-state %s: no such chain under chains in kms.yaml", id)
+		}
+	}
 	var err error
 	for i, k := range c.Keys {
-		var s keys.Signer
-		switch k.Backend {
-		case config.BackendFile:
-			s, err = file.Open(k.KeyFile)
-		default:
-			err = fmt.Errorf("backend %q is not available in this build", k.Backend)
-		}
+		s, err := OpenKey(context.Background(), k, log)
 		if err != nil {
 			return nil, fmt.Errorf("node: keys[%d]: %w", i, err)
 		}
 		for _, id := range k.ChainIDs {
 			n.keys[id] = s
+			n.backends[id] = k.Backend
 		}
 		log.Info("key loaded", "chains", k.ChainIDs, "backend", k.Backend, "pubkey", fmt.Sprintf("%X", s.PubKey().Bytes()))
 	}
@@ -97,18 +138,45 @@ func New(c *config.Config, log *slog.Logger) (*Node, error) {
 			id = nk.PrivKey
 			identities[v.IdentityKey] = id
 		}
-		n.validators = append(n.validators, transport.Validator{
-			ChainID: v.ChainID, Addr: v.Addr, Identity: id, Reconnect: v.ShouldReconnect(),
-		})
+		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Identity: id, Reconnect: v.ShouldReconnect()}
+		if _, _, err := transport.ParseAddr(v.Addr); err != nil {
+			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
+		}
+		n.validators = append(n.validators, tv)
 	}
 
+	srvTLS, err := pki.ServerConfig(TLSFiles(c), pki.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("node: cluster TLS: %w", err)
+	}
+	if n.dialer, err = NewDialer(c, log); err != nil {
+		return nil, err
+	}
+	if c.Metrics.Listen != "" {
+		n.metrics = metrics.New()
+	}
+	if g := c.GRPC; g != nil {
+		cfg := grpcapi.SignerServiceConfig{Listen: g.Listen, TLSCert: g.TLSCert, TLSKey: g.TLSKey, ClientCA: g.ClientCA}
+		for _, k := range g.Keys {
+			cfg.Keys = append(cfg.Keys, grpcapi.SignerKey{ID: k.ID, KeyFile: k.KeyFile})
+		}
+		if n.signerSvc, err = grpcapi.StartSignerService(cfg, log.With("component", "signerservice")); err != nil {
+			return nil, fmt.Errorf("node: grpc: %w", err)
+		}
+	}
 	n.apiLn, err = net.Listen("tcp", c.Cluster.APIAddr)
 	if err != nil {
 		return nil, fmt.Errorf("node: listen on api_addr %s: %w", c.Cluster.APIAddr, err)
 	}
-	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, log)
-	n.api = grpc.NewServer()
+	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, n.dialer, log)
+	n.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(srvTLS)))
 	n.apiSrv.Register(n.api)
+	if c.Metrics.Listen != "" {
+		if n.metricsSrv, err = metrics.Start(c.Metrics.Listen, n.metrics, metrics.HealthFunc(n.Ready), log); err != nil {
+			n.apiLn.Close()
+			return nil, fmt.Errorf("node: metrics.listen %s: %w", c.Metrics.Listen, err)
+		}
+	}
 	ok = true
 	return n, nil
 }
@@ -118,9 +186,21 @@ func (n *Node) startRaft() error {
 	f := fsm.New()
 	cc := ClusterConfig(n.cfg, n.log)
 	cc.Leading = []func(context.Context){n.lead}
+	srvTLS, err := pki.ServerConfig(TLSFiles(n.cfg), pki.WithLogger(n.log))
+	if err != nil {
+		return fmt.Errorf("node: cluster TLS: %w", err)
+	}
+	cc.TLS = &cluster.TLS{Server: srvTLS, Client: n.dialer.TLS}
+	cc.OnHandshakeError = func(remote net.Addr, err error) {
+		n.log.Warn("raft connection refused: no valid cluster certificate", "remote", remote.String(), "err", err)
+	}
 	cl, err := cluster.Open(cc, f)
 	if err != nil {
 		return err
+	}
+	var obs signer.Observer
+	if n.metrics != nil {
+		obs = n.metrics
 	}
 	n.signer, err = signer.New(signer.Config{
 		NodeID:   n.cfg.Cluster.NodeID,
@@ -128,6 +208,8 @@ func (n *Node) startRaft() error {
 		State:    f,
 		Keys:     n.keys,
 		Logger:   n.log,
+		Observer: obs,
+		Backends: n.backends,
 	})
 	if err != nil {
 		cl.Shutdown()
@@ -175,7 +257,16 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 func (n *Node) lead(ctx context.Context) {
 	var wg sync.WaitGroup
 	cl := n.cluster.Load()
-	if cl.FSM().MemberAPIAddr(n.cfg.Cluster.NodeID) != n.cfg.Cluster.APIAddr {
+	if !n.checkKeys(ctx, cl) {
+		return
+	}
+	for _, ch := range n.cfg.Chains {
+		if _, ok := cl.FSM().Watermark(ch.ID); !ok && !slices.Contains(n.opts.AllowFreshState, ch.ID) {
+			n.log.Warn("the cluster holds no watermark for this chain: every signature is refused until its state is imported "+
+				"(`kms-ha state import`) or a node starts with --allow-fresh-state", "chain", ch.ID)
+		}
+	}
+	if m, _ := cl.FSM().Member(n.cfg.Cluster.NodeID); m.APIAddr != n.cfg.Cluster.APIAddr || m.Level != fsm.Level {
 		// Concurrently with the dials: a failover should cost the election
 		// and one dial, not an extra commit.
 		wg.Add(1)
@@ -184,7 +275,7 @@ func (n *Node) lead(ctx context.Context) {
 			// Followers forward joins to this address: keep trying while
 			// leading, or they could not forward for a whole term.
 			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-				err := cl.SetMemberAPI(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr)
+				err := cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level)
 				if err == nil || ctx.Err() != nil {
 					return
 				}
@@ -207,6 +298,7 @@ func (n *Node) lead(ctx context.Context) {
 				// leader must not open a validator connection, even in the
 				// moment before its context is cancelled.
 				Allowed: cl.IsLeader,
+				OnState: n.onValidatorState,
 			})
 			if err != nil {
 				n.log.Error("validator connection stopped", "chain", v.ChainID, "addr", v.Addr, "err", err)
@@ -228,15 +320,24 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if err != nil {
 		n.api.Stop()
+		if n.signerSvc != nil {
+			n.signerSvc.Stop()
+		}
+		if n.metricsSrv != nil {
+			n.metricsSrv.Shutdown(context.Background())
+		}
 		n.closeKeys()
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	promoCtx, stopPromo := context.WithCancel(ctx)
-	defer stopPromo()
-	go n.seekPromotion(promoCtx)
+	bgCtx, stopBG := context.WithCancel(ctx)
+	defer stopBG()
+	go n.seekPromotion(bgCtx)
+	go n.register(bgCtx)
+	go n.allowFresh(bgCtx)
+	go n.watch(bgCtx)
 	n.log.Info("node started", "raft_addr", n.cfg.Cluster.RaftAddr,
 		"api_addr", n.cfg.Cluster.APIAddr, "chains", len(n.cfg.Chains), "validators", len(n.validators))
 	select {
@@ -267,9 +368,9 @@ func (n *Node) seekPromotion(ctx context.Context) {
 		if leaderAPI == "" || st.CommitIndex == 0 || st.AppliedIndex < st.CommitIndex {
 			continue
 		}
-		err := grpcapi.Call(leaderAPI, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		err := n.dialer.Call(leaderAPI, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
 			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: n.cfg.Cluster.NodeID, RaftAddr: n.cfg.Cluster.AdvertiseAddr,
-				ApiAddr: n.cfg.Cluster.APIAddr, Promote: true})
+				ApiAddr: n.cfg.Cluster.APIAddr, Promote: true, Level: fsm.Level})
 			return err
 		})
 		if err != nil {
@@ -297,6 +398,14 @@ func (n *Node) shutdown() {
 	}
 	if err := cl.Shutdown(); err != nil {
 		n.log.Warn("raft shutdown", "err", err)
+	}
+	if n.signerSvc != nil {
+		n.signerSvc.Stop()
+	}
+	if n.metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		n.metricsSrv.Shutdown(sctx)
+		cancel()
 	}
 	n.closeKeys()
 	n.log.Info("node stopped")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -12,59 +13,146 @@ import (
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/crypto/ed25519"
 	p2pconn "github.com/cometbft/cometbft/p2p/conn"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// scheme describes how to reach a validator for one address scheme. Adding
-// unix:// or noise:// later means adding an entry to schemes.
+// addrForms is quoted in errors so that a user who got an address wrong sees
+// every form that works.
+const addrForms = "tcp://host:port, noise://<validator-peer-id>@IP:PORT or unix:///absolute/path.sock"
+
+// target is a parsed validator address: everything dial needs.
+type target struct {
+	scheme string
+	// hostport is host:port for tcp:// and noise://, the socket path for
+	// unix://.
+	hostport string
+	// peer is the validator's pinned libp2p identity (noise:// only).
+	peer peer.ID
+}
+
+// scheme describes how to reach a validator for one address scheme.
 type scheme struct {
+	// parse validates what follows "://" so that a bad address is refused
+	// when the configuration is loaded, not on every redial.
+	parse func(addr, rest string) (target, error)
 	// checkIdentity rejects identities the scheme cannot use. It runs once in
 	// Run, so a misconfiguration fails fast instead of redialling forever.
 	checkIdentity func(crypto.PrivKey) error
 	// dial returns an authenticated connection. On any error it must have
 	// closed everything it opened: a leaked socket sits in the node's accept
 	// queue and can stall the chain.
-	dial func(ctx context.Context, hostport string, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error)
+	dial func(ctx context.Context, t target, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error)
 }
 
 var schemes = map[string]scheme{
-	"tcp": {checkIdentity: checkEd25519, dial: dialTCP},
+	"tcp":   {parse: parseTCP, checkIdentity: checkEd25519, dial: dialTCP},
+	"noise": {parse: parseNoise, checkIdentity: checkNoiseIdentity, dial: dialNoise},
+	"unix":  {parse: parseUnix, checkIdentity: checkNoIdentity, dial: dialUnix},
 }
 
-// plannedSchemes are recognised so that users get a precise error rather than
-// "unknown scheme" for addresses that will work in a later release.
-var plannedSchemes = map[string]bool{
-	"unix":  true,
-	"noise": true,
-}
-
-// ParseAddr splits "tcp://host:port" into scheme and host:port, with a clear
-// error otherwise.
+// ParseAddr splits a validator address into its scheme and where to dial:
+// host:port for "tcp://host:port" and "noise://<peer-id>@IP:PORT", the
+// socket path for "unix:///path". It validates the whole address, including
+// the peer ID of a noise:// address, and returns a clear error otherwise.
 func ParseAddr(addr string) (scheme, hostport string, err error) {
+	t, err := parseTarget(addr)
+	if err != nil {
+		return "", "", err
+	}
+	return t.scheme, t.hostport, nil
+}
+
+// NoisePeerID returns the validator peer ID pinned in a
+// "noise://<peer-id>@IP:PORT" address, in its canonical string form.
+func NoisePeerID(addr string) (string, error) {
+	t, err := parseTarget(addr)
+	if err != nil {
+		return "", err
+	}
+	if t.scheme != "noise" {
+		return "", fmt.Errorf("transport: address %q is not a noise:// address, want noise://<validator-peer-id>@IP:PORT", addr)
+	}
+	return t.peer.String(), nil
+}
+
+func parseTarget(addr string) (target, error) {
 	s, rest, ok := strings.Cut(addr, "://")
 	if !ok {
-		return "", "", fmt.Errorf("transport: address %q has no scheme, want tcp://host:port", addr)
+		return target{}, fmt.Errorf("transport: address %q has no scheme, want %s", addr, addrForms)
 	}
 	s = strings.ToLower(s)
-	if plannedSchemes[s] {
-		return "", "", fmt.Errorf("transport: scheme %q not supported yet", s)
+	sch, ok := schemes[s]
+	if !ok {
+		return target{}, fmt.Errorf("transport: unknown scheme %q in address %q, want %s", s, addr, addrForms)
 	}
-	if _, ok := schemes[s]; !ok {
-		return "", "", fmt.Errorf("transport: unknown scheme %q in address %q, want tcp://host:port", s, addr)
-	}
-	host, port, err := net.SplitHostPort(rest)
+	t, err := sch.parse(addr, rest)
 	if err != nil {
-		return "", "", fmt.Errorf("transport: address %q: %w", addr, err)
+		return target{}, err
+	}
+	t.scheme = s
+	return t, nil
+}
+
+func parseTCP(addr, rest string) (target, error) {
+	if _, err := checkHostPort(addr, rest); err != nil {
+		return target{}, err
+	}
+	return target{hostport: rest}, nil
+}
+
+// checkHostPort validates host:port and returns the host.
+func checkHostPort(addr, hostport string) (string, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", fmt.Errorf("transport: address %q: %w", addr, err)
 	}
 	if host == "" {
-		return "", "", fmt.Errorf("transport: address %q: missing host", addr)
+		return "", fmt.Errorf("transport: address %q: missing host", addr)
 	}
 	if strings.ContainsAny(host, "/?#@") {
-		return "", "", fmt.Errorf("transport: address %q: invalid host %q", addr, host)
+		return "", fmt.Errorf("transport: address %q: invalid host %q", addr, host)
 	}
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return "", "", fmt.Errorf("transport: address %q: invalid port %q", addr, port)
+		return "", fmt.Errorf("transport: address %q: invalid port %q", addr, port)
 	}
-	return s, rest, nil
+	return host, nil
+}
+
+func parseNoise(addr, rest string) (target, error) {
+	// The node splits at the last "@" too (privval.ParseNoiseAddr); doing the
+	// same keeps both sides agreeing on what the peer ID is.
+	at := strings.LastIndex(rest, "@")
+	if at <= 0 {
+		return target{}, fmt.Errorf("transport: noise address %q: missing validator peer ID, want noise://<validator-peer-id>@IP:PORT; get it with `cometbft show-node-id --libp2p`", addr)
+	}
+	pidStr, hostport := rest[:at], rest[at+1:]
+	host, err := checkHostPort(addr, hostport)
+	if err != nil {
+		return target{}, err
+	}
+	// The node refuses DNS names in its own noise:// address; requiring an
+	// IP here keeps one address form valid on both sides.
+	if net.ParseIP(host) == nil {
+		return target{}, fmt.Errorf("transport: noise address %q: host %q must be an IP address", addr, host)
+	}
+	pid, err := peer.Decode(pidStr)
+	if err != nil {
+		return target{}, fmt.Errorf("transport: noise address %q: %q is not a libp2p peer ID; get it with `cometbft show-node-id --libp2p`: %w", addr, pidStr, err)
+	}
+	return target{hostport: hostport, peer: pid}, nil
+}
+
+func parseUnix(addr, rest string) (target, error) {
+	if rest == "" {
+		return target{}, fmt.Errorf("transport: unix address %q: missing socket path, want unix:///absolute/path.sock", addr)
+	}
+	// A relative path would depend on the working directory of whoever
+	// starts the process; "unix://run/pv.sock" (two slashes) is the usual
+	// typo and lands here too.
+	if !filepath.IsAbs(rest) {
+		return target{}, fmt.Errorf("transport: unix address %q: socket path %q is not absolute, want unix:///absolute/path.sock", addr, rest)
+	}
+	return target{hostport: rest}, nil
 }
 
 func checkEd25519(k crypto.PrivKey) error {
@@ -81,9 +169,13 @@ func checkEd25519(k crypto.PrivKey) error {
 	return nil
 }
 
-// handshakeError marks failures after TCP connect so they can be logged
-// louder than plain connect failures: they usually mean a misconfigured or
-// foreign peer rather than a node that is simply down.
+// checkNoIdentity accepts anything: the node's unix listener authenticates
+// nobody, access is governed by the socket's file permissions.
+func checkNoIdentity(crypto.PrivKey) error { return nil }
+
+// handshakeError marks failures after connect so they can be logged louder
+// than plain connect failures: they usually mean a misconfigured or foreign
+// peer rather than a node that is simply down.
 type handshakeError struct {
 	addr string
 	err  error
@@ -95,21 +187,31 @@ func (e *handshakeError) Error() string {
 
 func (e *handshakeError) Unwrap() error { return e.err }
 
-func dialTCP(ctx context.Context, hostport string, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
-	d := net.Dialer{
-		Timeout: timeout,
+// dialSocket opens the plain connection every scheme starts from.
+func dialSocket(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if network == "tcp" {
 		// Keepalive detects a peer that vanished without FIN (host crash,
 		// cable pull) even if the read deadline is raised one day.
-		KeepAliveConfig: net.KeepAliveConfig{
+		d.KeepAliveConfig = net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     15 * time.Second,
 			Interval: 5 * time.Second,
 			Count:    3,
-		},
+		}
 	}
-	raw, err := d.DialContext(ctx, "tcp", hostport)
+	c, err := d.DialContext(ctx, network, address)
 	if err != nil {
-		return nil, fmt.Errorf("transport: dial %s: %w", hostport, err)
+		return nil, fmt.Errorf("transport: dial %s: %w", address, err)
+	}
+	return c, nil
+}
+
+func dialTCP(ctx context.Context, t target, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
+	hostport := t.hostport
+	raw, err := dialSocket(ctx, "tcp", hostport, timeout)
+	if err != nil {
+		return nil, err
 	}
 
 	// The handshake blocks in Read on a peer that accepts and stays silent,
@@ -134,4 +236,11 @@ func dialTCP(ctx context.Context, hostport string, identity crypto.PrivKey, time
 		return nil, fmt.Errorf("transport: dial %s: clear handshake deadline: %w", hostport, err)
 	}
 	return sc, nil
+}
+
+// dialUnix connects to the node's unix listener. The node wraps nothing
+// around a unix connection (privval.UnixListener: no SecretConnection), so
+// privval frames go over the socket as they are.
+func dialUnix(ctx context.Context, t target, _ crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
+	return dialSocket(ctx, "unix", t.hostport, timeout)
 }

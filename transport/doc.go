@@ -1,6 +1,12 @@
 // Package transport dials out to validator privval listeners
 // (priv_validator_laddr) and serves their requests through a Handler.
 //
+// Three address schemes match the node's three listeners: tcp:// runs
+// CometBFT's SecretConnection, noise:// runs libp2p Noise_XX with the
+// validator's peer ID pinned in the address (the node pins ours in turn), and
+// unix:// speaks plain frames over a local socket. Above the handshake all
+// three carry the same varint length-prefixed privval protobuf frames.
+//
 // The privval.SignerServer / SignerDialerEndpoint machinery in CometBFT is
 // deliberately not used: it spins on a dead connection after a node restart
 // and DialTCPFn leaks the TCP connection when the SecretConnection handshake

@@ -23,9 +23,15 @@ type Handler interface {
 
 // Validator is one validator node to serve.
 type Validator struct {
-	ChainID   string
-	Addr      string         // "tcp://127.0.0.1:26659"
-	Identity  crypto.PrivKey // ed25519 for SecretConnection
+	ChainID string
+	// Addr is "tcp://host:port" (SecretConnection),
+	// "noise://<validator-peer-id>@IP:PORT" (libp2p Noise, peer IDs pinned on
+	// both sides) or "unix:///path/to.sock" (no encryption, as the node's
+	// unix listener has none).
+	Addr string
+	// Identity authenticates us: ed25519 for tcp://; ed25519 or secp256k1
+	// for noise://, where it is also our libp2p peer ID; unused for unix://.
+	Identity  crypto.PrivKey
 	Reconnect bool
 }
 
@@ -115,16 +121,25 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	if h == nil {
 		return errors.New("transport: nil Handler")
 	}
-	schemeName, hostport, err := ParseAddr(v.Addr)
+	tgt, err := parseTarget(v.Addr)
 	if err != nil {
 		return err
 	}
-	sch := schemes[schemeName]
+	sch := schemes[tgt.scheme]
 	if err := sch.checkIdentity(v.Identity); err != nil {
 		return err
 	}
 
 	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
+	if tgt.scheme == "noise" {
+		// The operator of the validator needs this ID for its allow-list;
+		// printing it here saves a round trip to `kms-ha peer-id`.
+		id, err := PeerID(v.Identity)
+		if err != nil {
+			return err
+		}
+		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
+	}
 	setState := func(s string) {
 		if o.OnState != nil {
 			o.OnState(v, s)
@@ -154,7 +169,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 		notAllowedLogged = false
 
 		setState(StateConnecting)
-		conn, err := sch.dial(ctx, hostport, v.Identity, o.DialTimeout)
+		conn, err := sch.dial(ctx, tgt, v.Identity, o.DialTimeout)
 		if err != nil {
 			setState(StateDisconnected)
 			if ctx.Err() != nil {
@@ -187,9 +202,14 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			log.Info("transport: disconnected", "reason", "context done", "served", served)
 			return nil
 		}
-		if errors.Is(err, errMalformed) {
+		switch {
+		case errors.Is(err, errMalformed):
 			log.Warn("transport: dropping connection", "err", err, "served", served)
-		} else {
+		case served == 0:
+			// Most often the node refusing us after all (e.g. a noise
+			// allow-list that noticed too late for dialNoise to see it).
+			log.Warn("transport: connection closed before any request", "err", err)
+		default:
 			log.Info("transport: disconnected", "err", err, "served", served)
 		}
 		if !v.Reconnect {

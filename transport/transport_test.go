@@ -746,7 +746,11 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		h    Handler
 		want string
 	}{
-		{"noise", Validator{Addr: "noise://x@127.0.0.1:1", Identity: ed25519.GenPrivKey()}, h, "not supported yet"},
+		{"noise-bad-peer-id", Validator{Addr: "noise://x@127.0.0.1:1", Identity: ed25519.GenPrivKey()}, h, "not a libp2p peer ID"},
+		{"noise-nil-identity", Validator{Addr: "noise://" + testPeerID(t) + "@127.0.0.1:1"}, h, "identity"},
+		{"noise-short-ed25519", Validator{Addr: "noise://" + testPeerID(t) + "@127.0.0.1:1", Identity: ed25519.PrivKey(make([]byte, 10))}, h, "bytes"},
+		{"noise-corrupt-ed25519", Validator{Addr: "noise://" + testPeerID(t) + "@127.0.0.1:1", Identity: corruptEd25519()}, h, "corrupt"},
+		{"unix-relative", Validator{Addr: "unix://pv.sock"}, h, "not absolute"},
 		{"nil-identity", Validator{Addr: "tcp://127.0.0.1:1"}, h, "identity"},
 		{"secp256k1-identity", Validator{Addr: "tcp://127.0.0.1:1", Identity: secp256k1.GenPrivKey()}, h, "ed25519"},
 		{"short-ed25519", Validator{Addr: "tcp://127.0.0.1:1", Identity: ed25519.PrivKey(make([]byte, 10))}, h, "bytes"},

@@ -65,7 +65,8 @@ func main() {
 		},
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
-			initCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), versionCmd(),
+			initCmd(), certsCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), stateCmd(),
+			transferCmd(), removeCmd(), leaveCmd(), snapshotCmd(), recoverCmd(), peerIDCmd(), versionCmd(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
@@ -84,6 +85,9 @@ func main() {
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = usageError
+		for _, sc := range c.Subcommands {
+			sc.OnUsageError = usageError
+		}
 	}
 	if err := app.Run(os.Args); err != nil {
 		// ExitErrHandler exits; this covers errors raised before it runs
@@ -129,16 +133,9 @@ func initCmd() *cli.Command {
 			params := config.TemplateParams{NodeID: c.String("node-id"), RaftAddr: c.String("raft-addr"), APIAddr: c.String("api-addr")}
 			tmpl := config.Template(params)
 			// The template must load: a node id or address the validator
-			// rejects is reported now, not at first start. Plaintext on a
-			// non-loopback address is the operator's call to acknowledge in
-			// the file, so it only earns a warning here.
-			plaintextWarning := false
+			// rejects is reported now, not at first start.
 			if _, err := config.Parse(tmpl, home); err != nil {
-				params.AllowPlaintext = true
-				if _, err2 := config.Parse(config.Template(params), home); err2 != nil {
-					return cli.Exit(fmt.Sprintf("kms-ha init: %v", strings.ReplaceAll(err2.Error(), "\n", "\n  ")), 2)
-				}
-				plaintextWarning = true
+				return cli.Exit(fmt.Sprintf("kms-ha init: %v", strings.ReplaceAll(err.Error(), "\n", "\n  ")), 2)
 			}
 			if err := os.MkdirAll(home, 0o700); err != nil {
 				return fmt.Errorf("init: create %s: %w", home, err)
@@ -151,12 +148,9 @@ func initCmd() *cli.Command {
 				return fmt.Errorf("init: write %s: %w", idPath, err)
 			}
 			fmt.Printf("wrote %s\nwrote %s (SecretConnection identity, node id %s)\n", cfgPath, idPath, nk.ID())
-			if plaintextWarning {
-				fmt.Printf("note: %s or %s is not a loopback address; cluster traffic is not encrypted or authenticated in this version, "+
-					"so kms-ha start refuses until you set cluster.allow_plaintext_network: true in %s (only on a private, firewalled network)\n",
-					params.RaftAddr, params.APIAddr, cfgPath)
-			}
-			fmt.Printf("next: edit %s (chains, validators, keys), then `kms-ha bootstrap --home %s` on the first node only\n", cfgPath, home)
+			fmt.Printf("next: give the node a certificate from the cluster CA (kms-ha certs issue ... --out %s), edit %s "+
+				"(chains, validators, keys), then `kms-ha bootstrap --home %s` on the first node only\n",
+				filepath.Join(home, "tls"), cfgPath, home)
 			return nil
 		},
 	}
@@ -259,6 +253,8 @@ func startCmd() *cli.Command {
 			homeFlag,
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (overrides kms.yaml)"},
 			&cli.StringFlag{Name: "log-format", Usage: "text or json (overrides kms.yaml)"},
+			&cli.StringSliceFlag{Name: "allow-fresh-state", Usage: "CHAIN_ID that may start signing from an empty watermark " +
+				"(only for a validator key that has never signed); repeat per chain"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := loadConfig(c)
@@ -284,7 +280,7 @@ func startCmd() *cli.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() { <-ctx.Done(); stop() }()
-			n, err := node.New(cfg, log.With("node_id", cfg.Cluster.NodeID))
+			n, err := node.New(cfg, node.Options{AllowFreshState: c.StringSlice("allow-fresh-state")}, log.With("node_id", cfg.Cluster.NodeID))
 			if err != nil {
 				return err
 			}
@@ -358,8 +354,11 @@ type statusJSON struct {
 	CommitIndex   uint64         `json:"commit_index"`
 	AppliedIndex  uint64         `json:"applied_index"`
 	LastContact   string         `json:"last_contact"`
+	LastContactMs int64          `json:"last_contact_ms"`
+	Linearizable  bool           `json:"linearizable"`
 	Members       []memberJSON   `json:"members"`
 	Chains        []watermarkOut `json:"chains"`
+	Keys          []keyOut       `json:"keys"`
 }
 
 type memberJSON struct {
@@ -368,6 +367,7 @@ type memberJSON struct {
 	APIAddr  string `json:"api_addr"`
 	Role     string `json:"role"`
 	Suffrage string `json:"suffrage"`
+	Level    int32  `json:"level"`
 }
 
 type watermarkOut struct {
@@ -377,37 +377,56 @@ type watermarkOut struct {
 	Step    int32  `json:"step"`
 }
 
+type keyOut struct {
+	ChainID string `json:"chain_id"`
+	KeyType string `json:"key_type"`
+	PubKey  string `json:"pub_key"`
+}
+
+func fetchStatus(c *cli.Context, linearizable bool) (*clusterpb.StatusResponse, error) {
+	d, addr, err := apiClient(c)
+	if err != nil {
+		return nil, err
+	}
+	var r *clusterpb.StatusResponse
+	err = d.Call(addr, 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		var err error
+		r, err = cl.Status(ctx, &clusterpb.StatusRequest{Linearizable: linearizable})
+		return err
+	})
+	if err != nil {
+		return nil, fail(c, err)
+	}
+	return r, nil
+}
+
 func statusCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "show members, leader, raft indexes and every chain's watermark, as the node at --cluster sees them",
-		Flags: []cli.Flag{
-			clusterFlag,
+		Usage: "show members, leader, raft indexes, every chain's watermark and key, as the node at --cluster (or --home) sees them",
+		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
-		},
+			&cli.BoolFlag{Name: "linearizable", Usage: "answer only after the leader confirmed it leads (fails without a quorum)"},
+		}, apiFlags...),
 		Action: func(c *cli.Context) error {
-			if err := need(c, "cluster"); err != nil {
-				return err
-			}
-			var r *clusterpb.StatusResponse
-			err := grpcapi.Call(c.String("cluster"), 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-				var err error
-				r, err = cl.Status(ctx, &clusterpb.StatusRequest{})
-				return err
-			})
+			r, err := fetchStatus(c, c.Bool("linearizable"))
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("kms-ha status: %v", err), 1)
+				return err
 			}
 			out := statusJSON{
 				NodeID: r.GetNodeId(), State: r.GetState(), LeaderID: r.GetLeaderId(), LeaderAPIAddr: r.GetLeaderApiAddr(),
 				Term: r.GetTerm(), CommitIndex: r.GetCommitIndex(), AppliedIndex: r.GetAppliedIndex(), LastContact: r.GetLastContact(),
-				Members: []memberJSON{}, Chains: []watermarkOut{},
+				LastContactMs: r.GetLastContactMs(), Linearizable: r.GetLinearizable(),
+				Members: []memberJSON{}, Chains: []watermarkOut{}, Keys: []keyOut{},
 			}
 			for _, m := range r.GetMembers() {
-				out.Members = append(out.Members, memberJSON{m.GetId(), m.GetRaftAddr(), m.GetApiAddr(), m.GetRole(), strings.ToLower(m.GetSuffrage())})
+				out.Members = append(out.Members, memberJSON{m.GetId(), m.GetRaftAddr(), m.GetApiAddr(), m.GetRole(), strings.ToLower(m.GetSuffrage()), m.GetLevel()})
 			}
 			for _, w := range r.GetChains() {
 				out.Chains = append(out.Chains, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
+			}
+			for _, k := range r.GetKeys() {
+				out.Keys = append(out.Keys, keyOut{k.GetChainId(), k.GetKeyType(), fmt.Sprintf("%X", k.GetPubKey())})
 			}
 			if c.Bool("json") {
 				enc := json.NewEncoder(os.Stdout)
@@ -429,8 +448,12 @@ func printStatus(w io.Writer, s statusJSON) {
 	if leader == "" {
 		leader = "(none known)"
 	}
-	fmt.Fprintf(w, "node %s (%s), leader %s, term %d, commit %d, applied %d, last contact %s\n\n",
-		s.NodeID, strings.ToLower(s.State), leader, s.Term, s.CommitIndex, s.AppliedIndex, s.LastContact)
+	read := "local read"
+	if s.Linearizable {
+		read = "linearizable read"
+	}
+	fmt.Fprintf(w, "node %s (%s), leader %s, term %d, commit %d, applied %d, last contact %dms (%s)\n\n",
+		s.NodeID, strings.ToLower(s.State), leader, s.Term, s.CommitIndex, s.AppliedIndex, s.LastContactMs, read)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tROLE\tSUFFRAGE\tRAFT ADDR\tAPI ADDR")
 	for _, m := range s.Members {
@@ -443,9 +466,17 @@ func printStatus(w io.Writer, s statusJSON) {
 		return
 	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHAIN\tHEIGHT\tROUND\tSTEP")
+	keys := map[string]string{}
+	for _, k := range s.Keys {
+		keys[k.ChainID] = k.KeyType + " " + k.PubKey
+	}
+	fmt.Fprintln(tw, "CHAIN\tHEIGHT\tROUND\tSTEP\tKEY")
 	for _, c := range s.Chains {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.ChainID, c.Height, c.Round, fsm.StepName(int8(c.Step)))
+		step := fsm.StepName(int8(c.Step))
+		if c.Step == 0 {
+			step = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", c.ChainID, c.Height, c.Round, step, cmp(keys[c.ChainID], "(not recorded)"))
 	}
 	tw.Flush()
 }

@@ -86,7 +86,21 @@ func (n *KMSNode) Init(ctx context.Context) error {
 			return fmt.Errorf("kms-ha init did not create %s in %s", f, n.Home)
 		}
 	}
-	return nil
+	// Mutual TLS as an operator sets it up: one CA for the cluster (next to
+	// the homes), and a certificate per node for the host it is reached at.
+	caDir := filepath.Join(filepath.Dir(n.Home), "cluster-ca")
+	if !fileExists(filepath.Join(caDir, "ca.crt")) {
+		if _, err := n.run(ctx, 30*time.Second, "certs", "ca", "--out", caDir); err != nil {
+			return err
+		}
+	}
+	host, _, _ := strings.Cut(n.RaftAddr, ":")
+	args := []string{"certs", "issue", "--ca", caDir, "--node-id", n.ID, "--host", host, "--out", filepath.Join(n.Home, "tls")}
+	if apiHost, _, _ := strings.Cut(n.APIAddr, ":"); apiHost != host {
+		args = append(args, "--host", apiHost)
+	}
+	_, err = n.run(ctx, 30*time.Second, args...)
+	return err
 }
 
 // ChainConfig is what a kms-ha node needs to sign for one chain: the chain
@@ -134,6 +148,12 @@ cluster:
 	b.WriteString("keys:\n")
 	for _, c := range chains {
 		fmt.Fprintf(&b, "  - chain_ids: [%s]\n    backend: file\n    key_file: %q\n", c.ChainID, c.KeyFile)
+	}
+	// The chains are new: their validators have never signed, which is
+	// what --allow-fresh-state asserts.
+	n.Proc.Args = []string{"start", "--home", n.Home, "--log-format", "json", "--log-level", "info"}
+	for _, c := range chains {
+		n.Proc.Args = append(n.Proc.Args, "--allow-fresh-state", c.ChainID)
 	}
 	return os.WriteFile(filepath.Join(n.Home, "kms.yaml"), []byte(b.String()), 0o644)
 }
@@ -207,14 +227,15 @@ func (s *Status) Voters() int {
 
 // Status asks this node (through its own Cluster API) how it sees the cluster.
 func (n *KMSNode) Status(ctx context.Context) (*Status, error) {
-	return StatusOf(ctx, n.bin, n.APIAddr)
+	return StatusOf(ctx, n.bin, n.Home, n.APIAddr)
 }
 
-// StatusOf runs `kms-ha status --cluster apiAddr --json`.
-func StatusOf(ctx context.Context, bin, apiAddr string) (*Status, error) {
+// StatusOf runs `kms-ha status --home home --cluster apiAddr --json`; the
+// home supplies the client certificate.
+func StatusOf(ctx context.Context, bin, home, apiAddr string) (*Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "status", "--cluster", apiAddr, "--json")
+	cmd := exec.CommandContext(ctx, bin, "status", "--home", home, "--cluster", apiAddr, "--json")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = time.Second

@@ -1,0 +1,242 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/config"
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/keys"
+	"github.com/kms-ha/kms-ha/keys/awskms"
+	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/keys/pkcs11"
+	"github.com/kms-ha/kms-ha/transport"
+)
+
+// OpenKey opens a kms.yaml key with its backend.
+func OpenKey(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, error) {
+	switch k.Backend {
+	case config.BackendFile:
+		return file.Open(k.KeyFile)
+	case config.BackendPKCS11:
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return pkcs11.Open(ctx, pkcs11.Config{
+			Module: k.Module, TokenLabel: k.TokenLabel, Slot: k.Slot, KeyLabel: k.KeyLabel, KeyID: k.KeyID,
+			Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile, Logger: log.With("component", "pkcs11"),
+		})
+	case config.BackendAWSKMS:
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return awskms.Open(ctx, awskms.Config{
+			KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint, Logger: log.With("component", "awskms"),
+		})
+	}
+	return nil, fmt.Errorf("backend %q is unknown", k.Backend)
+}
+
+// checkKeys records each chain's public key in the cluster, or, when the
+// cluster recorded another key, refuses to lead: the validator would get
+// signatures from a key it does not know, and the operator must learn
+// which node holds the wrong key. It hands leadership on and reports false.
+func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) bool {
+	for _, ch := range n.cfg.Chains {
+		k := n.keys[ch.ID]
+		if k == nil {
+			continue
+		}
+		pub := k.PubKey()
+		want := fsm.SetChainKey{ChainID: ch.ID, PubKey: pub.Bytes(), KeyType: pub.Type()}
+		rec, ok := cl.FSM().ChainKey(ch.ID)
+		if !ok {
+			r, err := cl.SetChainKey(ctx, want)
+			if err != nil {
+				// Recording needs every member at level 1; until then the
+				// node signs, and the key is recorded at the next term.
+				n.log.Warn("could not record the chain's public key in the cluster yet", "chain", ch.ID, "err", err)
+				continue
+			}
+			rec, ok = r.Recorded, true
+		}
+		if ok && (!bytes.Equal(rec.PubKey, want.PubKey) || rec.KeyType != want.KeyType) {
+			msg := fmt.Sprintf("this node's key for chain %s is %s %X, but the cluster recorded %s %X: "+
+				"fix this node's keys entry (every node must hold the same key); refusing to lead",
+				ch.ID, want.KeyType, want.PubKey, rec.KeyType, rec.PubKey)
+			n.keyProblem.Store(&msg)
+			n.log.Error("key mismatch: refusing to lead", "chain", ch.ID,
+				"local_pubkey", fmt.Sprintf("%X", want.PubKey), "cluster_pubkey", fmt.Sprintf("%X", rec.PubKey))
+			if err := cl.TransferLeadership(); err != nil {
+				n.log.Error("could not hand leadership to another node; staying leader without signing", "err", err)
+			}
+			return false
+		}
+	}
+	n.keyProblem.Store(nil)
+	return true
+}
+
+func (n *Node) onValidatorState(v transport.Validator, state string) {
+	n.connMu.Lock()
+	n.conns[v.ChainID+" "+v.Addr] = state
+	n.connMu.Unlock()
+	n.metrics.ValidatorState(v.ChainID, v.Addr, state)
+}
+
+// Ready is /readyz: a member that knows its leader; the leader also needs
+// its validator connections up.
+func (n *Node) Ready() error {
+	if p := n.keyProblem.Load(); p != nil {
+		return errors.New(*p)
+	}
+	cl := n.cluster.Load()
+	if cl == nil {
+		return errors.New("not a cluster member yet: waiting to be admitted (kms-ha join)")
+	}
+	id, _ := cl.Leader()
+	if id == "" {
+		return errors.New("no known leader")
+	}
+	if !cl.IsLeader() {
+		return nil
+	}
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	for _, v := range n.validators {
+		if st := n.conns[v.ChainID+" "+v.Addr]; st != transport.StateConnected {
+			return fmt.Errorf("leader, but validator %s (chain %s) is not connected", v.Addr, v.ChainID)
+		}
+	}
+	return nil
+}
+
+// register keeps this node's entry current: its raft address (a node
+// restarted with a new advertise address updates it without anyone wiping
+// raft data), its API address and its command level. The leader records
+// its own in lead.
+func (n *Node) register(ctx context.Context) {
+	cl := n.cluster.Load()
+	self := n.cfg.Cluster.NodeID
+	for delay := 300 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if cl.IsLeader() {
+			continue
+		}
+		m, _ := cl.FSM().Member(self)
+		addrOK := false
+		members, err := cl.Members()
+		if err != nil {
+			continue
+		}
+		isVoter := false
+		for _, mm := range members {
+			if mm.ID == self {
+				addrOK = mm.RaftAddr == n.cfg.Cluster.AdvertiseAddr
+				isVoter = mm.Suffrage == "Voter"
+			}
+		}
+		if len(members) > 0 && !slices.ContainsFunc(members, func(mm cluster.Member) bool { return mm.ID == self }) {
+			continue // removed, or not yet in the configuration: not ours to fix
+		}
+		if addrOK && m.APIAddr == n.cfg.Cluster.APIAddr && m.Level == fsm.Level {
+			delay = 5 * time.Second // re-check now and then: a leader may change
+			continue
+		}
+		if !isVoter && addrOK {
+			continue // seekPromotion sends the level with its request
+		}
+		req := &clusterpb.JoinRequest{Id: self, RaftAddr: n.cfg.Cluster.AdvertiseAddr, ApiAddr: n.cfg.Cluster.APIAddr, Level: fsm.Level}
+		// The leader may not reach this node at its old address, so try
+		// every member's API: any of them forwards to the leader.
+		var targets []string
+		if _, api := cl.Leader(); api != "" {
+			targets = append(targets, api)
+		}
+		for id, info := range cl.FSM().Members() {
+			if id != self && info.APIAddr != "" && !slices.Contains(targets, info.APIAddr) {
+				targets = append(targets, info.APIAddr)
+			}
+		}
+		for _, t := range targets {
+			err := n.dialer.Call(t, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+				_, err := c.Join(ctx, req)
+				return err
+			})
+			if err == nil {
+				if !addrOK {
+					n.log.Info("updated this node's raft address in the cluster", "advertise_addr", n.cfg.Cluster.AdvertiseAddr)
+				}
+				break
+			}
+			n.log.Debug("registering with the cluster", "via", t, "err", err)
+		}
+	}
+}
+
+// allowFresh commits the empty watermark for the chains named by
+// --allow-fresh-state that have none, through whichever node leads.
+func (n *Node) allowFresh(ctx context.Context) {
+	cl := n.cluster.Load()
+	for _, id := range n.opts.AllowFreshState {
+		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 3*time.Second) {
+			if _, ok := cl.FSM().Watermark(id); ok {
+				break
+			}
+			err := n.dialer.Call(n.cfg.Cluster.APIAddr, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+				_, err := c.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Source: "fresh"})
+				return err
+			})
+			if err == nil {
+				n.log.Warn("chain starts from an empty watermark (--allow-fresh-state): only correct if this validator key has never signed", "chain", id)
+				break
+			}
+			n.log.Debug("committing the fresh state", "chain", id, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+	}
+}
+
+// watch feeds the metrics that are read off the cluster rather than
+// observed on the sign path.
+func (n *Node) watch(ctx context.Context) {
+	if n.metrics == nil {
+		return
+	}
+	cl := n.cluster.Load()
+	wasLeader := false
+	first := true
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := cl.Stats()
+		n.metrics.SetRaft(st.Term, st.AppliedIndex)
+		if lead := cl.IsLeader(); lead != wasLeader || first {
+			if !first || lead {
+				n.metrics.LeaderChanged(lead)
+			}
+			wasLeader, first = lead, false
+		}
+		for id, w := range cl.FSM().Watermarks() {
+			n.metrics.SetWatermark(id, w.Height, w.Round, w.Step)
+		}
+	}
+}
