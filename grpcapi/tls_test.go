@@ -3,9 +3,13 @@ package grpcapi_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kms-ha/kms-ha/cluster"
 
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
@@ -50,6 +54,8 @@ func (p *testPKI) node(t *testing.T, id string) tlsFiles {
 	return tlsFiles{server: srv, client: cli}
 }
 
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 // operator is the dialer tests use as `kms-ha` commands would.
 var operator grpcapi.Dialer
 
@@ -69,4 +75,64 @@ func importVia(t *testing.T, addr string, req *clusterpb.ImportStateRequest) *cl
 	}
 	t.Fatalf("import via %s: %v", addr, err)
 	return nil
+}
+
+// TestAPIRefusesPeersWithoutAClusterCertificate: a caller with no client
+// certificate, with one from another CA, or speaking plaintext can neither
+// read the API nor join; a holder of a cluster certificate can.
+func TestAPIRefusesPeersWithoutAClusterCertificate(t *testing.T) {
+	pk := newPKI(t)
+	m := &member{api: freeAddr(t), tls: pk.node(t, "n1"), cfg: cluster.Config{
+		NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), BindAddr: freeAddr(t), Logger: quietLog,
+	}}
+	if err := cluster.Bootstrap(m.cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.start(t)
+	defer m.stop()
+	waitFor(t, "n1 to lead", func() bool { return m.node.IsLeader() })
+
+	other := newPKIOnly(t)
+	foreign := other.node(t, "n1") // same node id, wrong CA
+	noCert := operator.TLS.Clone()
+	noCert.GetClientCertificate = nil
+	cases := map[string]grpcapi.Dialer{
+		"certificate from another CA": {TLS: foreign.client},
+		"no client certificate":       {TLS: noCert},
+		"plaintext":                   {},
+	}
+	for name, d := range cases {
+		err := d.Call(m.api, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			_, err := c.Status(ctx, &clusterpb.StatusRequest{})
+			return err
+		})
+		if err == nil {
+			t.Errorf("%s: status answered", name)
+		}
+		err = d.Call(m.api, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: "intruder", RaftAddr: "127.0.0.1:1", Fresh: true})
+			return err
+		})
+		if err == nil {
+			t.Errorf("%s: join accepted", name)
+		}
+	}
+	members, _ := m.node.Members()
+	if len(members) != 1 {
+		t.Fatalf("membership changed: %+v", members)
+	}
+	if st := status(t, m.api); st.GetNodeId() != "n1" {
+		t.Fatalf("a cluster certificate holder cannot read: %+v", st)
+	}
+}
+
+// newPKIOnly makes a second, unrelated CA without touching operator.
+func newPKIOnly(t *testing.T) *testPKI {
+	t.Helper()
+	p := &testPKI{dir: t.TempDir()}
+	p.ca = filepath.Join(p.dir, "ca")
+	if err := pki.CreateCA(p.ca, pki.CAOptions{CommonName: "another cluster"}); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
