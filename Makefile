@@ -5,7 +5,7 @@ BUILD   := build
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build cometbft demo test unit e2e race vet fmt bench proto clean
+.PHONY: all build cometbft demo test deps unit e2e race vet fmt bench proto clean
 
 all: build
 
@@ -23,9 +23,14 @@ demo:
 
 # The whole suite: unit and in-process cluster tests with the race detector,
 # then the end-to-end tests against a real cometbft node.
-test: vet unit e2e
+test: deps vet unit e2e
 
-unit:
+# What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend (Debian's
+# package; the tests fail, never skip, without it).
+deps:
+	@bash scripts/install-softhsm.sh
+
+unit: deps
 	$(GO) test -race -count=1 ./...
 
 e2e:

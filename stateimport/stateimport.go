@@ -147,8 +147,9 @@ func ParseFile(path, format string) (State, error) {
 }
 
 // ParseFormat parses data as format: FormatAuto (or "") to detect it, or
-// one of FormatCometBFT, FormatTmkms, FormatHorcrux to insist on it, which
-// an operator needs when a file is ambiguous.
+// one of FormatCometBFT, FormatTmkms, FormatHorcrux to insist on it: the
+// file is then read by that program's rules, and refused if it carries a
+// field that program never writes.
 func ParseFormat(data []byte, format string) (State, error) {
 	format = strings.ToLower(strings.TrimSpace(format))
 	switch format {
@@ -200,7 +201,7 @@ func ParseFormat(data []byte, format string) (State, error) {
 }
 
 // horcruxOnly are fields only horcrux writes; they are written even when
-// empty (no omitempty), so every horcrux file has one of them.
+// empty (no omitempty), so a horcrux file normally has one of them.
 var horcruxOnly = []string{"nonce_public", "ephemeral_public", "vote_ext_signature", "FilePath"}
 
 // foreignField returns a field present in obj that format never writes.
@@ -244,9 +245,9 @@ func detect(obj map[string]json.RawMessage) (string, error) {
 	_, hasSignature := obj["signature"]
 	switch {
 	case hasBlockID && (horcrux != "" || hasSignBytes || hasSignature):
-		// Guessing wrong here means misreading tmkms's step numbering, so
-		// refuse and let the operator say which program wrote the file.
-		return "", &Error{Err: errors.New("has tmkms's block_id together with CometBFT/horcrux fields; pass the format explicitly")}
+		// No signer writes both; guessing wrong would misread tmkms's step
+		// numbering, so the file is refused rather than guessed at.
+		return "", &Error{Err: errors.New("has tmkms's block_id together with CometBFT/horcrux fields (signbytes, signature, nonce_public, ...): no known signer writes both")}
 	case hasBlockID:
 		// tmkms always writes block_id (null when absent); nothing else does.
 		return FormatTmkms, nil

@@ -301,7 +301,7 @@ func cases() []tc {
 		{
 			name: "block_id with signbytes is ambiguous",
 			in:   `{"height":"5","round":"0","step":2,"block_id":null,"signbytes":""}`,
-			errs: []string{"block_id", "explicitly"},
+			errs: []string{"block_id", "no known signer writes both"},
 		},
 		{
 			name:   "cometbft file named tmkms",
