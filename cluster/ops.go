@@ -211,6 +211,18 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	return idx, nil
 }
 
+// Nudge commits an empty entry, so followers that missed the latest commit
+// index (raft pipelines it with the next entry) learn it.
+func (n *Node) Nudge(ctx context.Context) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := n.raft.Barrier(n.timeout(ctx)).Error(); err != nil {
+		return fmt.Errorf("cluster: nudge: %w", err)
+	}
+	return nil
+}
+
 // WaitApplied blocks until the local FSM has applied idx.
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 	for delay := 200 * time.Microsecond; n.raft.AppliedIndex() < idx; delay = min(2*delay, 10*time.Millisecond) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,40 @@ type ClusterServer struct {
 	node   atomic.Pointer[cluster.Node]
 	log    *slog.Logger
 	dialer Dialer
+
+	// conns are kept per peer API address: a TLS handshake per forwarded
+	// call would cost more than the call.
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
+}
+
+// peer calls fn with a client of the node at addr over a cached connection.
+func (s *ClusterServer) peer(ctx context.Context, addr string, fn func(clusterpb.ClusterClient) error) error {
+	s.connMu.Lock()
+	conn, ok := s.conns[addr]
+	if !ok {
+		var err error
+		if conn, err = s.dialer.Dial(addr); err != nil {
+			s.connMu.Unlock()
+			return err
+		}
+		if s.conns == nil {
+			s.conns = map[string]*grpc.ClientConn{}
+		}
+		s.conns[addr] = conn
+	}
+	s.connMu.Unlock()
+	return fn(clusterpb.NewClusterClient(conn))
+}
+
+// Close releases the connections to other nodes.
+func (s *ClusterServer) Close() {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for a, c := range s.conns {
+		c.Close()
+		delete(s.conns, a)
+	}
 }
 
 // StateAwaitingJoin is the state a node reports before it runs raft.
@@ -131,14 +166,27 @@ func (s *ClusterServer) readBarrier(ctx context.Context, node *cluster.Node) err
 		if leaderAPI == "" {
 			return status.Errorf(codes.Unavailable, "linearizable read: %s knows no leader (leader id %q); retry, or read without --linearizable", node.ID(), leaderID)
 		}
-		err := s.dialer.with(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
-			r, err := c.ReadIndex(ctx, &clusterpb.ReadIndexRequest{})
-			if err == nil {
-				idx = r.GetIndex()
-			}
-			return err
-		})
-		if err != nil {
+		readIndex := func(nudge bool) error {
+			return s.peer(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+				r, err := c.ReadIndex(ctx, &clusterpb.ReadIndexRequest{Nudge: nudge})
+				if err == nil {
+					idx = r.GetIndex()
+				}
+				return err
+			})
+		}
+		if err := readIndex(false); err != nil {
+			return status.Errorf(codes.Unavailable, "linearizable read: leader %s: %v", leaderID, errText(err))
+		}
+		wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		err := node.WaitApplied(wctx, idx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		// The cluster is idle and this replica has not heard the latest
+		// commit index: have the leader commit an entry that carries it.
+		if err := readIndex(true); err != nil {
 			return status.Errorf(codes.Unavailable, "linearizable read: leader %s: %v", leaderID, errText(err))
 		}
 	}
@@ -153,13 +201,18 @@ func (s *ClusterServer) readBarrier(ctx context.Context, node *cluster.Node) err
 const readTimeout = 3 * time.Second
 
 // ReadIndex is answered by the leader once a quorum confirmed it leads.
-func (s *ClusterServer) ReadIndex(ctx context.Context, _ *clusterpb.ReadIndexRequest) (*clusterpb.ReadIndexResponse, error) {
+func (s *ClusterServer) ReadIndex(ctx context.Context, req *clusterpb.ReadIndexRequest) (*clusterpb.ReadIndexResponse, error) {
 	node := s.node.Load()
 	if node == nil {
 		return nil, errNotMember
 	}
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
+	if req.GetNudge() {
+		if err := node.Nudge(ctx); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "read index on %s: %v", node.ID(), err)
+		}
+	}
 	idx, err := node.ReadIndex(ctx)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "read index on %s: %v", node.ID(), err)
@@ -185,7 +238,7 @@ func forward[T any](ctx context.Context, s *ClusterServer, node *cluster.Node, f
 		return resp, true, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the %s to; retry when the cluster has a leader", node.ID(), leaderID, op)
 	}
 	s.log.Info("forwarding to the leader", "op", op, "leader", leaderID, "leader_api", leaderAPI)
-	err = s.dialer.with(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+	err = s.peer(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
 		var err error
 		resp, err = call(ctx, c)
 		return err
@@ -254,7 +307,7 @@ func (s *ClusterServer) peerStatus(ctx context.Context, addr string) (*clusterpb
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	var st *clusterpb.StatusResponse
-	err := s.dialer.with(ctx, addr, func(c clusterpb.ClusterClient) error {
+	err := s.peer(ctx, addr, func(c clusterpb.ClusterClient) error {
 		var err error
 		st, err = c.Status(ctx, &clusterpb.StatusRequest{})
 		return err

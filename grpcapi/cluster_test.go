@@ -26,10 +26,11 @@ type member struct {
 	api  string
 	node *cluster.Node
 	srv  *grpc.Server
+	cs   *grpcapi.ClusterServer
 	tls  tlsFiles
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -39,7 +40,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func (m *member) start(t *testing.T) {
+func (m *member) start(t testing.TB) {
 	t.Helper()
 	var self atomic.Pointer[cluster.Node]
 	cfg := m.cfg
@@ -61,16 +62,18 @@ func (m *member) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(m.tls.server)))
-	grpcapi.NewClusterServer(m.cfg.NodeID, m.node, grpcapi.Dialer{TLS: m.tls.client}, m.cfg.Logger).Register(m.srv)
+	m.cs = grpcapi.NewClusterServer(m.cfg.NodeID, m.node, grpcapi.Dialer{TLS: m.tls.client}, m.cfg.Logger)
+	m.cs.Register(m.srv)
 	go m.srv.Serve(ln)
 }
 
 func (m *member) stop() {
 	m.srv.Stop()
+	m.cs.Close()
 	m.node.Shutdown()
 }
 
-func status(t *testing.T, addr string) *clusterpb.StatusResponse {
+func status(t testing.TB, addr string) *clusterpb.StatusResponse {
 	t.Helper()
 	var r *clusterpb.StatusResponse
 	err := operator.Call(addr, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
@@ -84,7 +87,7 @@ func status(t *testing.T, addr string) *clusterpb.StatusResponse {
 	return r
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -47,7 +47,7 @@ func (s *ClusterServer) Remove(ctx context.Context, req *clusterpb.RemoveRequest
 		}
 		_, api := node.Leader()
 		var resp *clusterpb.RemoveResponse
-		err = s.dialer.with(ctx, api, func(c clusterpb.ClusterClient) error {
+		err = s.peer(ctx, api, func(c clusterpb.ClusterClient) error {
 			var err error
 			resp, err = c.Remove(ctx, fwd)
 			return err

@@ -24,7 +24,7 @@ type testPKI struct {
 	dir, ca string
 }
 
-func newPKI(t *testing.T) *testPKI {
+func newPKI(t testing.TB) *testPKI {
 	t.Helper()
 	p := &testPKI{dir: t.TempDir()}
 	p.ca = filepath.Join(p.dir, "ca")
@@ -36,7 +36,7 @@ func newPKI(t *testing.T) *testPKI {
 	return p
 }
 
-func (p *testPKI) node(t *testing.T, id string) tlsFiles {
+func (p *testPKI) node(t testing.TB, id string) tlsFiles {
 	t.Helper()
 	out := filepath.Join(p.dir, id)
 	if err := pki.Issue(p.ca, pki.IssueOptions{NodeID: id, Hosts: []string{"127.0.0.1"}, OutDir: out}); err != nil {
@@ -59,7 +59,7 @@ var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 // operator is the dialer tests use as `kms-ha` commands would.
 var operator grpcapi.Dialer
 
-func importVia(t *testing.T, addr string, req *clusterpb.ImportStateRequest) *clusterpb.ImportStateResponse {
+func importVia(t testing.TB, addr string, req *clusterpb.ImportStateRequest) *clusterpb.ImportStateResponse {
 	t.Helper()
 	var r *clusterpb.ImportStateResponse
 	var err error

@@ -396,6 +396,7 @@ func (n *Node) shutdown() {
 	case <-time.After(2 * time.Second):
 		n.api.Stop()
 	}
+	n.apiSrv.Close()
 	if err := cl.Shutdown(); err != nil {
 		n.log.Warn("raft shutdown", "err", err)
 	}

@@ -931,7 +931,11 @@ func (x *ImportStateResponse) GetCurrent() *ChainWatermark {
 }
 
 type ReadIndexRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Commit an empty entry before answering: a follower that is missing the
+	// leader's latest commit index learns it only with the next entry (raft
+	// pipelines), so on an idle cluster it asks for one.
+	Nudge         bool `protobuf:"varint,1,opt,name=nudge,proto3" json:"nudge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -964,6 +968,13 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
 	return file_kmsha_cluster_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReadIndexRequest) GetNudge() bool {
+	if x != nil {
+		return x.Nudge
+	}
+	return false
 }
 
 type ReadIndexResponse struct {
@@ -1195,8 +1206,9 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x13ImportStateResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12<\n" +
 	"\bprevious\x18\x02 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\bprevious\x12:\n" +
-	"\acurrent\x18\x03 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\acurrent\"\x12\n" +
-	"\x10ReadIndexRequest\"F\n" +
+	"\acurrent\x18\x03 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\acurrent\"(\n" +
+	"\x10ReadIndexRequest\x12\x14\n" +
+	"\x05nudge\x18\x01 \x01(\bR\x05nudge\"F\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\"-\n" +

@@ -1,0 +1,140 @@
+package grpcapi_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+)
+
+func startCluster(t *testing.T, ids ...string) []*member {
+	t.Helper()
+	pk := newPKI(t)
+	dir := t.TempDir()
+	var ms []*member
+	var servers []cluster.Server
+	for _, id := range ids {
+		m := &member{api: freeAddr(t), tls: pk.node(t, id), cfg: cluster.Config{
+			NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: freeAddr(t), Logger: quietLog,
+		}}
+		ms = append(ms, m)
+		servers = append(servers, cluster.Server{ID: id, Address: m.cfg.BindAddr})
+	}
+	for _, m := range ms {
+		if err := cluster.Bootstrap(m.cfg, servers); err != nil {
+			t.Fatal(err)
+		}
+		m.start(t)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			if m.node != nil {
+				m.stop()
+			}
+		}
+	})
+	waitFor(t, "a leader", func() bool { return leaderOf(ms) != nil })
+	l := leaderOf(ms)
+	for _, m := range ms {
+		if err := l.node.SetMember(context.Background(), m.cfg.NodeID, m.api, fsm.Level); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range ms {
+		waitFor(t, m.cfg.NodeID+" to know the leader's api", func() bool { _, a := m.node.Leader(); return a != "" })
+	}
+	return ms
+}
+
+func call(addr string, fn func(ctx context.Context, c clusterpb.ClusterClient) error) error {
+	return operator.Call(addr, 10*time.Second, fn)
+}
+
+func TestWritesThroughFollowersAndLinearizableReads(t *testing.T) {
+	ms := startCluster(t, "a", "b", "c")
+	l := leaderOf(ms)
+	var f []*member
+	for _, m := range ms {
+		if m != l {
+			f = append(f, m)
+		}
+	}
+	// An import sent to a follower is forwarded; a linearizable read on the
+	// other follower sees it at once, even on an idle cluster.
+	r := importVia(t, f[0].api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 100, Round: 0, Step: 3, Source: "cometbft"})
+	if !r.GetApplied() || r.GetCurrent().GetHeight() != 100 {
+		t.Fatalf("import: %v", r)
+	}
+	var st *clusterpb.StatusResponse
+	if err := call(f[1].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		var err error
+		st, err = c.Status(ctx, &clusterpb.StatusRequest{Linearizable: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !st.GetLinearizable() || len(st.GetChains()) != 1 || st.GetChains()[0].GetHeight() != 100 || st.GetNodeId() != f[1].cfg.NodeID {
+		t.Fatalf("linearizable follower read: %v", st)
+	}
+	// Never lowered: a lower import is reported as not applied.
+	r = importVia(t, f[1].api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 99, Step: 3, Source: "cometbft"})
+	if r.GetApplied() || r.GetCurrent().GetHeight() != 100 {
+		t.Fatalf("lower import: %v", r)
+	}
+	// Invalid positions are refused before they reach raft.
+	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		_, err := c.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: "x", Height: 5, Step: 0})
+		return err
+	}); err == nil || !strings.Contains(err.Error(), "invalid position") {
+		t.Fatalf("invalid import: %v", err)
+	}
+
+	// Transfer, asked of a follower, to a named node.
+	to := f[1].cfg.NodeID
+	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		r, err := c.TransferLeadership(ctx, &clusterpb.TransferLeadershipRequest{To: to})
+		if err == nil && r.GetNewLeaderId() != to {
+			t.Errorf("new leader %s, want %s", r.GetNewLeaderId(), to)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, to+" to lead", func() bool { return f[1].node.IsLeader() })
+
+	// Removing the leader itself: it hands leadership over first, then the
+	// new leader removes it.
+	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		_, err := c.Remove(ctx, &clusterpb.RemoveRequest{Id: to})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two members and a new leader", func() bool {
+		mem, _ := f[0].node.Members()
+		id, _ := f[0].node.Leader()
+		return len(mem) == 2 && id != "" && id != to
+	})
+	// The two remaining members still commit.
+	r = importVia(t, f[0].api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 200, Step: 1, Source: "cometbft"})
+	if !r.GetApplied() {
+		t.Fatalf("import after remove: %v", r)
+	}
+	var b *clusterpb.BackupResponse
+	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		var err error
+		b, err = c.Backup(ctx, &clusterpb.BackupRequest{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := fsm.DecodeState(b.GetState())
+	if err != nil || s.Chains["x"].Height != 200 {
+		t.Fatalf("backup: %v %+v", err, s)
+	}
+}
