@@ -28,6 +28,12 @@ type Config struct {
 	Raft   RaftTimings
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
+	// Metrics gives every node a /metrics, /healthz and /readyz address.
+	Metrics bool
+	// Setup, if set, adjusts each node (Proc.Env, ...) and its chain
+	// entries (transport addresses, key backend) before its kms.yaml is
+	// written.
+	Setup func(n *KMSNode, chains []ChainConfig) []ChainConfig
 }
 
 // Cluster is N kms-ha nodes plus the cometbft validators they sign for, one
@@ -93,18 +99,25 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		chains = append(chains, n.ChainConfig())
 	}
 	c.Comet = c.Comets[0]
-	ports, err := FreePorts(2 * cfg.Nodes)
+	ports, err := FreePorts(3 * cfg.Nodes)
 	if err != nil {
 		return nil, err
 	}
 	for i := 0; i < cfg.Nodes; i++ {
 		id := fmt.Sprintf("node%d", i+1)
 		n := newKMSNode(cfg.Bin.KMSHA, id, filepath.Join(dir, id), filepath.Join(c.LogDir, id+".log"),
-			ports[2*i], ports[2*i+1])
+			ports[3*i], ports[3*i+1])
+		if cfg.Metrics {
+			n.MetricsAddr = loopback(ports[3*i+2])
+		}
 		if err := n.Init(ctx); err != nil {
 			return nil, err
 		}
-		if err := n.WriteConfig(chains, cfg.Raft); err != nil {
+		nodeChains := append([]ChainConfig(nil), chains...)
+		if cfg.Setup != nil {
+			nodeChains = cfg.Setup(n, nodeChains)
+		}
+		if err := n.WriteConfig(nodeChains, cfg.Raft); err != nil {
 			return nil, err
 		}
 		c.logf("%s: home %s, Raft on %s, cluster API on %s", id, n.Home, n.RaftAddr, n.APIAddr)

@@ -37,7 +37,10 @@ type KMSNode struct {
 	Home     string
 	RaftAddr string
 	APIAddr  string
-	Proc     *Process
+	// MetricsAddr, if set before WriteConfig, enables /metrics, /healthz
+	// and /readyz there.
+	MetricsAddr string
+	Proc        *Process
 
 	bin string
 }
@@ -109,6 +112,13 @@ type ChainConfig struct {
 	ChainID       string
 	ValidatorAddr string // host:port
 	KeyFile       string
+	// Addrs, if set, replace "tcp://"+ValidatorAddr: full validators[].addr
+	// values (tcp://, noise://, unix://), one validators entry each.
+	Addrs []string
+	// KeyYAML, if set, replaces the file key: the fields of the keys entry
+	// after chain_ids, each line indented by four spaces
+	// ("    backend: pkcs11\n    module: ...").
+	KeyYAML string
 }
 
 // ChainConfig is the kms.yaml entry for this validator.
@@ -143,11 +153,24 @@ cluster:
 	}
 	b.WriteString("validators:\n")
 	for _, c := range chains {
-		fmt.Fprintf(&b, "  - chain_id: %s\n    addr: %s\n    identity_key: identity.json\n", c.ChainID, "tcp://"+c.ValidatorAddr)
+		addrs := c.Addrs
+		if len(addrs) == 0 {
+			addrs = []string{"tcp://" + c.ValidatorAddr}
+		}
+		for _, a := range addrs {
+			fmt.Fprintf(&b, "  - chain_id: %s\n    addr: %s\n    identity_key: identity.json\n", c.ChainID, a)
+		}
 	}
 	b.WriteString("keys:\n")
 	for _, c := range chains {
+		if c.KeyYAML != "" {
+			fmt.Fprintf(&b, "  - chain_ids: [%s]\n%s\n", c.ChainID, strings.TrimRight(c.KeyYAML, "\n"))
+			continue
+		}
 		fmt.Fprintf(&b, "  - chain_ids: [%s]\n    backend: file\n    key_file: %q\n", c.ChainID, c.KeyFile)
+	}
+	if n.MetricsAddr != "" {
+		fmt.Fprintf(&b, "metrics:\n  listen: %s\n", n.MetricsAddr)
 	}
 	// The chains are new: their validators have never signed, which is
 	// what --allow-fresh-state asserts.

@@ -20,6 +20,8 @@ type Process struct {
 	Args    []string
 	Dir     string
 	LogPath string
+	// Env is added to the environment the process inherits.
+	Env []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -70,6 +72,9 @@ func (p *Process) Start() error {
 
 	cmd := exec.Command(p.Bin, p.Args...)
 	cmd.Dir = p.Dir
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.Stdout = f
 	cmd.Stderr = f
 	cmd.SysProcAttr = childSysProcAttr()

@@ -1,0 +1,356 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cometbft/cometbft/p2p"
+)
+
+// TestnetOptions shape a multi-validator chain on loopback in which one
+// validator's key is held by kms-ha and that validator may run on several
+// cometbft nodes (an active node and hot standbys).
+type TestnetOptions struct {
+	ChainID string // default "e2e-testnet"
+	// Powers has one entry per validator, in order; the validators are named
+	// val1, val2, ... Default: four validators of power 10.
+	Powers []int64
+	// Remote is the 0-based index of the validator whose key kms-ha holds;
+	// default the last one.
+	Remote *int
+	// RemoteNodes is the number of cometbft nodes that run the remote
+	// validator, all with a remote signer: the first is named valN, the
+	// others valN-standby, valN-standby2, ... Default 1.
+	RemoteNodes int
+	// Consensus timeouts, as in CometOptions; defaults 100ms, 1s, 500ms.
+	TimeoutCommit  time.Duration
+	TimeoutPropose time.Duration
+	TimeoutVote    time.Duration
+	// Gossip is flush_throttle_timeout and peer_gossip_sleep_duration;
+	// default 10ms, which makes a 4-validator net about 7 blocks/s.
+	Gossip time.Duration
+}
+
+func (o *TestnetOptions) defaults() {
+	if o.ChainID == "" {
+		o.ChainID = "e2e-testnet"
+	}
+	if len(o.Powers) == 0 {
+		o.Powers = []int64{10, 10, 10, 10}
+	}
+	if o.Remote == nil {
+		r := len(o.Powers) - 1
+		o.Remote = &r
+	}
+	if o.RemoteNodes == 0 {
+		o.RemoteNodes = 1
+	}
+	if o.TimeoutCommit == 0 {
+		o.TimeoutCommit = 100 * time.Millisecond
+	}
+	if o.TimeoutPropose == 0 {
+		o.TimeoutPropose = time.Second
+	}
+	if o.TimeoutVote == 0 {
+		o.TimeoutVote = 500 * time.Millisecond
+	}
+	if o.Gossip == 0 {
+		o.Gossip = 10 * time.Millisecond
+	}
+}
+
+// Testnet is a multi-validator chain whose nodes peer with each other on
+// 127.0.0.1. The local validators sign with their own key files; the remote
+// validator's nodes wait for kms-ha.
+type Testnet struct {
+	ChainID string
+	// Nodes are every node: the validators in order, the remote validator's
+	// standbys right after its active node.
+	Nodes []*CometNode
+	// Local are the validators that sign with their own key file.
+	Local []*CometNode
+	// Remote are the nodes of the remote validator, active node first.
+	Remote []*CometNode
+	// Validators are the genesis validators, in TestnetOptions.Powers order.
+	Validators []ValidatorKey
+	// RemoteKey is the remote validator's key; its private half is in
+	// RemoteKeyFile, which only kms-ha reads.
+	RemoteKey     ValidatorKey
+	RemoteKeyFile string
+}
+
+// NewTestnet creates the homes of every node (cometbft init), one genesis
+// with every validator, and full-mesh persistent peers. Nothing is started.
+func NewTestnet(ctx context.Context, bin, dir string, opts TestnetOptions) (*Testnet, error) {
+	opts.defaults()
+	remote := *opts.Remote
+	if remote < 0 || remote >= len(opts.Powers) {
+		return nil, fmt.Errorf("testnet: remote validator %d out of range (%d validators)", remote, len(opts.Powers))
+	}
+	tn := &Testnet{ChainID: opts.ChainID}
+	co := func(name string, local bool) CometOptions {
+		return CometOptions{ChainID: opts.ChainID, Name: name, LocalSigner: local,
+			TimeoutCommit: opts.TimeoutCommit, TimeoutPropose: opts.TimeoutPropose, TimeoutVote: opts.TimeoutVote}
+	}
+	// primary[i] is the node whose init created validator i's key.
+	var primary []*CometNode
+	for i := range opts.Powers {
+		name := fmt.Sprintf("val%d", i+1)
+		if i != remote {
+			n, err := NewComet(ctx, bin, dir, co(name, true))
+			if err != nil {
+				return nil, err
+			}
+			tn.Local = append(tn.Local, n)
+			tn.Nodes = append(tn.Nodes, n)
+			primary = append(primary, n)
+			continue
+		}
+		for k := 0; k < opts.RemoteNodes; k++ {
+			nm := name
+			switch {
+			case k == 1:
+				nm = name + "-standby"
+			case k > 1:
+				nm = fmt.Sprintf("%s-standby%d", name, k)
+			}
+			n, err := NewComet(ctx, bin, dir, co(nm, false))
+			if err != nil {
+				return nil, err
+			}
+			tn.Remote = append(tn.Remote, n)
+			tn.Nodes = append(tn.Nodes, n)
+		}
+		primary = append(primary, tn.Remote[0])
+		// Every node of the remote validator signs with the same key,
+		// through kms-ha; the key files their own init created are unused.
+		tn.RemoteKeyFile = tn.Remote[0].KeyFile
+		for _, n := range tn.Remote[1:] {
+			n.KeyFile = tn.RemoteKeyFile
+		}
+	}
+
+	// One genesis for all: the first node's, with every validator in it.
+	var vals []any
+	for i, n := range primary {
+		k, err := LoadValidatorKey(n.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		tn.Validators = append(tn.Validators, k)
+		entry, err := ownGenesisValidator(n.GenesisPath(), k)
+		if err != nil {
+			return nil, err
+		}
+		entry["power"] = fmt.Sprint(opts.Powers[i])
+		entry["name"] = fmt.Sprintf("val%d", i+1)
+		vals = append(vals, entry)
+	}
+	tn.RemoteKey = tn.Validators[remote]
+	genesis := tn.Nodes[0].GenesisPath()
+	if err := editGenesis(genesis, func(g map[string]any) error {
+		g["validators"] = vals
+		g["chain_id"] = opts.ChainID
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(genesis)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range tn.Nodes[1:] {
+		if err := os.WriteFile(n.GenesisPath(), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+
+	// Full mesh of persistent peers.
+	addrs := make([]string, len(tn.Nodes))
+	for i, n := range tn.Nodes {
+		nk, err := p2p.LoadNodeKey(filepath.Join(n.Home, "config", "node_key.json"))
+		if err != nil {
+			return nil, err
+		}
+		addrs[i] = p2p.IDAddressString(nk.ID(), n.P2PAddr)
+	}
+	dur := func(d time.Duration) string { return tomlString(d.String()) }
+	for i, n := range tn.Nodes {
+		var peers []string
+		for j, a := range addrs {
+			if j != i {
+				peers = append(peers, a)
+			}
+		}
+		if err := n.editConfig([]tomlSetting{
+			{"p2p", "persistent_peers", tomlString(strings.Join(peers, ","))},
+			{"p2p", "flush_throttle_timeout", dur(opts.Gossip)},
+			{"consensus", "peer_gossip_sleep_duration", dur(opts.Gossip)},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return tn, nil
+}
+
+// ownGenesisValidator returns the validators entry that `cometbft init`
+// wrote for the node's own key, checked against k.
+func ownGenesisValidator(path string, k ValidatorKey) (map[string]any, error) {
+	g, err := readGenesis(path)
+	if err != nil {
+		return nil, err
+	}
+	vs, ok := g["validators"].([]any)
+	if !ok || len(vs) != 1 {
+		return nil, fmt.Errorf("%s: want exactly one validator from cometbft init", path)
+	}
+	entry, ok := vs[0].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%s: validators[0] is not an object", path)
+	}
+	if a, _ := entry["address"].(string); !strings.EqualFold(a, k.Address.String()) {
+		return nil, fmt.Errorf("%s: validators[0].address %s is not the node's key %s", path, a, k.Address)
+	}
+	return entry, nil
+}
+
+// TestnetClusterConfig describes a kms-ha cluster signing for the remote
+// validator of a testnet.
+type TestnetClusterConfig struct {
+	Dir     string
+	Bin     Binaries
+	Nodes   int // kms-ha nodes; default 3
+	Testnet TestnetOptions
+	Raft    RaftTimings
+	Logf    func(format string, args ...any)
+}
+
+// NewTestnetCluster prepares a testnet and a kms-ha cluster for its remote
+// validator. Every kms.yaml has one chain, one key and one validators entry
+// per node of the remote validator, so the leader serves the active node and
+// every standby at once. In the returned Cluster, Comets are the remote
+// validator's nodes (Comet the active one): the nodes that wait for kms-ha
+// and that Close, StartChain and KillLeader handle. The local validators
+// are the Testnet's to start and stop (StartLocal, Close).
+func NewTestnetCluster(ctx context.Context, cfg TestnetClusterConfig) (*Cluster, *Testnet, error) {
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 3
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := &Cluster{Dir: dir, LogDir: filepath.Join(dir, "logs"), Bin: cfg.Bin, logf: cfg.Logf}
+	if err := os.MkdirAll(c.LogDir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	tn, err := NewTestnet(ctx, cfg.Bin.CometBFT, dir, cfg.Testnet)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, n := range tn.Nodes {
+		what := "signs with its own key"
+		if n.KeyFile == tn.RemoteKeyFile {
+			what = "waits for its signer on " + n.PrivvalAddr
+		}
+		c.logf("%s: home %s, chain %q, %s, RPC on %s, P2P on %s", n.Name, n.Home, n.ChainID, what, n.RPCAddr, n.P2PAddr)
+	}
+	c.Comets = tn.Remote
+	c.Comet = tn.Remote[0]
+	var extra []string
+	for _, n := range tn.Remote[1:] {
+		extra = append(extra, "tcp://"+n.PrivvalAddr)
+	}
+	ports, err := FreePorts(2 * cfg.Nodes)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := 0; i < cfg.Nodes; i++ {
+		id := fmt.Sprintf("node%d", i+1)
+		n := newKMSNode(cfg.Bin.KMSHA, id, filepath.Join(dir, id), filepath.Join(c.LogDir, id+".log"),
+			ports[2*i], ports[2*i+1])
+		if err := n.Init(ctx); err != nil {
+			return nil, nil, err
+		}
+		if err := n.WriteConfig([]ChainConfig{tn.Remote[0].ChainConfig()}, cfg.Raft); err != nil {
+			return nil, nil, err
+		}
+		if len(extra) > 0 {
+			if err := n.AddValidatorAddrs(tn.ChainID, extra); err != nil {
+				return nil, nil, err
+			}
+		}
+		c.logf("%s: home %s, Raft on %s, cluster API on %s", id, n.Home, n.RaftAddr, n.APIAddr)
+		c.Nodes = append(c.Nodes, n)
+	}
+	return c, tn, nil
+}
+
+// StartLocal starts the validators that sign with their own keys.
+func (tn *Testnet) StartLocal() error {
+	for _, n := range tn.Local {
+		if err := n.Proc.Start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close SIGKILLs every node of the testnet.
+func (tn *Testnet) Close() {
+	for _, n := range tn.Nodes {
+		_ = n.Proc.Kill()
+	}
+}
+
+// Running returns the nodes that are running, in Nodes order.
+func (tn *Testnet) Running() []*CometNode {
+	var out []*CometNode
+	for _, n := range tn.Nodes {
+		if n.Proc.Running() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// BroadcastTxAsync submits tx to the node's mempool (RPC
+// broadcast_tx_async) and returns the CheckTx code, which the async variant
+// reports as 0 unless the mempool refused it outright.
+func (n *CometNode) BroadcastTxAsync(ctx context.Context, tx string) error {
+	var r struct {
+		Code uint32 `json:"code"`
+		Log  string `json:"log"`
+		Hash string `json:"hash"`
+	}
+	if err := n.rpc(ctx, "/broadcast_tx_async?tx="+url.QueryEscape(`"`+tx+`"`), &r); err != nil {
+		return err
+	}
+	if r.Code != 0 {
+		return fmt.Errorf("broadcast_tx_async %q: code %d: %s", tx, r.Code, r.Log)
+	}
+	return nil
+}
+
+// TxCount returns the number of transactions in block h.
+func (n *CometNode) TxCount(ctx context.Context, h int64) (int, error) {
+	var r struct {
+		Block struct {
+			Data struct {
+				Txs []string `json:"txs"`
+			} `json:"data"`
+		} `json:"block"`
+	}
+	if err := n.rpc(ctx, fmt.Sprintf("/block?height=%d", h), &r); err != nil {
+		return 0, err
+	}
+	return len(r.Block.Data.Txs), nil
+}
