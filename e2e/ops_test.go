@@ -1,0 +1,319 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-ha/kms-ha/e2e/harness"
+)
+
+// TestRollingRestart upgrades the cluster the documented way, one node at a
+// time with SIGTERM, followers first and the leader last, while it signs
+// for validator 4 of a 4-validator testnet. The chain does not wait for
+// validator 4 (10 of 40 power), so every block whose commit lacks its
+// precommit is a block missed by the restarts: there must be none.
+// KMSHA_E2E_ROLLING sets the number of rolling restarts (default 2).
+func TestRollingRestart(t *testing.T) {
+	if kmsBuildErr != nil {
+		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
+	}
+	rounds := 2
+	if v, err := strconv.Atoi(os.Getenv("KMSHA_E2E_ROLLING")); err == nil && v > 0 {
+		rounds = v
+	}
+	const stall = 30 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(3+2*rounds)*time.Minute)
+	defer cancel()
+	c, tn, err := harness.NewTestnetCluster(ctx, harness.TestnetClusterConfig{
+		Dir: workDir(t), Bin: bins, Nodes: 3,
+		Testnet: harness.TestnetOptions{ChainID: "e2e-rolling", Powers: []int64{10, 10, 10, 10}},
+		Logf:    logf(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.Close)
+	closeOnCleanup(t, c)
+	if err := c.StartSigners(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.StartLocal(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartChain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	observer := tn.Local[0]
+	mon := observer.Monitor(ctx, 100*time.Millisecond)
+	defer mon.Stop()
+	// Validator 4 signs from its first heights once its node has caught up.
+	from, err := observer.WaitHeight(ctx, 10, stall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missedPerRound []int
+	for r := 1; r <= rounds; r++ {
+		start, err := observer.Height(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leader, _, err := c.WaitLeader(ctx, 10*time.Second, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		order := []*harness.KMSNode{}
+		for _, n := range c.Nodes {
+			if n != leader {
+				order = append(order, n)
+			}
+		}
+		order = append(order, leader)
+		for _, n := range order {
+			began := time.Now()
+			// SIGTERM: a leader hands leadership to an up-to-date follower
+			// before it exits.
+			if err := n.Proc.Stop(15 * time.Second); err != nil {
+				t.Fatalf("round %d: stop %s: %v", r, n.ID, err)
+			}
+			stopped := time.Since(began)
+			if err := c.Restart(n); err != nil {
+				t.Fatal(err)
+			}
+			fs, _, err := c.WaitCaughtUp(ctx, n, 60*time.Second, 8)
+			if err != nil {
+				t.Fatalf("round %d: %v", r, err)
+			}
+			t.Logf("round %d: %s stopped in %s (was leader: %v), restarted and caught up in %s, following %s",
+				r, n.ID, ms(stopped), n == leader, ms(time.Since(began)), fs.LeaderID)
+		}
+		end, err := observer.WaitHeight(ctx, 0, stall)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end, err = observer.WaitHeight(ctx, end+3, stall); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := observer.CheckCommits(ctx, tn.RemoteKey, start, end-1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missedPerRound = append(missedPerRound, len(rep.Missing))
+		t.Logf("round %d: heights %d..%d: validator 4's precommit in %d commits, missing from %d %v",
+			r, start, end-1, rep.Present, len(rep.Missing), rep.Missing)
+	}
+	latest, err := observer.Height(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan := checkSafety(t, c)
+	rep, err := observer.CheckCommits(ctx, tn.RemoteKey, from, latest-1, scan.Signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Err(); err != nil {
+		t.Errorf("rolling restarts missed blocks: %v", err)
+	}
+	if err := observer.ScanEvidence(ctx, 1, latest); err != nil {
+		t.Error(err)
+	}
+	gap, after := mon.MaxGap()
+	t.Logf("ROLLING RESTART FIGURES: %d rounds, missed blocks per round %v, heights %d..%d all carry validator 4's verified precommit: %d of %d; longest block gap %s after height %d",
+		rounds, missedPerRound, from, latest-1, rep.Present, latest-from, ms(gap), after)
+	if path := os.Getenv("KMSHA_E2E_REPORT"); path != "" {
+		f, _ := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		fmt.Fprintf(f, "rolling restart: rounds=%d missed=%v commits=%d/%d maxgap=%s\n", rounds, missedPerRound, rep.Present, latest-from, ms(gap))
+		f.Close()
+	}
+}
+
+// kmsha runs a kms-ha command and returns its combined output.
+func kmsha(ctx context.Context, t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bins.KMSHA, args...).CombinedOutput()
+	return string(out), err
+}
+
+// TestLostQuorumRecovery loses two of three nodes for good, recovers the
+// survivor as a one-node cluster with `kms-ha recover --force`, and grows
+// the cluster back with new members: the chain resumes from the watermark
+// the cluster had, with no double sign. It also backs the state up before
+// the loss and restores it afterwards (which must change nothing), and
+// checks the metrics and health endpoints of a live node.
+func TestLostQuorumRecovery(t *testing.T) {
+	if kmsBuildErr != nil {
+		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
+	}
+	const stall = 30 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := workDir(t)
+	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t), Metrics: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, c)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Comet.WaitHeight(ctx, 8, stall); err != nil {
+		t.Fatal(err)
+	}
+	leader, _, err := c.WaitLeader(ctx, 10*time.Second, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMetrics(ctx, t, c, leader)
+
+	backup := filepath.Join(dir, "backup.json")
+	out, err := kmsha(ctx, t, "snapshot", "save", "--home", leader.Home, backup)
+	if err != nil {
+		t.Fatalf("snapshot save: %v\n%s", err, out)
+	}
+	t.Logf("kms-ha snapshot save: %s", strings.TrimSpace(out))
+
+	// The survivor is a follower; the leader and the other follower are lost.
+	var survivor *harness.KMSNode
+	for _, n := range c.Nodes {
+		if n != leader {
+			survivor = n
+			break
+		}
+	}
+	for _, n := range c.Nodes {
+		if n != survivor {
+			if err := n.Proc.Kill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lostAt, _ := c.Comet.Height(ctx)
+	time.Sleep(2 * time.Second)
+	if h, _ := c.Comet.Height(ctx); h > lostAt+1 {
+		t.Fatalf("chain went from %d to %d without a signer quorum", lostAt, h)
+	}
+	// Without a quorum the survivor cannot confirm anything.
+	if out, err := kmsha(ctx, t, "status", "--home", survivor.Home, "--linearizable"); err == nil {
+		t.Fatalf("linearizable status answered without a quorum:\n%s", out)
+	}
+	if err := survivor.Proc.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, err = kmsha(ctx, t, "recover", "--home", survivor.Home)
+	if err != nil || !strings.Contains(out, "nothing changed") {
+		t.Fatalf("recover (inspect): %v\n%s", err, out)
+	}
+	t.Logf("kms-ha recover (inspect):\n%s", out)
+	out, err = kmsha(ctx, t, "recover", "--home", survivor.Home, "--force")
+	if err != nil || !strings.Contains(out, "one-node cluster") {
+		t.Fatalf("recover --force: %v\n%s", err, out)
+	}
+	if err := c.Restart(survivor); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WaitLeader(ctx, 20*time.Second, ""); err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.Comet.WaitHeight(ctx, lostAt+5, stall)
+	if err != nil {
+		t.Fatalf("chain did not resume under the recovered node: %v", err)
+	}
+	t.Logf("chain resumed under the recovered one-node cluster: height %d (lost quorum at %d)", h, lostAt)
+
+	// The lost members come back as new incarnations: wiped, then joined.
+	for _, n := range c.Nodes {
+		if n == survivor {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(n.Home, "raft")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Restart(n); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := kmsha(ctx, t, "join", "--home", n.Home, "--cluster", survivor.APIAddr, "--timeout", "60s"); err != nil {
+			t.Fatalf("join %s: %v\n%s", n.ID, err, out)
+		}
+		if _, _, err := c.WaitCaughtUp(ctx, n, 60*time.Second, 8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err = kmsha(ctx, t, "status", "--home", survivor.Home, "--linearizable")
+	if err != nil || strings.Count(out, " voter ") != 3 {
+		t.Fatalf("after regrowing: %v\n%s", err, out)
+	}
+	// Restoring the older backup raises nothing.
+	out, err = kmsha(ctx, t, "snapshot", "restore", "--home", survivor.Home, backup)
+	if err != nil || !strings.Contains(out, "kept") {
+		t.Fatalf("snapshot restore of an older backup: %v\n%s", err, out)
+	}
+	t.Logf("kms-ha snapshot restore: %s", strings.TrimSpace(out))
+	latest, err := c.Comet.WaitHeight(ctx, h+5, stall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
+		t.Error(err)
+	}
+	scan := checkSafety(t, c)
+	checkCommits(ctx, t, c.Comet, scan, latest)
+}
+
+// checkMetrics scrapes a live leader and a follower: the leader is ready
+// with its validator connected and exports its signatures and watermark;
+// every node answers /healthz.
+func checkMetrics(ctx context.Context, t *testing.T, c *harness.Cluster, leader *harness.KMSNode) {
+	t.Helper()
+	get := func(addr, path string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s%s: %v", addr, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(leader.MetricsAddr, "/readyz"); code != http.StatusOK {
+		t.Errorf("leader /readyz: %d %s", code, body)
+	}
+	_, body := get(leader.MetricsAddr, "/metrics")
+	for _, want := range []string{
+		`kmsha_signatures_total{chain="` + c.Comet.ChainID + `",step="precommit"}`,
+		`kmsha_watermark_height{chain="` + c.Comet.ChainID + `"}`,
+		`kmsha_reserve_duration_seconds_bucket{chain="` + c.Comet.ChainID + `"`,
+		`kmsha_key_sign_duration_seconds_bucket{backend="file",chain="` + c.Comet.ChainID + `"`,
+		`kmsha_validator_connected{addr="tcp://` + c.Comet.PrivvalAddr + `",chain="` + c.Comet.ChainID + `"} 1`,
+		`kmsha_is_leader 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("leader /metrics lacks %s", want)
+		}
+	}
+	for _, n := range c.Nodes {
+		if code, _ := get(n.MetricsAddr, "/healthz"); code != http.StatusOK {
+			t.Errorf("%s /healthz: %d", n.ID, code)
+		}
+		if n != leader {
+			if code, body := get(n.MetricsAddr, "/readyz"); code != http.StatusOK {
+				t.Errorf("follower %s /readyz: %d %s", n.ID, code, body)
+			}
+			_, body := get(n.MetricsAddr, "/metrics")
+			if !strings.Contains(body, "kmsha_is_leader 0") {
+				t.Errorf("follower %s /metrics: kmsha_is_leader is not 0", n.ID)
+			}
+		}
+	}
+}
