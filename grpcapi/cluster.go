@@ -37,6 +37,10 @@ type ClusterServer struct {
 	// call would cost more than the call.
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
+
+	// BeforeTransfer, if set, runs on the leader before it hands
+	// leadership over (the node waits for a quiet moment between heights).
+	BeforeTransfer func()
 }
 
 // peer calls fn with a client of the node at addr over a cached connection.

@@ -89,6 +89,9 @@ func (s *ClusterServer) transfer(ctx context.Context, node *cluster.Node, to str
 	if to == node.ID() {
 		return to, nil
 	}
+	if s.BeforeTransfer != nil {
+		s.BeforeTransfer()
+	}
 	if err := node.TransferLeadershipTo(to); err != nil {
 		return "", status.Errorf(leaderCode(err), "%v", err)
 	}

@@ -169,6 +169,7 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("node: listen on api_addr %s: %w", c.Cluster.APIAddr, err)
 	}
 	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, n.dialer, log)
+	n.apiSrv.BeforeTransfer = n.awaitQuiet
 	n.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(srvTLS)))
 	n.apiSrv.Register(n.api)
 	if c.Metrics.Listen != "" {
@@ -384,6 +385,7 @@ func (n *Node) seekPromotion(ctx context.Context) {
 func (n *Node) shutdown() {
 	cl := n.cluster.Load()
 	if cl.IsLeader() {
+		n.awaitQuiet()
 		n.log.Info("leader stopping: transferring leadership")
 		if err := cl.TransferLeadership(); err != nil {
 			n.log.Warn("leadership transfer failed; the others will elect a leader", "err", err)
@@ -410,6 +412,18 @@ func (n *Node) shutdown() {
 	}
 	n.closeKeys()
 	n.log.Info("node stopped")
+}
+
+// awaitQuiet waits, at most 2 s, for a moment between heights: right after
+// a precommit the validator waits timeout_commit before its next request,
+// time the next leader uses to connect, so a handover there misses nothing.
+func (n *Node) awaitQuiet() {
+	if n.signer == nil {
+		return
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && !n.signer.Quiet(3*time.Second); {
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (n *Node) closeKeys() {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cryptoenc "github.com/cometbft/cometbft/crypto/encoding"
@@ -92,6 +93,24 @@ type chain struct {
 	id  string
 	key keys.Signer
 	mu  sync.Mutex
+	// last is the step and time of the chain's latest signature, packed
+	// for lock-free reads by Quiet.
+	lastStep atomic.Int32
+	lastAt   atomic.Int64
+}
+
+// Quiet reports whether every chain is between heights: its latest
+// signature is a precommit (the validator waits timeout_commit before it
+// asks again) or it signed nothing for idle. A leader that hands over in
+// such a moment gives the next leader the whole commit wait to connect.
+func (s *Signer) Quiet(idle time.Duration) bool {
+	now := time.Now().UnixNano()
+	for _, c := range s.chains {
+		if now-c.lastAt.Load() < idle.Nanoseconds() && int8(c.lastStep.Load()) != fsm.StepPrecommit {
+			return false
+		}
+	}
+	return true
 }
 
 // New validates cfg and returns a Signer.
@@ -331,6 +350,8 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 	step := fsm.StepName(hrs.Step)
 	s.cfg.Observer.ObserveSign(c.id, step, time.Since(start))
 	s.cfg.Observer.Signed(c.id, step)
+	c.lastStep.Store(int32(hrs.Step))
+	c.lastAt.Store(time.Now().UnixNano())
 	sum := sha256.Sum256(d.SignBytes)
 	s.log.Info("signed", "chain", c.id,
 		"height", hrs.Height, "round", hrs.Round, "step", hrs.Step,
