@@ -41,8 +41,10 @@ func run(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestEveryCommandHasHelp(t *testing.T) {
-	for _, c := range []string{"init", "bootstrap", "start", "join", "status", "version"} {
-		out, _, code := run(t, c, "--help")
+	for _, c := range []string{"init", "bootstrap", "start", "join", "status", "version", "remove", "leave",
+		"transfer-leadership", "recover", "peer-id", "certs ca", "certs issue", "state import", "state show",
+		"snapshot save", "snapshot restore"} {
+		out, _, code := run(t, append(strings.Fields(c), "--help")...)
 		if code != 0 || !strings.Contains(out, "kms-ha "+c) {
 			t.Errorf("%s --help: exit %d, output %q", c, code, out)
 		}
@@ -59,6 +61,13 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 		{"init", "--home", t.TempDir()},
 		{"start", "--home", filepath.Join(t.TempDir(), "missing")},
 		{"bootstrap", "--home", t.TempDir(), "--peers", "garbage"},
+		{"remove", "--cluster", "127.0.0.1:1"},
+		{"certs", "ca"},
+		{"certs", "issue", "--ca", t.TempDir(), "--node-id", "n1", "--out", t.TempDir()},
+		{"state", "import", "--chain", "c", filepath.Join(t.TempDir(), "missing.json")},
+		{"snapshot", "save"},
+		{"peer-id"},
+		{"recover", "--home", t.TempDir()},
 	}
 	for _, args := range cases {
 		stdout, stderr, code := run(t, args...)
@@ -123,5 +132,50 @@ func TestBootstrapRefusesWhenAPeerRuns(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(home, "raft", "raft.db")); err == nil {
 		t.Fatal("a refused bootstrap left raft state behind")
+	}
+}
+
+func TestCertsAndPeerID(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if _, stderr, code := run(t, "certs", "ca", "--out", ca); code != 0 {
+		t.Fatalf("certs ca: %s", stderr)
+	}
+	if _, stderr, code := run(t, "certs", "ca", "--out", ca); code == 0 || !strings.Contains(stderr, "refusing to overwrite") {
+		t.Fatalf("second certs ca: exit %d, %s", code, stderr)
+	}
+	out := filepath.Join(dir, "n1", "tls")
+	if _, stderr, code := run(t, "certs", "issue", "--ca", ca, "--node-id", "n1", "--host", "127.0.0.1", "--out", out); code != 0 {
+		t.Fatalf("certs issue: %s", stderr)
+	}
+	for _, f := range []string{"node.crt", "node.key", "ca.crt"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Fatalf("certs issue did not write %s", f)
+		}
+	}
+	if st, _ := os.Stat(filepath.Join(out, "node.key")); st.Mode().Perm() != 0o600 {
+		t.Fatalf("node.key mode %v", st.Mode().Perm())
+	}
+	home := filepath.Join(dir, "n1")
+	if _, stderr, code := run(t, "init", "--home", home, "--node-id", "n1"); code != 0 {
+		t.Fatalf("init: %s", stderr)
+	}
+	id, stderr, code := run(t, "peer-id", "--home", home)
+	if code != 0 || !strings.HasPrefix(strings.TrimSpace(id), "12D3KooW") {
+		t.Fatalf("peer-id: exit %d %q %s", code, id, stderr)
+	}
+	// The node's status without a running node: one clear line.
+	_, stderr, code = run(t, "status", "--home", home)
+	if code == 0 || !strings.Contains(stderr, "unavailable") {
+		t.Fatalf("status of a stopped node: exit %d %s", code, stderr)
+	}
+}
+
+func TestStateImportRefusesBadFilesBeforeCalling(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(f, []byte(`{"height":"10","round":0,"step":7}`), 0o600)
+	_, stderr, code := run(t, "state", "import", "--chain", "c", "--cluster", "127.0.0.1:1", f)
+	if code == 0 || !strings.Contains(stderr, "nothing was imported") || !strings.Contains(stderr, "step") {
+		t.Fatalf("exit %d, %s", code, stderr)
 	}
 }
