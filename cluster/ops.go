@@ -247,3 +247,34 @@ func (n *Node) LastContact() time.Duration {
 	}
 	return time.Since(lc)
 }
+
+// LogMemberAPIs returns the API addresses recorded in this node's own log
+// and state, committed or not. A restarted node applies its log only once
+// a leader tells it the commit index, so a node the leader cannot reach
+// (it moved to a new address) finds the others here to ask for its update.
+func (n *Node) LogMemberAPIs() map[string]string {
+	out := map[string]string{}
+	for id, m := range n.fsm.Members() {
+		out[id] = m.APIAddr
+	}
+	first, err1 := n.st.bolt.FirstIndex()
+	last, err2 := n.st.bolt.LastIndex()
+	if err1 != nil || err2 != nil {
+		return out
+	}
+	for i := max(first, 1); i <= last; i++ {
+		var l raft.Log
+		if n.st.bolt.GetLog(i, &l) != nil || l.Type != raft.LogCommand {
+			continue
+		}
+		if t, body, err := fsm.Decode(l.Data); err == nil && t == fsm.CmdSetMember {
+			m := body.(fsm.SetMember)
+			if m.APIAddr == "" {
+				delete(out, m.ID)
+			} else {
+				out[m.ID] = m.APIAddr
+			}
+		}
+	}
+	return out
+}

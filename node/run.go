@@ -162,9 +162,9 @@ func (n *Node) register(ctx context.Context) {
 		if _, api := cl.Leader(); api != "" {
 			targets = append(targets, api)
 		}
-		for id, info := range cl.FSM().Members() {
-			if id != self && info.APIAddr != "" && !slices.Contains(targets, info.APIAddr) {
-				targets = append(targets, info.APIAddr)
+		for id, api := range cl.LogMemberAPIs() {
+			if id != self && api != "" && !slices.Contains(targets, api) {
+				targets = append(targets, api)
 			}
 		}
 		for _, t := range targets {
@@ -178,7 +178,7 @@ func (n *Node) register(ctx context.Context) {
 				}
 				break
 			}
-			n.log.Debug("registering with the cluster", "via", t, "err", err)
+			n.log.Warn("could not update this node's entry in the cluster yet", "via", t, "err", err)
 		}
 	}
 }
