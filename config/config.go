@@ -314,6 +314,9 @@ func (c *Config) Validate() error {
 	}
 	if err := checkHostPort(cl.APIAddr); err != nil {
 		bad("cluster.api_addr", "%v; set it to the address of the cluster gRPC API, e.g. 127.0.0.1:7101", err)
+	} else if host, _, _ := net.SplitHostPort(cl.APIAddr); isUnspecified(host) {
+		bad("cluster.api_addr", "%q is not an address the other nodes and the kms-ha commands can dial (it is recorded for "+
+			"forwarding and must be in the node's certificate); set this node's reachable IP or name", cl.APIAddr)
 	}
 	if cl.AllowPlaintextNetwork != nil {
 		bad("cluster.allow_plaintext_network", "is no longer supported: raft and the cluster API always run over mutual TLS. "+
@@ -353,7 +356,7 @@ func (c *Config) Validate() error {
 		if err := CheckValidatorAddr(v.Addr); err != nil {
 			bad(p+".addr", "%v", err)
 		}
-		if v.IdentityKey == "" {
+		if v.IdentityKey == "" && !strings.HasPrefix(v.Addr, "unix://") {
 			bad(p+".identity_key", "is required: the identity file written by `kms-ha init`, e.g. identity.json")
 		}
 	}
@@ -392,7 +395,7 @@ func (c *Config) Validate() error {
 				bad(p+".key_label", "set key_label, key_id (hex), or both")
 			}
 			if k.KeyID != "" {
-				if _, err := hex.DecodeString(k.KeyID); err != nil {
+				if _, err := hex.DecodeString(strings.TrimPrefix(strings.TrimPrefix(k.KeyID, "0x"), "0X")); err != nil {
 					bad(p+".key_id", "%q is not hex (the CKA_ID of the key, e.g. 01)", k.KeyID)
 				}
 			}
@@ -511,13 +514,6 @@ func checkHostPort(s string) error {
 	return nil
 }
 
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
 
 func isUnspecified(host string) bool {
 	ip := net.ParseIP(host)

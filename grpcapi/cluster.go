@@ -365,9 +365,13 @@ func (d Dialer) Call(addr string, timeout time.Duration, fn func(ctx context.Con
 		case codes.Unavailable:
 			msg := st.Message()
 			if strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "certificate") {
-				return fmt.Errorf("%s: TLS handshake failed: %s (check that this host's certificate and the node's come from the same cluster CA)", addr, msg)
+				return fmt.Errorf("%s: TLS handshake failed: %s (check that both certificates come from the same cluster CA, "+
+					"and that the node's certificate lists the host you dial: kms-ha certs issue --host)", addr, msg)
 			}
-			return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, msg)
+			if strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection error") || strings.Contains(msg, "no such host") {
+				return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, msg)
+			}
+			return fmt.Errorf("%s: unavailable: %s", addr, msg)
 		case codes.DeadlineExceeded:
 			return fmt.Errorf("%s: no answer within %s", addr, timeout)
 		}

@@ -92,7 +92,7 @@ func New() *Metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "sign_refusals_total",
-			Help:      "Sign requests refused, by reason (regression, conflict, unavailable, invalid, key_error, ...).",
+			Help:      "Sign requests refused, by reason (regression, conflict, unavailable, invalid, no_state, key, ...).",
 		}, []string{"chain", "reason"}),
 		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
@@ -211,7 +211,7 @@ func (m *Metrics) ObserveKeySign(chain, backend string, d time.Duration) {
 
 // Refused counts a refused sign request. Reasons should be the stable
 // strings of the fsm package (regression, conflict, invalid, ...) or the
-// signer's own (unavailable, key_error), so dashboards can alert on them.
+// signer's own (unavailable, key), so dashboards can alert on them.
 func (m *Metrics) Refused(chain, reason string) {
 	if m == nil {
 		return

@@ -258,36 +258,45 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 func (n *Node) lead(ctx context.Context) {
 	var wg sync.WaitGroup
 	cl := n.cluster.Load()
-	if !n.checkKeys(ctx, cl) {
+	// This node's own record first (one commit, only when it changed): a
+	// key can be recorded only once every member registered its level, and
+	// followers forward joins to the API address recorded here.
+	if m, _ := cl.FSM().Member(n.cfg.Cluster.NodeID); m.APIAddr != n.cfg.Cluster.APIAddr || m.Level != fsm.Level {
+		if err := cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level); err != nil {
+			n.log.Warn("could not record this node's api address and level; retrying in the background", "err", err)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n.retry(ctx, "record this node's api address", func() error {
+					return cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level)
+				})
+			}()
+		}
+	}
+	ok, pending := n.checkKeys(ctx, cl)
+	if !ok {
 		return
+	}
+	if pending {
+		// Some member has not registered a level that knows chain keys
+		// yet: record them as soon as it has, while leading.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.retry(ctx, "record the chains' public keys", func() error {
+				ok, pending := n.checkKeys(ctx, cl)
+				if !ok || !pending {
+					return nil
+				}
+				return errors.New("a member's level is not registered yet")
+			})
+		}()
 	}
 	for _, ch := range n.cfg.Chains {
 		if _, ok := cl.FSM().Watermark(ch.ID); !ok && !slices.Contains(n.opts.AllowFreshState, ch.ID) {
 			n.log.Warn("the cluster holds no watermark for this chain: every signature is refused until its state is imported "+
 				"(`kms-ha state import`) or a node starts with --allow-fresh-state", "chain", ch.ID)
 		}
-	}
-	if m, _ := cl.FSM().Member(n.cfg.Cluster.NodeID); m.APIAddr != n.cfg.Cluster.APIAddr || m.Level != fsm.Level {
-		// Concurrently with the dials: a failover should cost the election
-		// and one dial, not an extra commit.
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Followers forward joins to this address: keep trying while
-			// leading, or they could not forward for a whole term.
-			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-				err := cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level)
-				if err == nil || ctx.Err() != nil {
-					return
-				}
-				n.log.Warn("could not record this node's api address; retrying", "err", err)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(delay):
-				}
-			}
-		}()
 	}
 	for _, v := range n.validators {
 		wg.Add(1)
@@ -412,6 +421,22 @@ func (n *Node) shutdown() {
 	}
 	n.closeKeys()
 	n.log.Info("node stopped")
+}
+
+// retry runs fn until it succeeds or ctx ends, backing off to 2 s.
+func (n *Node) retry(ctx context.Context, what string, fn func() error) {
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		err := fn()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		n.log.Debug("retrying", "what", what, "err", err)
+	}
 }
 
 // awaitQuiet waits, at most 2 s, for a moment between heights: right after

@@ -45,8 +45,9 @@ func OpenKey(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, 
 // checkKeys records each chain's public key in the cluster, or, when the
 // cluster recorded another key, refuses to lead: the validator would get
 // signatures from a key it does not know, and the operator must learn
-// which node holds the wrong key. It hands leadership on and reports false.
-func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) bool {
+// which node holds the wrong key. It hands leadership on and reports
+// ok=false. pending reports keys it could not record yet.
+func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) (ok, pending bool) {
 	for _, ch := range n.cfg.Chains {
 		k := n.keys[ch.ID]
 		if k == nil {
@@ -59,8 +60,9 @@ func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) bool {
 			r, err := cl.SetChainKey(ctx, want)
 			if err != nil {
 				// Recording needs every member at level 1; until then the
-				// node signs, and the key is recorded at the next term.
-				n.log.Warn("could not record the chain's public key in the cluster yet", "chain", ch.ID, "err", err)
+				// node signs, and lead retries in the background.
+				n.log.Info("the chain's public key is not recorded in the cluster yet", "chain", ch.ID, "err", err)
+				pending = true
 				continue
 			}
 			rec, ok = r.Recorded, true
@@ -75,11 +77,11 @@ func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) bool {
 			if err := cl.TransferLeadership(); err != nil {
 				n.log.Error("could not hand leadership to another node; staying leader without signing", "err", err)
 			}
-			return false
+			return false, false
 		}
 	}
 	n.keyProblem.Store(nil)
-	return true
+	return true, pending
 }
 
 func (n *Node) onValidatorState(v transport.Validator, state string) {
@@ -98,6 +100,9 @@ func (n *Node) Ready() error {
 	cl := n.cluster.Load()
 	if cl == nil {
 		return errors.New("not a cluster member yet: waiting to be admitted (kms-ha join)")
+	}
+	if cl.Suffrage() == "" {
+		return errors.New("not a member of the cluster (removed, or left): stop this node; to bring it back, wipe its data_dir and run kms-ha join")
 	}
 	id, _ := cl.Leader()
 	if id == "" {

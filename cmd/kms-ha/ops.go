@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -75,7 +76,7 @@ func cmp(a, b string) string {
 }
 
 func fail(c *cli.Context, err error) error {
-	return cli.Exit(fmt.Sprintf("kms-ha %s: %v", c.Command.FullName(), err), 1)
+	return cli.Exit(fmt.Sprintf("%s: %v", c.Command.HelpName, err), 1)
 }
 
 func certsCmd() *cli.Command {
@@ -251,6 +252,12 @@ func stateCmd() *cli.Command {
 					}
 					if c.NArg() != 1 {
 						return cli.Exit("kms-ha state import: give the state FILE (see kms-ha state import --help)", 2)
+					}
+					if h := c.String("home"); h != "" {
+						if cfg, err := config.Load(h); err == nil && !slices.ContainsFunc(cfg.Chains, func(ch config.Chain) bool { return ch.ID == c.String("chain") }) {
+							return cli.Exit(fmt.Sprintf("kms-ha state import: chain %q is not under chains in %s; check the chain id "+
+								"(a watermark cannot be removed once imported). Nothing was imported.", c.String("chain"), filepath.Join(h, config.FileName)), 2)
+						}
 					}
 					st, err := stateimport.ParseFile(c.Args().First(), c.String("format"))
 					if err != nil {
@@ -468,6 +475,15 @@ func peerIDCmd() *cli.Command {
 					return err
 				}
 				path = filepath.Join(c.String("home"), IdentityFile)
+				// The identity the node dials noise:// validators with.
+				if cfg, err := config.Load(c.String("home")); err == nil {
+					for _, v := range cfg.Validators {
+						if strings.HasPrefix(v.Addr, "noise://") && v.IdentityKey != "" {
+							path = v.IdentityKey
+							break
+						}
+					}
+				}
 			}
 			nk, err := p2p.LoadNodeKey(path)
 			if err != nil {
