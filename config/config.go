@@ -514,7 +514,6 @@ func checkHostPort(s string) error {
 	return nil
 }
 
-
 func isUnspecified(host string) bool {
 	ip := net.ParseIP(host)
 	return host == "" || (ip != nil && ip.IsUnspecified())

@@ -44,7 +44,7 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 	if c.String("home") != "" {
 		cfg, err := config.Load(c.String("home"))
 		if err != nil {
-			return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("kms-ha %s: %v", c.Command.Name, strings.ReplaceAll(err.Error(), "\n", "\n  ")), 2)
+			return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: %v", c.Command.HelpName, strings.ReplaceAll(err.Error(), "\n", "\n  ")), 2)
 		}
 		if addr == "" {
 			addr = cfg.Cluster.APIAddr
@@ -55,7 +55,7 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 		files.Key = cmp(files.Key, d.Key)
 	}
 	if addr == "" {
-		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("kms-ha %s: --cluster HOST:PORT is required (or --home of a node, to use its own API address)", c.Command.Name), 2)
+		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: --cluster HOST:PORT is required (or --home of a node, to use its own API address)", c.Command.HelpName), 2)
 	}
 	if files.CA == "" || files.Cert == "" || files.Key == "" {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("kms-ha %s: the cluster API needs a client certificate: give --home of a node, "+
@@ -63,7 +63,7 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 	}
 	tc, err := pki.ClientConfig(files, "")
 	if err != nil {
-		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("kms-ha %s: %v", c.Command.Name, err), 2)
+		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: %v", c.Command.HelpName, err), 2)
 	}
 	return grpcapi.Dialer{TLS: tc}, addr, nil
 }
