@@ -19,6 +19,7 @@ import (
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/pki"
 	"github.com/kms-ha/kms-ha/signer"
 )
 
@@ -26,15 +27,49 @@ import (
 // (fsync on), as in production, and returns the leader's signer.
 func benchCluster(b *testing.B, n int) (*signer.Signer, func()) {
 	b.Helper()
+	leader, log, stop := benchRaft(b, n, "bench")
+	s, err := signer.New(signer.Config{Reserver: leader, State: leader.FSM(), Logger: log,
+		Keys: map[string]keys.Signer{"bench": file.New(ed25519.GenPrivKey())}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, stop
+}
+
+// benchRaft starts the n raft nodes of benchCluster and returns the leader,
+// with a fresh (empty) watermark committed for each of chains.
+func benchRaft(b *testing.B, n int, chains ...string) (*cluster.Node, *slog.Logger, func()) {
+	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := b.TempDir()
+	// Raft runs over mutual TLS only, as in production: one CA, a
+	// certificate per node.
+	caDir := filepath.Join(dir, "ca")
+	if err := pki.CreateCA(caDir, pki.CAOptions{}); err != nil {
+		b.Fatal(err)
+	}
 	var cfgs []cluster.Config
 	var servers []cluster.Server
 	for i := 0; i < n; i++ {
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr := ln.Addr().String()
 		ln.Close()
-		c := cluster.Config{NodeID: fmt.Sprintf("b%d", i), DataDir: filepath.Join(dir, fmt.Sprint(i)), BindAddr: addr, Logger: log}
+		id := fmt.Sprintf("b%d", i)
+		certDir := filepath.Join(dir, "tls-"+id)
+		if err := pki.Issue(caDir, pki.IssueOptions{NodeID: id, Hosts: []string{"127.0.0.1"}, OutDir: certDir}); err != nil {
+			b.Fatal(err)
+		}
+		f := pki.Files{CA: filepath.Join(caDir, pki.CACertFile), Cert: filepath.Join(certDir, pki.NodeCertFile), Key: filepath.Join(certDir, pki.NodeKeyFile)}
+		srvTLS, err := pki.ServerConfig(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cliTLS, err := pki.ClientConfig(f, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := cluster.Config{NodeID: id, DataDir: filepath.Join(dir, fmt.Sprint(i)), BindAddr: addr, Logger: log,
+			TLS: &cluster.TLS{Server: srvTLS, Client: cliTLS}}
 		cfgs = append(cfgs, c)
 		servers = append(servers, cluster.Server{ID: c.NodeID, Address: addr})
 	}
@@ -66,15 +101,12 @@ func benchCluster(b *testing.B, n int) (*signer.Signer, func()) {
 			b.Fatal(err)
 		}
 	}
-	if _, err := leader.Import(context.Background(), fsm.Import{ChainID: "bench"}); err != nil {
-		b.Fatal(err)
+	for _, chain := range chains {
+		if _, err := leader.Import(context.Background(), fsm.Import{ChainID: chain}); err != nil {
+			b.Fatal(err)
+		}
 	}
-	s, err := signer.New(signer.Config{Reserver: leader, State: leader.FSM(), Logger: log,
-		Keys: map[string]keys.Signer{"bench": file.New(ed25519.GenPrivKey())}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return s, func() {
+	return leader, log, func() {
 		for _, nd := range nodes {
 			nd.Shutdown()
 		}

@@ -58,8 +58,8 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: --cluster HOST:PORT is required (or --home of a node, to use its own API address)", c.Command.HelpName), 2)
 	}
 	if files.CA == "" || files.Cert == "" || files.Key == "" {
-		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("kms-ha %s: the cluster API needs a client certificate: give --home of a node, "+
-			"or --tls-ca, --tls-cert and --tls-key", c.Command.Name), 2)
+		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: the cluster API needs a client certificate: give --home of a node, "+
+			"or --tls-ca, --tls-cert and --tls-key", c.Command.HelpName), 2)
 	}
 	tc, err := pki.ClientConfig(files, "")
 	if err != nil {

@@ -20,9 +20,9 @@ type TestnetOptions struct {
 	// Powers has one entry per validator, in order; the validators are named
 	// val1, val2, ... Default: four validators of power 10.
 	Powers []int64
-	// Remote is the 0-based index of the validator whose key kms-ha holds;
-	// default the last one.
-	Remote *int
+	// Remote is the number (1-based, as in the names) of the validator
+	// whose key kms-ha holds; default the last one.
+	Remote int
 	// RemoteNodes is the number of cometbft nodes that run the remote
 	// validator, all with a remote signer: the first is named valN, the
 	// others valN-standby, valN-standby2, ... Default 1.
@@ -43,9 +43,8 @@ func (o *TestnetOptions) defaults() {
 	if len(o.Powers) == 0 {
 		o.Powers = []int64{10, 10, 10, 10}
 	}
-	if o.Remote == nil {
-		r := len(o.Powers) - 1
-		o.Remote = &r
+	if o.Remote == 0 {
+		o.Remote = len(o.Powers)
 	}
 	if o.RemoteNodes == 0 {
 		o.RemoteNodes = 1
@@ -88,9 +87,9 @@ type Testnet struct {
 // with every validator, and full-mesh persistent peers. Nothing is started.
 func NewTestnet(ctx context.Context, bin, dir string, opts TestnetOptions) (*Testnet, error) {
 	opts.defaults()
-	remote := *opts.Remote
+	remote := opts.Remote - 1
 	if remote < 0 || remote >= len(opts.Powers) {
-		return nil, fmt.Errorf("testnet: remote validator %d out of range (%d validators)", remote, len(opts.Powers))
+		return nil, fmt.Errorf("testnet: remote validator %d out of range (%d validators)", opts.Remote, len(opts.Powers))
 	}
 	tn := &Testnet{ChainID: opts.ChainID}
 	co := func(name string, local bool) CometOptions {
@@ -265,9 +264,11 @@ func NewTestnetCluster(ctx context.Context, cfg TestnetClusterConfig) (*Cluster,
 	}
 	c.Comets = tn.Remote
 	c.Comet = tn.Remote[0]
-	var extra []string
-	for _, n := range tn.Remote[1:] {
-		extra = append(extra, "tcp://"+n.PrivvalAddr)
+	// One chain, one key, and one validators entry per node of the remote
+	// validator.
+	chain := tn.Remote[0].ChainConfig()
+	for _, n := range tn.Remote {
+		chain.Addrs = append(chain.Addrs, "tcp://"+n.PrivvalAddr)
 	}
 	ports, err := FreePorts(2 * cfg.Nodes)
 	if err != nil {
@@ -280,13 +281,8 @@ func NewTestnetCluster(ctx context.Context, cfg TestnetClusterConfig) (*Cluster,
 		if err := n.Init(ctx); err != nil {
 			return nil, nil, err
 		}
-		if err := n.WriteConfig([]ChainConfig{tn.Remote[0].ChainConfig()}, cfg.Raft); err != nil {
+		if err := n.WriteConfig([]ChainConfig{chain}, cfg.Raft); err != nil {
 			return nil, nil, err
-		}
-		if len(extra) > 0 {
-			if err := n.AddValidatorAddrs(tn.ChainID, extra); err != nil {
-				return nil, nil, err
-			}
 		}
 		c.logf("%s: home %s, Raft on %s, cluster API on %s", id, n.Home, n.RaftAddr, n.APIAddr)
 		c.Nodes = append(c.Nodes, n)
