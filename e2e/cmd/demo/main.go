@@ -117,7 +117,9 @@ func (d *demo) main(ctx context.Context) error {
 	fmt.Printf("      done in %s\n\n", time.Since(start).Round(100*time.Millisecond))
 
 	say := func(f string, a ...any) { fmt.Printf("      "+f+"\n", a...) }
-	fmt.Println("[2/4] Creating the homes: `cometbft init` for the validator, `kms-ha init` for each signer ...")
+	fmt.Println("[2/4] Creating the homes: `cometbft init` for the validator; for each signer `kms-ha init`, and a")
+	fmt.Println("      certificate from one cluster CA (`kms-ha certs ca`, `kms-ha certs issue`): raft and the cluster")
+	fmt.Println("      API run over mutual TLS. The new chain starts with --allow-fresh-state ...")
 	d.c, err = harness.New(ctx, harness.Config{
 		Dir: d.dir, Bin: bins, Nodes: 3,
 		// One block a second is slow enough to read along.
