@@ -1,0 +1,68 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kms-ha/kms-ha/e2e/harness"
+)
+
+// Binaries only some tests need are built on first use, so that the other
+// tests do not wait for them.
+var (
+	comet038Once sync.Once
+	comet038Bin  string
+	comet038Err  error
+
+	abciAppOnce sync.Once
+	abciAppBin  string
+	abciAppErr  error
+)
+
+// cometBFT038 returns the released cometbft v0.38 binary, installed from the
+// module proxy into the e2e cache directory on first use (about 40 s) and
+// reused by later runs.
+func cometBFT038(t *testing.T) string {
+	t.Helper()
+	comet038Once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		dir, err := harness.CacheDir()
+		if err != nil {
+			comet038Err = err
+			return
+		}
+		start := time.Now()
+		comet038Bin, comet038Err = harness.BuildCometBFTRelease(ctx, harness.CometBFT038Version(), dir)
+		t.Logf("cometbft %s: %s (ready after %s)", harness.CometBFT038Version(), comet038Bin, time.Since(start).Round(time.Millisecond))
+	})
+	if comet038Err != nil {
+		t.Fatalf("cometbft %s: %v", harness.CometBFT038Version(), comet038Err)
+	}
+	return comet038Bin
+}
+
+// abciApp returns ./cmd/abciapp, built next to the other binaries of this
+// run (removed by TestMain).
+func abciApp(t *testing.T) string {
+	t.Helper()
+	abciAppOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		root, err := harness.RepoRoot()
+		if err != nil {
+			abciAppErr = err
+			return
+		}
+		abciAppBin, abciAppErr = harness.BuildABCIApp(ctx, root, filepath.Dir(bins.CometBFT))
+	})
+	if abciAppErr != nil {
+		t.Fatalf("abciapp: %v", abciAppErr)
+	}
+	return abciAppBin
+}

@@ -1,0 +1,210 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-ha/kms-ha/e2e/harness"
+)
+
+// TestVoteExtensions runs a chain with vote extensions on and an ABCI app
+// (./cmd/abciapp) whose extensions are never empty: every precommit for a
+// block that kms-ha signs must come back with the extension signature.
+//
+// Two views check it. CometBFT itself: a precommit without the extension
+// signature halts it with CONSENSUS FAILURE, and one with a bad extension
+// signature is rejected from its own vote set, so the chain would stop. And
+// the app: the proposer's PrepareProposal receives the previous height's
+// extended commit (LocalLastCommit: extension and extension signature per
+// validator), which RPC does not show; the app verifies each extension
+// signature under the validator's key over CometBFT's
+// VoteExtensionSignBytes and records the result, line by line, for the test.
+// Both views must hold before and after a SIGKILL of the signing leader.
+func TestVoteExtensions(t *testing.T) {
+	if kmsBuildErr != nil {
+		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
+	}
+	const (
+		stall = 20 * time.Second
+		// Extensions are on from height 2: height 1 shows the switch.
+		enableHeight = 2
+		// Heights to commit before and after the failover.
+		before, after = 8, 10
+		maxLag        = 5
+	)
+	appBin := abciApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	c, err := harness.New(ctx, harness.Config{
+		Dir:   workDir(t),
+		Bin:   bins,
+		Nodes: 3,
+		Comet: harness.CometOptions{ChainID: "e2e-voteext"},
+		Logf:  logf(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Comet.SetVoteExtensionsEnableHeight(enableHeight); err != nil {
+		t.Fatal(err)
+	}
+	// The app reads the chain id, the validator keys and the enable height
+	// from the final genesis.
+	app, err := harness.NewABCIApp(appBin, c.Dir, "abciapp", c.Comet.GenesisPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Comet.UseABCIApp(app.Addr); err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last-in first-out: the chain and the signers stop before
+	// the app they depend on.
+	t.Cleanup(func() { _ = app.Proc.Kill() })
+	closeOnCleanup(t, c)
+	if err := app.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("abciapp on %s, records to %s", app.Addr, app.RecordPath)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, err := harness.LoadValidatorKey(c.Comet.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon := c.Comet.Monitor(ctx, 100*time.Millisecond)
+	defer mon.Stop()
+
+	if _, err := c.Comet.WaitHeight(ctx, enableHeight+before, stall); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.KillLeader(ctx, harness.FailoverOptions{Stall: stall})
+	if err != nil {
+		t.Fatalf("failover: %v", err)
+	}
+	t.Logf("SIGKILL of leader %s at height %d -> height %d committed %s later; %s became leader after %s; first block after the kill signed by %s",
+		f.Killed, f.HeightAtKill, f.NextHeight, ms(f.NextBlock), f.NewLeader, ms(f.Elected), orUnknown(f.NextSigner))
+	target := f.HeightAtKill + after
+	if _, err := c.Comet.WaitHeight(ctx, target, stall); err != nil {
+		t.Fatalf("chain did not go on under %s: %v", f.NewLeader, err)
+	}
+	if signer := waitPrecommitSigner(ctx, c, c.Comet.ChainID, target); signer != f.NewLeader {
+		t.Fatalf("height %d precommit signed by %q, want new leader %s", target, signer, f.NewLeader)
+	}
+	killed := c.Node(f.Killed)
+	if err := c.Restart(killed); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WaitCaughtUp(ctx, killed, 30*time.Second, maxLag); err != nil {
+		t.Fatal(err)
+	}
+	latest, err := c.Comet.Height(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if latest, err = c.Comet.WaitHeight(ctx, latest+3, stall); err != nil {
+		t.Fatal(err)
+	}
+
+	if gap, after := mon.MaxGap(); gap > stall {
+		t.Errorf("chain stalled for %s after height %d", gap.Round(time.Millisecond), after)
+	} else {
+		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
+	}
+	checkNoConsensusFailure(t, c.Comet)
+	// Nor any complaint about an extension (a missing or bad extension
+	// signature on one of its own votes: ErrVoteExtensionInvalid, a vote
+	// not added to the vote set).
+	logData, err := os.ReadFile(c.Comet.Proc.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(logData), "\n") {
+		if strings.HasPrefix(line, "E[") && strings.Contains(strings.ToLower(line), "extension") {
+			t.Errorf("cometbft: %s", line)
+		}
+	}
+	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
+		t.Error(err)
+	}
+	scan := checkSafety(t, c)
+	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
+	rep := checkCommits(ctx, t, c.Comet, scan, latest)
+	if want := int(rep.To - rep.From + 1); rep.Present != want {
+		t.Errorf("validator precommit verified in %d of %d commits", rep.Present, want)
+	}
+
+	// The app's view. Block h+1 was proposed with the extended commit of h,
+	// so heights enableHeight..latest-1 must each have been checked; a
+	// proposal can be prepared more than once (rounds), each time checked.
+	recs, err := harness.ReadVoteExtRecords(app.RecordPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := key.Address.String()
+	checked := map[int64]int{}
+	extended := map[int64]bool{}
+	verified := 0
+	var bad []string
+	for _, r := range recs {
+		switch r.Event {
+		case harness.EventExtendVote:
+			extended[r.Height] = true
+		case harness.EventLocalLastCommit:
+			if r.Validator != addr {
+				bad = append(bad, fmt.Sprintf("height %d: vote of unknown validator %s", r.Height, r.Validator))
+				continue
+			}
+			switch {
+			case !r.OK:
+				bad = append(bad, fmt.Sprintf("height %d round %d: %s", r.Height, r.Round, r.Err))
+			case r.Height >= enableHeight && r.Flag == harness.BlockIDFlagCommit:
+				checked[r.Height]++
+			case r.Height >= enableHeight:
+				bad = append(bad, fmt.Sprintf("height %d: our vote in the extended commit has block_id_flag %d", r.Height, r.Flag))
+			}
+		case harness.EventVerifyExtension:
+			// v0.40 has the app verify the node's own extension before the
+			// precommit goes to the signer (consensus/state.go signVote),
+			// other validators' extensions after checking their signature.
+			verified++
+			if !r.OK || r.Validator != addr {
+				bad = append(bad, fmt.Sprintf("height %d: VerifyVoteExtension of %s rejected %q", r.Height, r.Validator, r.Extension))
+			}
+		}
+	}
+	var missing []string
+	beforeKill, afterKill := 0, 0
+	for h := int64(enableHeight); h < latest; h++ {
+		if !extended[h] {
+			missing = append(missing, fmt.Sprintf("%d (ExtendVote never called)", h))
+		}
+		if checked[h] == 0 {
+			missing = append(missing, fmt.Sprintf("%d (no verified extension signature)", h))
+			continue
+		}
+		if h <= f.HeightAtKill {
+			beforeKill++
+		} else {
+			afterKill++
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("abciapp found bad vote extensions:\n  %s", strings.Join(bad, "\n  "))
+	}
+	if len(missing) > 0 {
+		t.Errorf("heights without a verified vote extension of validator %s: %s", addr, strings.Join(missing, ", "))
+	}
+	if beforeKill == 0 || afterKill == 0 {
+		t.Errorf("verified extensions: %d heights up to the kill at %d, %d after; want both > 0", beforeKill, f.HeightAtKill, afterKill)
+	}
+	t.Logf("vote extensions: %d app records; validator %s's extension \"ext-<height>\" and its signature verified by the app at every height %d..%d: %d up to the leader kill at height %d, %d after; VerifyVoteExtension accepted all %d extensions it saw",
+		len(recs), addr, enableHeight, latest-1, beforeKill, f.HeightAtKill, afterKill, verified)
+}
