@@ -389,6 +389,20 @@ func TestAddressChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s moved from %s to %s and follows again", n.ID, old, n.RaftAddr)
+
+	// The leader leaves: it hands leadership over, then is removed.
+	out, err := kmsha(ctx, t, "leave", "--home", leader.Home)
+	if err != nil || !strings.Contains(out, "left the cluster") {
+		t.Fatalf("leave: %v\n%s", err, out)
+	}
+	t.Logf("kms-ha leave --home %s: %s", leader.ID, strings.TrimSpace(out))
+	st, err := n.Status(ctx)
+	if err != nil || len(st.Members) != 2 || st.LeaderID == leader.ID {
+		t.Fatalf("after leave: %v %+v", err, st)
+	}
+	if err := leader.Proc.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	h, _ := c.Comet.Height(ctx)
 	latest, err := c.Comet.WaitHeight(ctx, h+5, stall)
 	if err != nil {
