@@ -92,14 +92,16 @@ func (s *ClusterServer) transfer(ctx context.Context, node *cluster.Node, to str
 	if s.BeforeTransfer != nil {
 		s.BeforeTransfer()
 	}
+	term := node.Stats().Term
 	if err := node.TransferLeadershipTo(to); err != nil {
 		return "", status.Errorf(leaderCode(err), "%v", err)
 	}
-	// Wait until this node sees the new leader, so that the caller's next
-	// request can be forwarded to it.
+	// Wait until this node sees the leader of a later term, so that the
+	// caller's next request can be forwarded to it. That may be this node
+	// again: the target can refuse to lead (a key mismatch) and hand back.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if id, api := node.Leader(); id != "" && id != node.ID() && api != "" {
-			s.log.Info("leadership transferred", "from", node.ID(), "to", id)
+		if id, api := node.Leader(); id != "" && api != "" && (id != node.ID() || node.Stats().Term > term) {
+			s.log.Info("leadership transferred", "from", node.ID(), "to", id, "asked_for", to)
 			return id, nil
 		}
 		select {

@@ -216,6 +216,10 @@ func transferCmd() *cli.Command {
 			if err != nil {
 				return fail(c, err)
 			}
+			if to := c.String("to"); to != "" && next != to {
+				return cli.Exit(fmt.Sprintf("kms-ha transfer-leadership: %s did not keep leadership (it refused to lead or lost the "+
+					"election; see its log and /readyz); the leader is now %s", to, next), 1)
+			}
 			fmt.Printf("leader is now %s\n", next)
 			return nil
 		},
