@@ -424,9 +424,31 @@ func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
 	if timeout <= 0 {
 		return nil, context.DeadlineExceeded
 	}
-	if n.raft.State() != raft.Leader {
-		return nil, ErrNotLeader
+	deadline := time.Now().Add(timeout)
+	for {
+		if n.raft.State() != raft.Leader {
+			return nil, ErrNotLeader
+		}
+		res, err := n.applyOnce(ctx, data, time.Until(deadline))
+		// During a leadership transfer raft refuses new entries at once.
+		// The transfer ends within an election timeout, with this node a
+		// follower (then ErrNotLeader) or still leader (then the entry goes
+		// through): wait for either rather than fail the validator's vote.
+		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Until(deadline) <= 0 {
+			return nil, fmt.Errorf("%w: a leadership transfer is still in progress", ErrNotLeader)
+		}
 	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration) (any, error) {
 	f := n.raft.Apply(data, timeout)
 	errCh := make(chan error, 1)
 	go func() { errCh <- f.Error() }()

@@ -200,3 +200,27 @@ func TestRecoverSingleKeepsWatermarks(t *testing.T) {
 		t.Fatalf("recovered single node does not commit: %v", err)
 	}
 }
+
+// TestReserveWaitsOutAFailedTransfer: while a leadership transfer is in
+// progress raft refuses new entries; a reservation waits for the outcome
+// instead of failing the validator's vote (which CometBFT never retries).
+func TestReserveWaitsOutAFailedTransfer(t *testing.T) {
+	ms := startThree(t)
+	a := ms[0]
+	ctx := context.Background()
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	// c cannot be reached, so a transfer to it runs until it times out.
+	a.trans.Disconnect("c")
+	ms[1].trans.Disconnect("c")
+	ms[2].trans.DisconnectAll()
+	done := make(chan error, 1)
+	go func() { done <- a.node.TransferLeadershipTo("c") }()
+	time.Sleep(20 * time.Millisecond)
+	d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte{1})
+	if err != nil || d.Outcome != fsm.Allow {
+		t.Fatalf("reserve during a transfer: %v %v", d.Outcome, err)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("the transfer to an unreachable node succeeded")
+	}
+}

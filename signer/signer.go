@@ -20,6 +20,7 @@ import (
 	cmtproto "github.com/cometbft/cometbft/proto/tendermint/types"
 	"github.com/cometbft/cometbft/types"
 
+	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/keys"
 )
@@ -154,6 +155,8 @@ type requestError struct {
 
 func (e *requestError) Error() string { return e.err.Error() }
 
+func (e *requestError) Unwrap() error { return e.err }
+
 func invalid(format string, args ...any) error {
 	return &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: fmt.Errorf(format, args...)}
 }
@@ -191,6 +194,9 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	case *privvalproto.Message_SignVoteRequest:
 		vote := r.SignVoteRequest.GetVote()
 		err := s.signVote(ctx, connChainID, r.SignVoteRequest.GetChainId(), vote)
+		if s.lostLeadership(connChainID, err) {
+			return privvalproto.Message{}
+		}
 		if err != nil {
 			return wrap(&privvalproto.SignedVoteResponse{Error: s.remoteError(connChainID, err)})
 		}
@@ -199,6 +205,9 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	case *privvalproto.Message_SignProposalRequest:
 		p := r.SignProposalRequest.GetProposal()
 		err := s.signProposal(ctx, connChainID, r.SignProposalRequest.GetChainId(), p)
+		if s.lostLeadership(connChainID, err) {
+			return privvalproto.Message{}
+		}
 		if err != nil {
 			return wrap(&privvalproto.SignedProposalResponse{Error: s.remoteError(connChainID, err)})
 		}
@@ -208,6 +217,23 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	// for a signature. The transport drops the connection on an empty reply.
 	s.log.Warn("unexpected privval message", "chain", connChainID, "type", fmt.Sprintf("%T", req.Sum))
 	return privvalproto.Message{}
+}
+
+// lostLeadership reports a request that failed because this node stopped
+// leading while it waited for the commit. It is answered with nothing: the
+// transport drops the connection, CometBFT's signer client retries a
+// connection error (it never retries a RemoteSignerError, and a lost vote
+// can stall a chain whose other validators cannot outvote it), and the
+// retry reaches the new leader. Nothing was signed; if the reservation
+// commits after all, the new leader signs the same bytes.
+func (s *Signer) lostLeadership(chainID string, err error) bool {
+	if err == nil || !errors.Is(err, cluster.ErrNotLeader) {
+		return false
+	}
+	s.log.Warn("leadership lost during a request: dropping the connection so the validator retries with the new leader",
+		"chain", chainID, "err", err)
+	s.cfg.Observer.Refused(chainID, "not_leader")
+	return true
 }
 
 func (s *Signer) chainFor(connChainID, reqChainID string) (*chain, error) {

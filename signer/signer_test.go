@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/cometbft/cometbft/types"
 	"github.com/hashicorp/raft"
 
+	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/file"
@@ -369,5 +371,35 @@ func TestMalformedBlockIDIsRefusedNotPanicking(t *testing.T) {
 	}
 	if r.calls != 0 || k.signs != 0 {
 		t.Fatal("a malformed request reached the cluster or the key")
+	}
+}
+
+type lostLeaderReserver struct{}
+
+func (lostLeaderReserver) Reserve(context.Context, string, fsm.HRS, []byte) (fsm.Decision, error) {
+	return fsm.Decision{}, fmt.Errorf("cluster: reserve: %w: leadership lost while committing", cluster.ErrNotLeader)
+}
+
+// TestLostLeadershipDropsTheConnection: a request whose reservation failed
+// because this node stopped leading gets no answer (the transport then
+// drops the connection and CometBFT retries with the new leader), and
+// nothing is signed.
+func TestLostLeadershipDropsTheConnection(t *testing.T) {
+	f := freshFSM(t, chainID)
+	k := &countingKey{Signer: file.New(ed25519.GenPrivKey())}
+	s, err := signer.New(signer.Config{Reserver: lostLeaderReserver{}, State: f,
+		Keys: map[string]keys.Signer{chainID: k}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := s.Handle(context.Background(), chainID, voteReq(chainID, &cmtproto.Vote{
+		Type: cmtproto.PrevoteType, Height: 5, Round: 0, BlockID: bid(1), Timestamp: time.Now(),
+		ValidatorAddress: k.PubKey().Address(),
+	}))
+	if resp.Sum != nil {
+		t.Fatalf("answered %v; want no answer so the connection is dropped", resp.Sum)
+	}
+	if k.signs != 0 {
+		t.Fatal("signed without a reservation")
 	}
 }
