@@ -411,3 +411,72 @@ func TestAddressChange(t *testing.T) {
 	scan := checkSafety(t, c)
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
+
+// TestTransferToAStalledNode hands leadership to a follower that is paused
+// (SIGSTOP): the transfer fails after an election timeout, and the
+// validator's requests during it must not be lost. Raft refuses new
+// entries while a transfer runs; CometBFT never retries a signer error, and
+// a one-validator chain whose own prevote is lost waits forever.
+func TestTransferToAStalledNode(t *testing.T) {
+	if kmsBuildErr != nil {
+		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
+	}
+	const stall = 20 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := harness.New(ctx, harness.Config{Dir: workDir(t), Bin: bins, Nodes: 3, Logf: logf(t),
+		// Short consensus timeouts, so that the proposal and the prevote of a
+		// height both fall inside the transfer window (an election timeout).
+		Comet: harness.CometOptions{TimeoutCommit: 50 * time.Millisecond, TimeoutPropose: 100 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, c)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Comet.WaitHeight(ctx, 5, stall); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 3; round++ {
+		leader, _, err := c.WaitLeader(ctx, 10*time.Second, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var target *harness.KMSNode
+		for _, n := range c.Nodes {
+			if n != leader {
+				target = n
+				break
+			}
+		}
+		if err := target.Proc.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		h, _ := c.Comet.Height(ctx)
+		out, terr := leader.TransferLeadership(ctx, leader.APIAddr, target.ID)
+		if err := target.Proc.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("round %d: transfer-leadership --to paused %s at height %d: err=%v %s", round, target.ID, h, terr, strings.TrimSpace(out))
+		if _, err := c.Comet.WaitHeight(ctx, h+5, stall); err != nil {
+			t.Fatalf("round %d: the chain stopped after a transfer to a paused node: %v", round, err)
+		}
+		// The paused node is back in the cluster (as follower, or as
+		// leader if the transfer completed once it woke up).
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if st, err := target.Status(ctx); err == nil && st.LeaderID != "" && st.Voters() == 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %s did not rejoin the cluster", round, target.ID)
+			}
+		}
+	}
+	latest, err := c.Comet.Height(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan := checkSafety(t, c)
+	checkCommits(ctx, t, c.Comet, scan, latest)
+}
