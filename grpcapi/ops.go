@@ -99,10 +99,25 @@ func (s *ClusterServer) transfer(ctx context.Context, node *cluster.Node, to str
 	// Wait until this node sees the leader of a later term, so that the
 	// caller's next request can be forwarded to it. That may be this node
 	// again: the target can refuse to lead (a key mismatch) and hand back.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+	var lastSeen string
+	var settled bool
+	var settleAt time.Time
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline); {
 		if id, api := node.Leader(); id != "" && api != "" && (id != node.ID() || node.Stats().Term > term) {
-			s.log.Info("leadership transferred", "from", node.ID(), "to", id, "asked_for", to)
-			return id, nil
+			// A target that finds it cannot sign (another key) hands
+			// leadership on right after its barrier: give it a moment, so
+			// the answer names the leader that stays.
+			if settled && id == lastSeen {
+				s.log.Info("leadership transferred", "from", node.ID(), "to", id, "asked_for", to)
+				return id, nil
+			}
+			if id != lastSeen {
+				lastSeen, settled = id, false
+				settleAt = time.Now().Add(500 * time.Millisecond)
+			} else if time.Now().After(settleAt) {
+				settled = true
+				continue
+			}
 		}
 		select {
 		case <-ctx.Done():
