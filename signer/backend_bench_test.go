@@ -3,7 +3,6 @@ package signer_test
 import (
 	"context"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -52,30 +51,7 @@ func openBenchBackends(b *testing.B) []benchBackend {
 	// Static credentials and a region from the environment, every other
 	// AWS configuration source shut, so nothing can leave for a real AWS
 	// endpoint (as in keys/awskms's own tests).
-	dir := b.TempDir()
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID":                      "AKIAKMSTESTKMSTEST00",
-		"AWS_SECRET_ACCESS_KEY":                  "kmstest-secret-not-a-real-one",
-		"AWS_SESSION_TOKEN":                      "",
-		"AWS_REGION":                             kmstest.Region,
-		"AWS_DEFAULT_REGION":                     "",
-		"AWS_PROFILE":                            "",
-		"AWS_DEFAULT_PROFILE":                    "",
-		"AWS_CONFIG_FILE":                        filepath.Join(dir, "no-such-config"),
-		"AWS_SHARED_CREDENTIALS_FILE":            filepath.Join(dir, "no-such-credentials"),
-		"AWS_EC2_METADATA_DISABLED":              "true",
-		"AWS_CONTAINER_CREDENTIALS_FULL_URI":     "",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "",
-		"AWS_WEB_IDENTITY_TOKEN_FILE":            "",
-		"AWS_ROLE_ARN":                           "",
-		"AWS_ENDPOINT_URL":                       "",
-		"AWS_ENDPOINT_URL_KMS":                   "",
-		"AWS_MAX_ATTEMPTS":                       "",
-		"AWS_RETRY_MODE":                         "",
-		"AWS_CA_BUNDLE":                          "",
-	} {
-		b.Setenv(k, v)
-	}
+	kmstest.IsolateEnv(b)
 	srv := kmstest.New(b)
 	id, _ := srv.AddEd25519Key("alias/bench")
 	kms, err := awskms.Open(ctx, awskms.Config{KeyID: id, Endpoint: srv.URL, Logger: quiet})

@@ -33,31 +33,7 @@ var _ keys.Signer = (*Key)(nil)
 // does can then reach anything but the local server.
 func awsEnv(tb testing.TB) {
 	tb.Helper()
-	dir := tb.TempDir()
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID":                      "AKIAKMSTESTKMSTEST00",
-		"AWS_SECRET_ACCESS_KEY":                  "kmstest-secret-not-a-real-one",
-		"AWS_SESSION_TOKEN":                      "",
-		"AWS_REGION":                             kmstest.Region,
-		"AWS_DEFAULT_REGION":                     "",
-		"AWS_PROFILE":                            "",
-		"AWS_DEFAULT_PROFILE":                    "",
-		"AWS_CONFIG_FILE":                        filepath.Join(dir, "no-such-config"),
-		"AWS_SHARED_CREDENTIALS_FILE":            filepath.Join(dir, "no-such-credentials"),
-		"AWS_EC2_METADATA_DISABLED":              "true",
-		"AWS_CONTAINER_CREDENTIALS_FULL_URI":     "",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "",
-		"AWS_WEB_IDENTITY_TOKEN_FILE":            "",
-		"AWS_ROLE_ARN":                           "",
-		"AWS_ENDPOINT_URL":                       "",
-		"AWS_ENDPOINT_URL_KMS":                   "",
-		"AWS_MAX_ATTEMPTS":                       "",
-		"AWS_RETRY_MODE":                         "",
-		"AWS_CA_BUNDLE":                          "",
-		"AWS_NEW_RETRIES_2026":                   "",
-	} {
-		tb.Setenv(k, v)
-	}
+	kmstest.IsolateEnv(tb)
 }
 
 // recorder is the SDK's HTTP client in tests: it notes the host of every

@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -648,4 +649,38 @@ func newRequestID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// IsolateEnv gives the AWS SDK static test credentials and the region
+// through the environment, the way an operator's node gets them, and shuts
+// every other source of configuration (shared files, instance metadata,
+// container credentials, endpoint and retry overrides), so nothing a test
+// does can reach anything but a local Server. The credentials are not real.
+func IsolateEnv(tb testing.TB) {
+	tb.Helper()
+	dir := tb.TempDir()
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID":                      "AKIAKMSTESTKMSTEST00",
+		"AWS_SECRET_ACCESS_KEY":                  "kmstest-secret-not-a-real-one",
+		"AWS_SESSION_TOKEN":                      "",
+		"AWS_REGION":                             Region,
+		"AWS_DEFAULT_REGION":                     "",
+		"AWS_PROFILE":                            "",
+		"AWS_DEFAULT_PROFILE":                    "",
+		"AWS_CONFIG_FILE":                        filepath.Join(dir, "no-such-config"),
+		"AWS_SHARED_CREDENTIALS_FILE":            filepath.Join(dir, "no-such-credentials"),
+		"AWS_EC2_METADATA_DISABLED":              "true",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI":     "",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "",
+		"AWS_WEB_IDENTITY_TOKEN_FILE":            "",
+		"AWS_ROLE_ARN":                           "",
+		"AWS_ENDPOINT_URL":                       "",
+		"AWS_ENDPOINT_URL_KMS":                   "",
+		"AWS_MAX_ATTEMPTS":                       "",
+		"AWS_RETRY_MODE":                         "",
+		"AWS_CA_BUNDLE":                          "",
+		"AWS_NEW_RETRIES_2026":                   "",
+	} {
+		tb.Setenv(k, v)
+	}
 }
