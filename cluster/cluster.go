@@ -238,6 +238,10 @@ type Node struct {
 	// termReady is set once this node, as leader, has committed its term's
 	// barrier; linearizable reads wait for it.
 	termReady atomic.Bool
+	// levelOK caches, for a second, whether every member can apply version
+	// 2 reservations (levelAt: when it was checked, in Unix nanoseconds).
+	levelOK atomic.Bool
+	levelAt atomic.Int64
 	started   time.Time
 }
 
@@ -395,7 +399,15 @@ var ErrNotLeader = errors.New("not the leader")
 // It never waits longer than the apply timeout or ctx allows; on error
 // nothing may be signed.
 func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error) {
-	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes})
+	strict := n.strictReserve()
+	if _, ok := n.fsm.Watermark(chainID); !ok && !strict {
+		// A version 1 entry would sign this chain from zero. The leader's
+		// state is complete (it serves only after its barrier), so the
+		// chain really has no watermark: refuse here, as version 2 would.
+		return fsm.Decision{Outcome: fsm.Refuse, Reason: fsm.ReasonNoState, Detail: fmt.Sprintf(
+			"the cluster holds no watermark for chain %s (and not every member has registered a kms-ha version that can import one yet)", chainID)}, nil
+	}
+	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes, NeedState: strict})
 	if err != nil {
 		return fsm.Decision{}, err
 	}

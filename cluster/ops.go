@@ -59,6 +59,26 @@ func (n *Node) requireLevel(t fsm.CommandType) error {
 	return nil
 }
 
+// strictReserve reports whether reservations may be written at version 2
+// (refuse a chain without a watermark): only once every member registered
+// level 1. Until then, during an upgrade from the first release, they are
+// written at version 1, which signs a chain without a watermark from zero
+// as that release did. Cached for a second: it is on the sign path, and
+// levels change only when members are upgraded.
+func (n *Node) strictReserve() bool {
+	now := time.Now().UnixNano()
+	if at := n.levelAt.Load(); at != 0 && now-at < int64(time.Second) {
+		return n.levelOK.Load()
+	}
+	// Once an entry of level 1 was applied, every member had registered
+	// level 1 (such entries are written only then) and no older binary may
+	// join since: no need to ask the configuration.
+	ok := n.fsm.MaxLevel() >= 1 || n.requireLevel(fsm.CmdReserve) == nil
+	n.levelOK.Store(ok)
+	n.levelAt.Store(now)
+	return ok
+}
+
 // Import raises a chain's watermark through raft; it never lowers one. The
 // result tells whether the watermark moved.
 func (n *Node) Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, error) {

@@ -224,3 +224,26 @@ func TestReserveWaitsOutAFailedTransfer(t *testing.T) {
 		t.Fatal("the transfer to an unreachable node succeeded")
 	}
 }
+
+// TestReserveBeforeEveryMemberRegistered: until every member registered
+// level 1 the leader writes version 1 reservations (what members of the
+// first release can apply), but it still refuses a chain without a
+// watermark itself; afterwards it writes version 2.
+func TestReserveBeforeEveryMemberRegistered(t *testing.T) {
+	ms := startThree(t)
+	a := ms[0]
+	ctx := context.Background()
+	if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte{1}); err != nil || d.Reason != fsm.ReasonNoState {
+		t.Fatalf("unregistered members, no watermark: %v %v", d.Outcome, err)
+	}
+	if a.node.FSM().MaxLevel() != 0 {
+		t.Fatal("a refused local check wrote an entry")
+	}
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: 1, Step: fsm.StepPrevote}, []byte{1}); err != nil || d.Outcome != fsm.Allow {
+		t.Fatalf("after import: %v %v", d.Outcome, err)
+	}
+	if a.node.FSM().MaxLevel() != 1 {
+		t.Fatalf("max level %d, want 1", a.node.FSM().MaxLevel())
+	}
+}

@@ -24,15 +24,16 @@ const (
 	CmdSetChainKey CommandType = 4
 )
 
-// Level is the command set this binary understands: 0 for types 1 and 2
-// (the first release), 1 adds CmdImport and CmdSetChainKey. Members record
-// their level; a leader writes a type only when every member's level covers
-// it, because a member that refuses an entry others applied diverges.
+// Level is the command set this binary understands: 0 for types 1 and 2 at
+// version 1 (the first release); 1 adds CmdImport, CmdSetChainKey and
+// CmdReserve version 2. Members record their level; a leader writes an
+// entry only when every member's level covers it, because a member that
+// refuses an entry the others applied diverges from them.
 const Level = 1
 
-// levelOf is the level a command type needs.
+// levelOf is the level a command type needs at its newest version.
 var levelOf = map[CommandType]int{
-	CmdReserve:     0,
+	CmdReserve:     1, // version 2; version 1 needs level 0
 	CmdSetMember:   0,
 	CmdImport:      1,
 	CmdSetChainKey: 1,
@@ -41,11 +42,21 @@ var levelOf = map[CommandType]int{
 // RequiredLevel returns the member level a command type needs.
 func RequiredLevel(t CommandType) int { return levelOf[t] }
 
-// Versions this FSM understands, per type. A leader only writes a version
-// every member understands; an entry of an unknown type or version is
-// refused without touching state, so an old binary can never misread it.
+// entryLevel is the level an entry of type t at version v needs.
+func entryLevel(t CommandType, v uint8) int {
+	if t == CmdReserve && v == 1 {
+		return 0
+	}
+	return levelOf[t]
+}
+
+// The newest version this FSM understands, per type; every older version
+// is still read, with its own meaning, because raft replays old entries
+// after an upgrade. A leader only writes a version every member
+// understands; an entry of an unknown type or version is refused without
+// touching state, so an old binary can never misread it.
 var supported = map[CommandType]uint8{
-	CmdReserve:     1,
+	CmdReserve:     2,
 	CmdSetMember:   1,
 	CmdImport:      1,
 	CmdSetChainKey: 1,
@@ -55,11 +66,18 @@ var supported = map[CommandType]uint8{
 // binary does not understand.
 var ErrUnknownCommand = errors.New("fsm: unknown command type or version")
 
-// Reserve is the body of CmdReserve.
+// Reserve is the body of CmdReserve. Version 1 (the first release) treats
+// a chain without a watermark as being at zero; version 2 refuses it, so a
+// chain is signed for only once its state was imported or started fresh.
+// The meaning is the entry's, not the binary's: a replayed version 1 entry
+// applies exactly as it did when it was first applied.
 type Reserve struct {
 	ChainID   string `json:"chain_id"`
 	HRS       HRS    `json:"hrs"`
 	SignBytes []byte `json:"sign_bytes"`
+	// NeedState is true for version 2; it is carried by the version byte,
+	// not the body.
+	NeedState bool `json:"-"`
 }
 
 // SetMember is the body of CmdSetMember. Level was added with level 1;
@@ -102,17 +120,29 @@ func Encode(t CommandType, body any) ([]byte, error) {
 	return append([]byte{byte(t), v}, b...), nil
 }
 
-// EncodeReserve is Encode for the hot path's one command.
-func EncodeReserve(r Reserve) ([]byte, error) { return Encode(CmdReserve, r) }
+// EncodeReserve is Encode for the hot path's one command, at version 2
+// when r.NeedState, else at version 1.
+func EncodeReserve(r Reserve) ([]byte, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encode reserve: %w", err)
+	}
+	v := uint8(1)
+	if r.NeedState {
+		v = 2
+	}
+	return append([]byte{byte(CmdReserve), v}, b...), nil
+}
 
 // Decode parses an entry into its type and body. It never panics on
-// arbitrary input.
+// arbitrary input. Versions other than a type's newest are read only for
+// CmdReserve (1 and 2); every other type has a single version so far.
 func Decode(data []byte) (CommandType, any, error) {
 	if len(data) < 2 {
 		return 0, nil, fmt.Errorf("fsm: decode: entry of %d bytes is too short", len(data))
 	}
 	t, v := CommandType(data[0]), data[1]
-	if want, ok := supported[t]; !ok || v != want {
+	if newest, ok := supported[t]; !ok || v == 0 || v > newest {
 		return t, nil, fmt.Errorf("fsm: decode type %d version %d: %w", t, v, ErrUnknownCommand)
 	}
 	var body any
@@ -125,6 +155,7 @@ func Decode(data []byte) (CommandType, any, error) {
 		if r.ChainID == "" {
 			return t, nil, errors.New("fsm: decode reserve: empty chain id")
 		}
+		r.NeedState = v >= 2
 		body = r
 	case CmdSetMember:
 		var m SetMember

@@ -19,6 +19,9 @@ type FSM struct {
 	chains  map[string]Watermark
 	keys    map[string]ChainKey
 	members map[string]MemberInfo
+	// maxLevel is the highest level any applied entry needed: a member
+	// whose binary is below it would misapply the log, so it may not join.
+	maxLevel int
 }
 
 // MemberInfo is what a member registered about itself.
@@ -74,11 +77,14 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if lv := bodyLevel(t, body); lv > f.maxLevel {
+		f.maxLevel = lv
+	}
 	switch t {
 	case CmdReserve:
 		r := body.(Reserve)
 		cur, ok := f.chains[r.ChainID]
-		if !ok {
+		if !ok && r.NeedState {
 			return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
 				"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
 					"or, for a validator that never signed, start a node with --allow-fresh-state %s", r.ChainID, r.ChainID)}
@@ -118,6 +124,20 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return KeyResult{Recorded: cur, Matches: bytes.Equal(cur.PubKey, k.PubKey) && cur.KeyType == k.KeyType}
 	}
 	return nil
+}
+
+func bodyLevel(t CommandType, body any) int {
+	if r, ok := body.(Reserve); ok && !r.NeedState {
+		return 0
+	}
+	return levelOf[t]
+}
+
+// MaxLevel is the highest level an applied entry needed.
+func (f *FSM) MaxLevel() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.maxLevel
 }
 
 // Watermark returns a chain's watermark and whether it has one.
@@ -179,10 +199,11 @@ const snapshotVersion = 2
 
 // State is the whole replicated state, as snapshots and backups hold it.
 type State struct {
-	Version int                   `json:"version"`
-	Chains  map[string]Watermark  `json:"chains"`
-	Keys    map[string]ChainKey   `json:"keys,omitempty"`
-	Members map[string]MemberInfo `json:"members"`
+	Version  int                   `json:"version"`
+	Chains   map[string]Watermark  `json:"chains"`
+	Keys     map[string]ChainKey   `json:"keys,omitempty"`
+	Members  map[string]MemberInfo `json:"members"`
+	MaxLevel int                   `json:"max_level,omitempty"`
 }
 
 type snapshotV1 struct {
@@ -196,10 +217,11 @@ func (f *FSM) State() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return State{
-		Version: snapshotVersion,
-		Chains:  maps.Clone(f.chains),
-		Keys:    maps.Clone(f.keys),
-		Members: maps.Clone(f.members),
+		Version:  snapshotVersion,
+		Chains:   maps.Clone(f.chains),
+		Keys:     maps.Clone(f.keys),
+		Members:  maps.Clone(f.members),
+		MaxLevel: f.maxLevel,
 	}
 }
 
@@ -259,7 +281,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.chains, f.keys, f.members = d.Chains, d.Keys, d.Members
+	f.chains, f.keys, f.members, f.maxLevel = d.Chains, d.Keys, d.Members, d.MaxLevel
 	return nil
 }
 

@@ -37,6 +37,7 @@ func proposalBytes(h int64, r int32, block byte, ts time.Time) []byte {
 
 func apply(t *testing.T, f *FSM, idx uint64, r Reserve) Decision {
 	t.Helper()
+	r.NeedState = true // what this release's leaders write
 	data, err := EncodeReserve(r)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +159,7 @@ func TestUnknownCommandChangesNothing(t *testing.T) {
 	apply(t, f, 1, Reserve{ChainID: chain, HRS: HRS{3, 0, StepPrevote}, SignBytes: []byte{1}})
 	before := f.Watermarks()
 	for _, data := range [][]byte{
-		nil, {1}, {99, 1, '{', '}'}, {byte(CmdReserve), 2, '{', '}'}, {byte(CmdReserve), 1, 'x'},
+		nil, {1}, {99, 1, '{', '}'}, {byte(CmdReserve), 3, '{', '}'}, {byte(CmdReserve), 0, '{', '}'}, {byte(CmdReserve), 1, 'x'},
 		append([]byte{byte(CmdReserve), 1}, `{"chain_id":""}`...),
 	} {
 		res := f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})

@@ -10,8 +10,10 @@ import (
 // watermark: it must never panic, and an entry that does not decode must
 // leave the state exactly as it was.
 func FuzzApply(f *testing.F) {
-	good, _ := EncodeReserve(Reserve{ChainID: chain, HRS: HRS{5, 0, StepPrevote}, SignBytes: voteBytes(5, 0, 1, 1, t0)})
+	good, _ := EncodeReserve(Reserve{ChainID: chain, HRS: HRS{5, 0, StepPrevote}, SignBytes: voteBytes(5, 0, 1, 1, t0), NeedState: true})
 	f.Add(good)
+	v1, _ := EncodeReserve(Reserve{ChainID: "other", HRS: HRS{5, 0, StepPrevote}, SignBytes: voteBytes(5, 0, 1, 1, t0)})
+	f.Add(v1)
 	f.Add([]byte{byte(CmdReserve), 1, '{', '}'})
 	f.Add([]byte{byte(CmdSetMember), 1})
 	f.Add([]byte{})

@@ -107,3 +107,40 @@ func TestSnapshotV1StillRestores(t *testing.T) {
 		t.Fatal("member level lost in snapshot")
 	}
 }
+
+// TestReserveVersion1ReplaysAsItWasApplied: raft replays the first
+// release's entries after an upgrade; a version 1 reservation of a chain
+// without a watermark must apply as it did then (from zero), or a replica
+// that replays the log would lose the watermark that a replica restoring a
+// snapshot keeps.
+func TestReserveVersion1ReplaysAsItWasApplied(t *testing.T) {
+	old := New()
+	for h := int64(1); h <= 5; h++ {
+		data, _ := EncodeReserve(Reserve{ChainID: chain, HRS: HRS{h, 0, StepPrecommit}, SignBytes: []byte{byte(h)}})
+		if d := old.Apply(&raft.Log{Type: raft.LogCommand, Data: data}).(Decision); d.Outcome != Allow {
+			t.Fatalf("v1 reserve at %d: %v %s", h, d.Outcome, d.Detail)
+		}
+	}
+	if w, _ := old.Watermark(chain); w.Height != 5 {
+		t.Fatalf("watermark %s", w.HRS)
+	}
+	if old.MaxLevel() != 0 {
+		t.Fatalf("v1 entries need level 0, got %d", old.MaxLevel())
+	}
+	// A version 2 reservation of another chain without state is refused,
+	// and marks the log as needing level 1.
+	data, _ := EncodeReserve(Reserve{ChainID: "new", HRS: HRS{1, 0, StepPropose}, SignBytes: []byte{1}, NeedState: true})
+	if d := old.Apply(&raft.Log{Type: raft.LogCommand, Data: data}).(Decision); d.Reason != ReasonNoState {
+		t.Fatalf("v2 without state: %v", d.Outcome)
+	}
+	if old.MaxLevel() != 1 {
+		t.Fatalf("after a v2 entry MaxLevel is %d, want 1", old.MaxLevel())
+	}
+	snap, _ := old.Snapshot()
+	var s sink
+	snap.Persist(&s)
+	g := New()
+	if err := g.Restore(readCloser{bytes.NewReader(s.Bytes())}); err != nil || g.MaxLevel() != 1 {
+		t.Fatalf("max level lost in snapshot: %v %d", err, g.MaxLevel())
+	}
+}

@@ -267,6 +267,12 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 		}); handled {
 		return resp, err
 	}
+	if lv := node.FSM().MaxLevel(); int(req.GetLevel()) < lv {
+		// Its binary would refuse entries the others applied and diverge.
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"%s runs an older kms-ha (level %d) than this cluster's log needs (level %d): upgrade it, then join again",
+			req.GetId(), req.GetLevel(), lv)
+	}
 	if req.GetFresh() && req.GetApiAddr() != "" && s.isMember(node, req.GetId()) {
 		// About to remove a member as a lost incarnation: make sure it is
 		// not a live member that a mistaken join (a wrong --home, another

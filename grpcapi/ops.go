@@ -45,6 +45,10 @@ func (s *ClusterServer) Remove(ctx context.Context, req *clusterpb.RemoveRequest
 		if err != nil {
 			return nil, err
 		}
+		if next == node.ID() {
+			return nil, status.Errorf(codes.Unavailable, "leadership came back to %s (the follower that took it refused to lead?); "+
+				"see `kms-ha status` and retry", node.ID())
+		}
 		_, api := node.Leader()
 		var resp *clusterpb.RemoveResponse
 		err = s.peer(ctx, api, func(c clusterpb.ClusterClient) error {

@@ -81,6 +81,14 @@ func TestWritesThroughFollowersAndLinearizableReads(t *testing.T) {
 	if !st.GetLinearizable() || len(st.GetChains()) != 1 || st.GetChains()[0].GetHeight() != 100 || st.GetNodeId() != f[1].cfg.NodeID {
 		t.Fatalf("linearizable follower read: %v", st)
 	}
+	// An older binary (level 0: it would refuse the import just applied)
+	// may no longer join.
+	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: "old", RaftAddr: "127.0.0.1:1", Fresh: true})
+		return err
+	}); err == nil || !strings.Contains(err.Error(), "older kms-ha") {
+		t.Fatalf("join of a level-0 node: %v", err)
+	}
 	// Never lowered: a lower import is reported as not applied.
 	r = importVia(t, f[1].api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 99, Step: 3, Source: "cometbft"})
 	if r.GetApplied() || r.GetCurrent().GetHeight() != 100 {

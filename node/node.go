@@ -275,6 +275,9 @@ func (n *Node) lead(ctx context.Context) {
 	}
 	ok, pending := n.checkKeys(ctx, cl)
 	if !ok {
+		// Keep trying to hand over (a transfer fails while no follower is
+		// up to date); meanwhile this node leads without signing.
+		n.retry(ctx, "hand leadership to a node with the recorded key", cl.TransferLeadership)
 		return
 	}
 	if pending {
