@@ -242,7 +242,7 @@ type Node struct {
 	// 2 reservations (levelAt: when it was checked, in Unix nanoseconds).
 	levelOK atomic.Bool
 	levelAt atomic.Int64
-	started   time.Time
+	started time.Time
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to
