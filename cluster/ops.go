@@ -33,11 +33,6 @@ func (n *Node) SetMember(ctx context.Context, id, apiAddr string, level int) err
 	return nil
 }
 
-// SetMemberAPI records a member's API address at this binary's level.
-func (n *Node) SetMemberAPI(ctx context.Context, id, apiAddr string) error {
-	return n.SetMember(ctx, id, apiAddr, fsm.Level)
-}
-
 // requireLevel refuses to write a command type some member cannot apply: a
 // member that rejects an entry the others applied would diverge from them.
 func (n *Node) requireLevel(t fsm.CommandType) error {

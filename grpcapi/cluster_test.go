@@ -47,7 +47,7 @@ func (m *member) start(t testing.TB) {
 	// What node.lead does: record this member's API address while leading.
 	cfg.Leading = []func(context.Context){func(ctx context.Context) {
 		if n := self.Load(); n != nil {
-			_ = n.SetMemberAPI(ctx, cfg.NodeID, m.api)
+			_ = n.SetMember(ctx, cfg.NodeID, m.api, fsm.Level)
 		}
 	}}
 	cfg.TLS = &cluster.TLS{Server: m.tls.server, Client: m.tls.client}

@@ -301,20 +301,3 @@ func (l *SignerServiceListener) Stop() error {
 	}
 	return err
 }
-
-// ServeSignerService runs the SignerService until ctx is done or serving
-// fails.
-func ServeSignerService(ctx context.Context, cfg SignerServiceConfig, log *slog.Logger) error {
-	l, err := StartSignerService(cfg, log)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-ctx.Done():
-		return l.Stop()
-	case err := <-l.done:
-		l.done <- err
-		l.srv.Stop()
-		return fmt.Errorf("signer service: serve: %w", err)
-	}
-}

@@ -477,24 +477,22 @@ func TestSignerServiceConfigRejected(t *testing.T) {
 	}
 }
 
-func TestServeSignerServiceStopsOnCancel(t *testing.T) {
+func TestSignerServiceStopsAndNeedsTLS(t *testing.T) {
 	f := newSignerFixture(t, "k")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ServeSignerService(ctx, f.cfg, slog.New(slog.NewTextHandler(f.logs, nil))) }()
-	time.Sleep(100 * time.Millisecond)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("ServeSignerService = %v, want nil after cancel", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("ServeSignerService did not return after cancel")
+	l, err := StartSignerService(f.cfg, slog.New(slog.NewTextHandler(f.logs, nil)))
+	if err != nil {
+		t.Fatal(err)
 	}
-
+	addr := l.Addr().String()
+	if err := l.Stop(); err != nil {
+		t.Fatalf("Stop = %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("still listening after Stop")
+	}
 	f.cfg.TLSCert = ""
-	if err := ServeSignerService(context.Background(), f.cfg, nil); err == nil || !strings.Contains(err.Error(), "TLS") {
+	if _, err := StartSignerService(f.cfg, nil); err == nil || !strings.Contains(err.Error(), "TLS") {
 		t.Fatalf("without TLS: err = %v, want a TLS error", err)
 	}
 }

@@ -240,60 +240,37 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 }
 
-func TestServeReportsAddressInUse(t *testing.T) {
+func TestStartReportsAddressInUse(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	err = Serve(context.Background(), ln.Addr().String(), New(), nil, nil)
+	_, err = Start(ln.Addr().String(), New(), nil, nil)
 	if err == nil {
-		t.Fatal("Serve on a bound address returned nil")
+		t.Fatal("Start on a bound address returned nil")
 	}
 	if !strings.Contains(err.Error(), ln.Addr().String()) || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("error does not name the address and the cause: %v", err)
 	}
 }
 
-func TestServeStopsWithContext(t *testing.T) {
-	// Find a free port, then hand it to Serve.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func TestShutdownStopsServing(t *testing.T) {
+	srv, err := Start("127.0.0.1:0", New(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- Serve(ctx, addr, New(), nil, nil) }()
-
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Serve never answered: %v", err)
-		}
-		select {
-		case err := <-errc:
-			t.Fatalf("Serve returned early: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	resp, err := http.Get("http://" + srv.Addr() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
 	}
-	cancel()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatalf("Serve after cancel: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after its context ended")
+	resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
-	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+	if _, err := http.Get("http://" + srv.Addr() + "/healthz"); err == nil {
 		t.Fatal("endpoint still answering after shutdown")
 	}
 }

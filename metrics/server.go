@@ -27,10 +27,6 @@ type HealthFunc func() error
 // Ready calls f.
 func (f HealthFunc) Ready() error { return f() }
 
-// shutdownGrace bounds how long Serve waits for in-flight scrapes once its
-// context ends; a scrape is small, so anything longer is a stuck client.
-const shutdownGrace = 5 * time.Second
-
 // Handler returns the mux for /metrics, /healthz and /readyz, for callers
 // that mount it on a server of their own. A nil health always reads ready.
 func Handler(m *Metrics, health Health) http.Handler {
@@ -147,22 +143,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	<-s.done
 	return nil
-}
-
-// Serve runs the endpoint on addr until ctx ends, then shuts it down. It
-// returns an error if addr cannot be bound or the server fails; a shutdown
-// caused by ctx returns nil.
-func Serve(ctx context.Context, addr string, m *Metrics, health Health, log *slog.Logger) error {
-	s, err := Start(addr, m, health, log)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-s.Done():
-		return s.Err()
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
-	defer cancel()
-	return s.Shutdown(sctx)
 }
