@@ -3,9 +3,12 @@ package fsm
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -268,7 +271,15 @@ func DecodeState(data []byte) (State, error) {
 	return d, nil
 }
 
-// Restore replaces the state with a snapshot's.
+// ErrWouldLower refuses a snapshot that would lower a watermark or forget
+// a chain this replica holds.
+var ErrWouldLower = errors.New("the snapshot would lower this replica's watermarks")
+
+// Restore replaces the state with a snapshot's, unless the snapshot would
+// lower a watermark this replica holds or forget one of its chains: a
+// legitimate snapshot never does (watermarks only rise in log order), so
+// such a snapshot comes from a faulty or hostile peer, and installing it
+// would let this node sign those heights again. The state is then kept.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	data, err := io.ReadAll(rc)
@@ -281,7 +292,29 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := checkNotLower(f.chains, d.Chains); err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
+	}
 	f.chains, f.keys, f.members, f.maxLevel = d.Chains, d.Keys, d.Members, d.MaxLevel
+	return nil
+}
+
+// checkNotLower names every chain of have that next would lower or drop.
+func checkNotLower(have, next map[string]Watermark) error {
+	var problems []string
+	for _, id := range slices.Sorted(maps.Keys(have)) {
+		w := have[id]
+		n, ok := next[id]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("chain %s (at %s here) is missing from it", id, w.HRS))
+		case n.HRS.Compare(w.HRS) < 0:
+			problems = append(problems, fmt.Sprintf("chain %s would go from %s down to %s", id, w.HRS, n.HRS))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s; keeping the current state", ErrWouldLower, strings.Join(problems, "; "))
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -273,5 +274,64 @@ func TestPropertyRandomSequences(t *testing.T) {
 			}
 			signed[h] = d.SignBytes
 		}
+	}
+}
+
+func persisted(t *testing.T, f *FSM) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s sink
+	if err := snap.Persist(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Bytes()
+}
+
+// The attack of issue 9: a peer installs a snapshot whose watermark is
+// below what this replica holds, so that it signs those heights again.
+func TestRestoreRefusesToLowerOrForgetAWatermark(t *testing.T) {
+	f := newWith(t, chain, "a", "b")
+	apply(t, f, 1, Reserve{ChainID: "a", HRS: HRS{1000, 0, StepPrecommit}, SignBytes: []byte{1}})
+	apply(t, f, 2, Reserve{ChainID: "b", HRS: HRS{50, 0, StepPrevote}, SignBytes: []byte{2}})
+
+	low := newWith(t, chain, "a", "b")
+	apply(t, low, 1, Reserve{ChainID: "a", HRS: HRS{5, 0, StepPropose}, SignBytes: []byte{5}})
+	apply(t, low, 2, Reserve{ChainID: "b", HRS: HRS{60, 0, StepPrevote}, SignBytes: []byte{6}})
+	err := f.Restore(readCloser{bytes.NewReader(persisted(t, low))})
+	if !errors.Is(err, ErrWouldLower) {
+		t.Fatalf("a snapshot lowering chain a was installed (err %v)", err)
+	}
+	for _, want := range []string{"chain a", "1000/0/precommit", "5/0/proposal"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not name %q", err, want)
+		}
+	}
+	if w, _ := f.Watermark("a"); w.Height != 1000 {
+		t.Fatalf("refused restore changed the state: a at %s", w.HRS)
+	}
+	if w, _ := f.Watermark("b"); w.Height != 50 {
+		t.Fatalf("refused restore changed the state: b at %s", w.HRS)
+	}
+
+	forget := newWith(t, chain, "b")
+	apply(t, forget, 1, Reserve{ChainID: "b", HRS: HRS{70, 0, StepPrevote}, SignBytes: []byte{7}})
+	err = f.Restore(readCloser{bytes.NewReader(persisted(t, forget))})
+	if !errors.Is(err, ErrWouldLower) || !strings.Contains(err.Error(), "chain a") {
+		t.Fatalf("a snapshot forgetting chain a was installed (err %v)", err)
+	}
+
+	// A snapshot that holds everything at or above is installed.
+	high := newWith(t, chain, "a", "b", "c")
+	apply(t, high, 1, Reserve{ChainID: "a", HRS: HRS{1000, 0, StepPrecommit}, SignBytes: []byte{1}})
+	apply(t, high, 2, Reserve{ChainID: "b", HRS: HRS{51, 0, StepPropose}, SignBytes: []byte{3}})
+	apply(t, high, 3, Reserve{ChainID: "c", HRS: HRS{1, 0, StepPropose}, SignBytes: []byte{4}})
+	if err := f.Restore(readCloser{bytes.NewReader(persisted(t, high))}); err != nil {
+		t.Fatalf("a snapshot at or above every watermark was refused: %v", err)
+	}
+	if w, _ := f.Watermark("b"); w.Height != 51 {
+		t.Fatalf("b at %s after restore, want 51", w.HRS)
 	}
 }
