@@ -34,6 +34,9 @@ const (
 	CAKeyFile    = "ca.key"
 	NodeCertFile = "node.crt"
 	NodeKeyFile  = "node.key"
+	// An operator's certificate directory.
+	OperatorCertFile = "operator.crt"
+	OperatorKeyFile  = "operator.key"
 )
 
 // URIScheme and uriHost form the URI SAN kms-ha://node/<id> that carries a
@@ -159,27 +162,74 @@ func issue(caDir string, opts IssueOptions, now time.Time) error {
 	if !nodeIDRe.MatchString(id) {
 		return fmt.Errorf("pki: issue %q: node id may contain only letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit", id)
 	}
-	if opts.OutDir == "" {
-		return fmt.Errorf("pki: issue %s: no output directory given", id)
-	}
 	dnsNames, ips, err := parseHosts(opts.Hosts)
 	if err != nil {
 		return fmt.Errorf("pki: issue %s: %w", id, err)
 	}
-	certPath, keyPath := filepath.Join(opts.OutDir, NodeCertFile), filepath.Join(opts.OutDir, NodeKeyFile)
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: id},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    dnsNames,
+		IPAddresses: ips,
+		URIs:        []*url.URL{nodeURI(id)},
+	}
+	return sign(caDir, tmpl, opts.Validity, opts.OutDir, NodeCertFile, NodeKeyFile, now)
+}
+
+// OperatorOptions describes one operator certificate.
+type OperatorOptions struct {
+	// Name tells operators apart in logs (a person, a host, a tool).
+	Name string
+	// ReadOnly certificates may only read (monitoring).
+	ReadOnly bool
+	// OutDir receives operator.crt and operator.key.
+	OutDir   string
+	Validity time.Duration
+}
+
+// IssueOperator signs a client-only certificate for an operator's
+// workstation or automation. It cannot serve (no server usage) and names
+// no node, so it never speaks raft; see Role for what it may call.
+func IssueOperator(caDir string, opts OperatorOptions) error {
+	return issueOperator(caDir, opts, time.Now())
+}
+
+func issueOperator(caDir string, opts OperatorOptions, now time.Time) error {
+	if !nodeIDRe.MatchString(opts.Name) {
+		return fmt.Errorf("pki: issue operator %q: the name may contain only letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit", opts.Name)
+	}
+	id := Identity{Role: RoleOperator, Name: opts.Name}
+	if opts.ReadOnly {
+		id.Role = RoleReader
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: id.String()},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{id.URI()},
+	}
+	return sign(caDir, tmpl, opts.Validity, opts.OutDir, OperatorCertFile, OperatorKeyFile, now)
+}
+
+// sign completes tmpl (serial, validity, key usage), signs it with the CA
+// in caDir and writes the pair to outDir.
+func sign(caDir string, tmpl *x509.Certificate, validity time.Duration, outDir, certFile, keyFile string, now time.Time) error {
+	who := tmpl.Subject.CommonName
+	if outDir == "" {
+		return fmt.Errorf("pki: issue %s: no output directory given", who)
+	}
+	certPath, keyPath := filepath.Join(outDir, certFile), filepath.Join(outDir, keyFile)
 	if err := refuseExisting(certPath, keyPath); err != nil {
-		return fmt.Errorf("pki: issue %s in %s: %w", id, opts.OutDir, err)
+		return fmt.Errorf("pki: issue %s in %s: %w", who, outDir, err)
 	}
 	ca, caKey, err := loadCA(caDir, now)
 	if err != nil {
-		return fmt.Errorf("pki: issue %s: %w", id, err)
+		return fmt.Errorf("pki: issue %s: %w", who, err)
 	}
-	validity := opts.Validity
 	if validity == 0 {
 		validity = defaultNodeValidity
 	}
 	if validity < 0 {
-		return fmt.Errorf("pki: issue %s: validity %s is negative", id, validity)
+		return fmt.Errorf("pki: issue %s: validity %s is negative", who, validity)
 	}
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.NotAfter) {
@@ -187,29 +237,19 @@ func issue(caDir string, opts IssueOptions, now time.Time) error {
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("pki: issue %s: generate key: %w", id, err)
+		return fmt.Errorf("pki: issue %s: generate key: %w", who, err)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return fmt.Errorf("pki: issue %s: %w", id, err)
+	if tmpl.SerialNumber, err = randomSerial(); err != nil {
+		return fmt.Errorf("pki: issue %s: %w", who, err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: id},
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     dnsNames,
-		IPAddresses:  ips,
-		URIs:         []*url.URL{nodeURI(id)},
-	}
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-backdate), notAfter
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
 	if err != nil {
-		return fmt.Errorf("pki: issue %s: sign certificate: %w", id, err)
+		return fmt.Errorf("pki: issue %s: sign certificate: %w", who, err)
 	}
-	if err := writePair(opts.OutDir, certPath, der, keyPath, key); err != nil {
-		return fmt.Errorf("pki: issue %s in %s: %w", id, opts.OutDir, err)
+	if err := writePair(outDir, certPath, der, keyPath, key); err != nil {
+		return fmt.Errorf("pki: issue %s in %s: %w", who, outDir, err)
 	}
 	return nil
 }

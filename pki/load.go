@@ -102,40 +102,6 @@ func ClientConfig(f Files, serverName string, opts ...Option) (*tls.Config, erro
 	}, nil
 }
 
-// PeerNodeID returns the node id in the verified peer certificate of a
-// finished handshake. It refuses unverified certificates, so it cannot be
-// fooled by a config that skipped verification.
-func PeerNodeID(cs tls.ConnectionState) (string, error) {
-	if !cs.HandshakeComplete {
-		return "", errors.New("pki: peer node id: TLS handshake not complete")
-	}
-	if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
-		return "", errors.New("pki: peer node id: the peer presented no verified certificate")
-	}
-	return nodeIDOf(cs.PeerCertificates[0])
-}
-
-func nodeIDOf(c *x509.Certificate) (string, error) {
-	id := ""
-	for _, u := range c.URIs {
-		if u.Scheme != URIScheme || u.Host != uriHost {
-			continue
-		}
-		got := strings.TrimPrefix(u.Path, "/")
-		if !nodeIDRe.MatchString(got) {
-			return "", fmt.Errorf("pki: certificate %q: malformed node URI %s", c.Subject.CommonName, u)
-		}
-		if id != "" && id != got {
-			return "", fmt.Errorf("pki: certificate %q names two nodes (%s and %s)", c.Subject.CommonName, id, got)
-		}
-		id = got
-	}
-	if id == "" {
-		return "", fmt.Errorf("pki: certificate %q carries no %s://%s/<id> URI; issue node certificates with `kms-ha certs issue`", c.Subject.CommonName, URIScheme, uriHost)
-	}
-	return id, nil
-}
-
 // reloader hands out the node's certificate and re-reads it when the
 // files' size or modification time change. A pair that fails to load
 // (typically a rotation caught halfway, new cert with the old key) is
