@@ -60,6 +60,16 @@ type Config struct {
 	// dropped for want of a valid cluster certificate.
 	OnHandshakeError func(remote net.Addr, err error)
 
+	// Probe asks a member's API how it is doing: the leader promotes a
+	// non-voter once it sees it caught up, and refuses to replace a member
+	// that still runs. Without it nothing is promoted.
+	Probe ProbeFunc
+
+	// OnPeerRefused, if set, hears of every raft connection or RPC refused
+	// because its node is not a member or claimed another node's id. It
+	// may be called concurrently and must not block.
+	OnPeerRefused func(err error)
+
 	// Leading runs each time this node becomes leader, once raft.Barrier
 	// has returned on the new term (so the FSM holds every entry of earlier
 	// terms). Its ctx is cancelled as soon as leadership is lost, and the
@@ -124,6 +134,9 @@ func (c *Config) raftConfig() *raft.Config {
 // TLS holds the raft stream layer's TLS configs.
 type TLS struct {
 	Server, Client *tls.Config
+	// PeerID reads the node id from a verified peer certificate: only
+	// members' node certificates speak raft.
+	PeerID PeerIDFunc
 }
 
 // stores are the durable parts of a raft node.
@@ -223,6 +236,7 @@ type Node struct {
 	fsm   *fsm.FSM
 	st    *stores
 	trans raft.Transport
+	gate  *peerGate
 	log   *slog.Logger
 
 	notifyCh chan bool
@@ -256,31 +270,16 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	gate := newPeerGate(readJoinPeers(st))
 	trans := cfg.Transport
 	if trans == nil {
-		if cfg.TLS == nil {
+		if trans, err = openTransport(&cfg, gate); err != nil {
 			st.bolt.Close()
-			return nil, errors.New("cluster: raft needs the cluster TLS configuration (there is no plaintext mode)")
+			return nil, err
 		}
-		adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
-		if err != nil {
-			st.bolt.Close()
-			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.AdvertiseAddr, err)
-		}
-		var opts []TLSStreamOption
-		if cfg.OnHandshakeError != nil {
-			opts = append(opts, WithHandshakeErrorHandler(cfg.OnHandshakeError))
-		}
-		stream, err := NewTLSStreamLayer(cfg.BindAddr, adv, cfg.TLS.Server, cfg.TLS.Client, opts...)
-		if err != nil {
-			st.bolt.Close()
-			return nil, fmt.Errorf("cluster: listen on raft address %s: %w", cfg.BindAddr, err)
-		}
-		trans = raft.NewNetworkTransportWithLogger(stream, 5, 2*time.Second,
-			newHCLogAdapter(cfg.Logger.With("component", "raft-transport")))
 	}
 	rc := cfg.raftConfig()
-	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, log: cfg.Logger,
+	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, gate: gate, log: cfg.Logger,
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
 	var rf raft.FSM = f
@@ -296,9 +295,31 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n.raft = r
+	gate.raft.Store(r)
 	n.wg.Add(1)
 	go n.watchLeadership()
 	return n, nil
+}
+
+// openTransport listens on the raft address with mutual TLS, bound to
+// membership (see authTransport).
+func openTransport(cfg *Config, gate *peerGate) (raft.Transport, error) {
+	if cfg.TLS == nil || cfg.TLS.PeerID == nil {
+		return nil, errors.New("cluster: raft needs the cluster TLS configuration and a peer identity check (there is no plaintext mode)")
+	}
+	adv, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.AdvertiseAddr, err)
+	}
+	var opts []TLSStreamOption
+	if cfg.OnHandshakeError != nil {
+		opts = append(opts, WithHandshakeErrorHandler(cfg.OnHandshakeError))
+	}
+	stream, err := NewTLSStreamLayer(cfg.BindAddr, adv, cfg.TLS.Server, cfg.TLS.Client, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listen on raft address %s: %w", cfg.BindAddr, err)
+	}
+	return newAuthTransport(stream, gate, cfg.TLS.PeerID, cfg.Logger, cfg.OnPeerRefused), nil
 }
 
 // FSM returns the node's state machine, for local reads.
@@ -369,6 +390,8 @@ func (n *Node) startLeading() {
 		n.termReady.Store(true)
 		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
 		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); n.promoteCaughtUp(ctx) }()
 		for _, fn := range fns {
 			wg.Add(1)
 			go func() { defer wg.Done(); fn(ctx) }()

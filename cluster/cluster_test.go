@@ -26,7 +26,7 @@ func TestReadStateGatesRaft(t *testing.T) {
 	if err != nil || st.MayStartRaft() {
 		t.Fatalf("empty dir: %+v %v; an empty node must not run raft before it is admitted", st, err)
 	}
-	if err := MarkJoined(c, time.Second); err != nil {
+	if err := MarkJoined(c, time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := ReadState(c, time.Second); !st.Joined || !st.MayStartRaft() {
@@ -107,11 +107,22 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 		servers = append(servers, Server{ID: id, Address: id})
 	}
 	L, X, Y := ms[0], ms[1], ms[2]
+	// The leader promotes a non-voter once it sees it caught up.
+	for _, m := range ms {
+		m.cfg.Probe = func(_ context.Context, id, _ string) (PeerReport, error) {
+			for _, o := range ms {
+				if o.cfg.NodeID == id && o.node != nil {
+					return PeerReport{Running: true, LastIndex: o.node.Stats().LastIndex}, nil
+				}
+			}
+			return PeerReport{}, errors.New("not running")
+		}
+	}
 	if err := Bootstrap(L.cfg, servers); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range ms {
-		if err := MarkJoined(m.cfg, time.Second); err != nil { // as after a join
+		if err := MarkJoined(m.cfg, time.Second, nil); err != nil { // as after a join
 			t.Fatal(err)
 		}
 	}
@@ -150,7 +161,8 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 	}
 	// Re-admission needs its removal committed by L and X: X is cut off,
 	// so it fails and Y stays out.
-	if err := L.node.Admit("Y", "Y", true, false); err == nil {
+	joinY := JoinRequest{ID: "Y", RaftAddr: "Y", APIAddr: "Y", Fresh: true, Level: fsm.Level}
+	if _, err := L.node.Join(ctx, joinY); err == nil {
 		t.Fatal("a wiped member was re-admitted without a quorum of the remaining members")
 	}
 	// Heal X: now removal and re-admission go through, X is brought up to
@@ -161,7 +173,7 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 		// L may have stepped down when it lost its quorum; ask whoever leads.
 		for _, m := range []*memNode{L, X} {
 			if m.node.IsLeader() {
-				joinErr = m.node.Admit("Y", "Y", true, false)
+				_, joinErr = m.node.Join(ctx, joinY)
 			}
 		}
 		if joinErr == nil && (L.node.IsLeader() || X.node.IsLeader()) {
@@ -178,19 +190,16 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 	if w, _ := X.node.FSM().Watermark("c"); w.Height != 10 {
 		t.Fatalf("X holds %s after the removal committed; want height 10", w.HRS)
 	}
-	MarkJoined(Y.cfg, time.Second)
+	MarkJoined(Y.cfg, time.Second, nil)
 	startMem(t, Y)
 	link(L, X, Y)
 	if s := Y.node.Suffrage(); s != "" && s != "Nonvoter" {
 		t.Fatalf("re-admitted as %s; a new incarnation must start as a non-voter", s)
 	}
-	// Caught up, it is promoted (node does this by itself; here by hand).
-	for deadline := time.Now().Add(5 * time.Second); Y.node.Suffrage() != "Voter" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		for _, m := range []*memNode{L, X} {
-			if m.node.IsLeader() {
-				m.node.Admit("Y", "Y", false, true)
-			}
-		}
+	// Caught up, the leader promotes it by itself.
+	deadline := time.Now().Add(5 * time.Second)
+	for Y.node.Suffrage() != "Voter" && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
 	}
 	if Y.node.Suffrage() != "Voter" {
 		t.Fatal("Y was not promoted")
@@ -248,16 +257,13 @@ func TestNonMemberWithStateIsNotAdmitted(t *testing.T) {
 	waitLeader(t, m)
 	// A node that is not a member but claims state (another cluster's, a
 	// copied dir) would merge a foreign log: refused.
-	if err := m.node.Admit("Z", "Z", false, false); err == nil {
+	if err := m.node.admit("Z", "Z", false); err == nil {
 		t.Fatal("a non-member with raft state was admitted")
 	}
-	if err := m.node.Admit("Z", "Z", false, true); err == nil {
-		t.Fatal("a non-member was promoted")
-	}
-	if err := m.node.Admit("Z", "Z", true, false); err != nil {
+	if err := m.node.admit("Z", "Z", true); err != nil {
 		t.Fatalf("an empty node was refused: %v", err)
 	}
-	if err := m.node.Admit("L", "L", true, false); err == nil {
+	if err := m.node.admit("L", "L", true); err == nil {
 		t.Fatal("the leader admitted itself")
 	}
 }

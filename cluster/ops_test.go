@@ -44,7 +44,7 @@ func startThree(t *testing.T) []*memNode {
 		t.Fatal(err)
 	}
 	for _, m := range ms {
-		if err := MarkJoined(m.cfg, time.Second); err != nil {
+		if err := MarkJoined(m.cfg, time.Second, nil); err != nil {
 			t.Fatal(err)
 		}
 		startMem(t, m)

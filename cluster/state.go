@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -20,6 +21,11 @@ var keyJoined = []byte("kmsha_joined")
 // keyNodeID binds a data dir to the node it belongs to: a data dir copied
 // from another node carries that node's log and votes, not this one's.
 var keyNodeID = []byte("kmsha_node_id")
+
+// keyJoinPeers lists the members named in the answer to this node's join:
+// until the leader's first append brings the configuration, they are the
+// only nodes this node lets speak raft with it.
+var keyJoinPeers = []byte("kmsha_join_peers")
 
 // raft's own stable-store key for the current term.
 var keyCurrentTerm = []byte("CurrentTerm")
@@ -85,18 +91,30 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 	return s, nil
 }
 
-// MarkJoined records that a leader admitted this node (see ReadState).
-func MarkJoined(c Config, lockWait time.Duration) error {
+// MarkJoined records that a leader admitted this node (see ReadState), and
+// the members its answer named.
+func MarkJoined(c Config, lockWait time.Duration, members []string) error {
 	c.setDefaults()
 	st, err := openStoresWait(&c, lockWait)
 	if err != nil {
 		return err
 	}
 	defer st.bolt.Close()
+	if err := st.bolt.Set(keyJoinPeers, []byte(strings.Join(members, "\n"))); err != nil {
+		return fmt.Errorf("cluster: record the members that admitted %s: %w", c.DataDir, err)
+	}
 	if err := st.bolt.SetUint64(keyJoined, 1); err != nil {
 		return fmt.Errorf("cluster: mark %s as joined: %w", c.DataDir, err)
 	}
 	return bindNodeID(st, &c)
+}
+
+func readJoinPeers(st *stores) []string {
+	b, err := st.bolt.Get(keyJoinPeers)
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\n")
 }
 
 func bindNodeID(st *stores, c *Config) error {

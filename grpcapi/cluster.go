@@ -5,7 +5,6 @@ package grpcapi
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -118,6 +117,7 @@ func (s *ClusterServer) Status(ctx context.Context, req *clusterpb.StatusRequest
 		Term:          st.Term,
 		CommitIndex:   st.CommitIndex,
 		AppliedIndex:  st.AppliedIndex,
+		LastLogIndex:  st.LastIndex,
 		LastContact:   st.LastContact,
 		LastContactMs: node.LastContact().Milliseconds(),
 		Linearizable:  req.GetLinearizable(),
@@ -242,15 +242,17 @@ func forward[T any](ctx context.Context, s *ClusterServer, node *cluster.Node, f
 		return resp, true, status.Errorf(codes.Unavailable, "%s knows no leader (leader id %q) to forward the %s to; retry when the cluster has a leader", node.ID(), leaderID, op)
 	}
 	s.log.Info("forwarding to the leader", "op", op, "leader", leaderID, "leader_api", leaderAPI)
-	err = s.peer(ctx, leaderAPI, func(c clusterpb.ClusterClient) error {
+	fctx := withForwardedCaller(ctx)
+	err = s.peer(fctx, leaderAPI, func(c clusterpb.ClusterClient) error {
 		var err error
-		resp, err = call(ctx, c)
+		resp, err = call(fctx, c)
 		return err
 	})
 	return resp, true, err
 }
 
-// Join adds a voter on the leader, or forwards the request to it once.
+// Join admits the calling node on the leader (the interceptor checked that
+// the id is its certificate's), or forwards the request to it once.
 func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
 	if req.GetId() == "" || req.GetRaftAddr() == "" {
 		return nil, status.Error(codes.InvalidArgument, "join needs the node's id and raft address")
@@ -260,73 +262,20 @@ func (s *ClusterServer) Join(ctx context.Context, req *clusterpb.JoinRequest) (*
 		return nil, errNotMember
 	}
 	fwd := &clusterpb.JoinRequest{Id: req.GetId(), RaftAddr: req.GetRaftAddr(), ApiAddr: req.GetApiAddr(),
-		Forwarded: true, Fresh: req.GetFresh(), Promote: req.GetPromote(), Level: req.GetLevel()}
+		Forwarded: true, Fresh: req.GetFresh(), Level: req.GetLevel()}
 	if resp, handled, err := forward(ctx, s, node, req.GetForwarded(), "join",
 		func(ctx context.Context, c clusterpb.ClusterClient) (*clusterpb.JoinResponse, error) {
 			return c.Join(ctx, fwd)
 		}); handled {
 		return resp, err
 	}
-	if lv := node.FSM().MaxLevel(); int(req.GetLevel()) < lv {
-		// Its binary would refuse entries the others applied and diverge.
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"%s runs an older kms-ha (level %d) than this cluster's log needs (level %d): upgrade it, then join again",
-			req.GetId(), req.GetLevel(), lv)
-	}
-	if req.GetFresh() && req.GetApiAddr() != "" && s.isMember(node, req.GetId()) {
-		// About to remove a member as a lost incarnation: make sure it is
-		// not a live member that a mistaken join (a wrong --home, another
-		// host) claims to be empty.
-		if st, err := s.peerStatus(ctx, req.GetApiAddr()); err == nil && st.GetState() != StateAwaitingJoin {
-			return nil, status.Errorf(codes.FailedPrecondition,
-				"%s answers at %s as a running member (%s), so it has not lost its state: refusing to remove it; "+
-					"check --home and the host you ran join on", req.GetId(), req.GetApiAddr(), st.GetState())
-		}
-	}
-	if err := node.Admit(req.GetId(), req.GetRaftAddr(), req.GetFresh(), req.GetPromote()); err != nil {
-		code := codes.FailedPrecondition
-		if errors.Is(err, cluster.ErrNotLeader) {
-			code = codes.Unavailable
-		}
-		return nil, status.Errorf(code, "%v", err)
-	}
-	if cur, _ := node.FSM().Member(req.GetId()); req.GetApiAddr() != "" &&
-		(cur.APIAddr != req.GetApiAddr() || cur.Level != int(req.GetLevel())) {
-		if err := node.SetMember(ctx, req.GetId(), req.GetApiAddr(), int(req.GetLevel())); err != nil {
-			return nil, status.Errorf(codes.Unavailable, "%v", err)
-		}
-	}
-	s.log.Info("join handled", "joiner", req.GetId(), "raft_addr", req.GetRaftAddr(), "api_addr", req.GetApiAddr(), "fresh", req.GetFresh(), "promote", req.GetPromote())
-	return &clusterpb.JoinResponse{LeaderId: node.ID()}, nil
-}
-
-func (s *ClusterServer) isMember(node *cluster.Node, id string) bool {
-	members, err := node.Members()
+	members, err := node.Join(ctx, cluster.JoinRequest{ID: req.GetId(), RaftAddr: req.GetRaftAddr(), APIAddr: req.GetApiAddr(),
+		Fresh: req.GetFresh(), Level: int(req.GetLevel())})
 	if err != nil {
-		return true // unknown: be careful
+		return nil, status.Errorf(leaderCode(err), "%v", err)
 	}
-	for _, m := range members {
-		if m.ID == id {
-			return true
-		}
-	}
-	return false
+	return &clusterpb.JoinResponse{LeaderId: node.ID(), Members: members}, nil
 }
-
-func (s *ClusterServer) peerStatus(ctx context.Context, addr string) (*clusterpb.StatusResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	var st *clusterpb.StatusResponse
-	err := s.peer(ctx, addr, func(c clusterpb.ClusterClient) error {
-		var err error
-		st, err = c.Status(ctx, &clusterpb.StatusRequest{})
-		return err
-	})
-	return st, err
-}
-
-// Register adds the Cluster service to a gRPC server.
-func (s *ClusterServer) Register(g *grpc.Server) { clusterpb.RegisterClusterServer(g, s) }
 
 // Dialer opens client connections to nodes' API addresses. TLS holds the
 // cluster CA and this node's certificate; nil means plaintext, which only
@@ -357,6 +306,39 @@ func (d Dialer) with(ctx context.Context, addr string, fn func(clusterpb.Cluster
 	return fn(clusterpb.NewClusterClient(conn))
 }
 
+// Probe asks the member id at apiAddr for its raft progress (see
+// cluster.ProbeFunc): the leader uses it to promote caught-up non-voters
+// and to keep a running member from being replaced.
+func (d Dialer) Probe(ctx context.Context, id, apiAddr string) (cluster.PeerReport, error) {
+	timeout := time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	var st *clusterpb.StatusResponse
+	err := d.Call(apiAddr, timeout, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		var err error
+		st, err = c.Status(ctx, &clusterpb.StatusRequest{})
+		return err
+	})
+	if err != nil {
+		return cluster.PeerReport{}, err
+	}
+	if st.GetNodeId() != id {
+		return cluster.PeerReport{}, fmt.Errorf("grpcapi: %s answers as %q, not %s", apiAddr, st.GetNodeId(), id)
+	}
+	return cluster.PeerReport{Running: st.GetState() != StateAwaitingJoin, LastIndex: st.GetLastLogIndex()}, nil
+}
+
+// CallError is a failed call as the command line shows it. It wraps the
+// gRPC status, so callers test status.Code(err), never the message.
+type CallError struct {
+	msg string
+	err error
+}
+
+func (e *CallError) Error() string { return e.msg }
+func (e *CallError) Unwrap() error { return e.err }
+
 // Call runs fn against the node at addr with a timeout, turning gRPC
 // errors into plain messages for the command line.
 func (d Dialer) Call(addr string, timeout time.Duration, fn func(ctx context.Context, c clusterpb.ClusterClient) error) error {
@@ -366,24 +348,31 @@ func (d Dialer) Call(addr string, timeout time.Duration, fn func(ctx context.Con
 	if err == nil {
 		return nil
 	}
-	if st, ok := status.FromError(err); ok {
-		switch st.Code() {
-		case codes.Unavailable:
-			msg := st.Message()
-			if strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "certificate") {
-				return fmt.Errorf("%s: TLS handshake failed: %s (check that both certificates come from the same cluster CA, "+
-					"and that the node's certificate lists the host you dial: kms-ha certs issue --host)", addr, msg)
-			}
-			if strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection error") || strings.Contains(msg, "no such host") {
-				return fmt.Errorf("%s: unavailable: %s (is kms-ha running there?)", addr, msg)
-			}
-			return fmt.Errorf("%s: unavailable: %s", addr, msg)
-		case codes.DeadlineExceeded:
-			return fmt.Errorf("%s: no answer within %s", addr, timeout)
-		}
-		return fmt.Errorf("%s: %s", addr, st.Message())
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %w", addr, err)
 	}
-	return fmt.Errorf("%s: %w", addr, err)
+	return &CallError{msg: callMessage(addr, timeout, st), err: err}
+}
+
+func callMessage(addr string, timeout time.Duration, st *status.Status) string {
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Unavailable:
+		if strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "certificate") {
+			return fmt.Sprintf("%s: TLS handshake failed: %s (check that both certificates come from the same cluster CA, "+
+				"and that the node's certificate lists the host you dial: kms-ha certs issue --host)", addr, msg)
+		}
+		if strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection error") || strings.Contains(msg, "no such host") {
+			return fmt.Sprintf("%s: unavailable: %s (is kms-ha running there?)", addr, msg)
+		}
+		return fmt.Sprintf("%s: unavailable: %s", addr, msg)
+	case codes.DeadlineExceeded:
+		return fmt.Sprintf("%s: no answer within %s", addr, timeout)
+	case codes.PermissionDenied:
+		return fmt.Sprintf("%s: permission denied: %s", addr, msg)
+	}
+	return fmt.Sprintf("%s: %s", addr, msg)
 }
 
 // errText is a gRPC error's message without the status prefix.

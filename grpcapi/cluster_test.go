@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/pki"
 )
 
 type member struct {
@@ -28,6 +28,7 @@ type member struct {
 	srv  *grpc.Server
 	cs   *grpcapi.ClusterServer
 	tls  tlsFiles
+	pk   *testPKI
 }
 
 func freeAddr(t testing.TB) string {
@@ -50,7 +51,8 @@ func (m *member) start(t testing.TB) {
 			_ = n.SetMember(ctx, cfg.NodeID, m.api, fsm.Level)
 		}
 	}}
-	cfg.TLS = &cluster.TLS{Server: m.tls.server, Client: m.tls.client}
+	cfg.TLS = &cluster.TLS{Server: m.tls.server, Client: m.tls.client, PeerID: pki.PeerNodeID}
+	cfg.Probe = grpcapi.Dialer{TLS: m.tls.client}.Probe
 	var err error
 	m.node, err = cluster.Open(cfg, fsm.New())
 	if err != nil {
@@ -61,9 +63,8 @@ func (m *member) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(m.tls.server)))
 	m.cs = grpcapi.NewClusterServer(m.cfg.NodeID, m.node, grpcapi.Dialer{TLS: m.tls.client}, m.cfg.Logger)
-	m.cs.Register(m.srv)
+	m.srv = m.cs.NewGRPCServer(m.tls.server)
 	go m.srv.Serve(ln)
 }
 
@@ -99,6 +100,16 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+func memberSuffrage(m *member, id string) string {
+	mem, _ := m.node.Members()
+	for _, x := range mem {
+		if x.ID == id {
+			return x.Suffrage
+		}
+	}
+	return ""
+}
+
 func leaderOf(ms []*member) *member {
 	for _, m := range ms {
 		if m.node.IsLeader() {
@@ -128,60 +139,61 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 	if err := cluster.Bootstrap(ms[0].cfg, nil); err == nil {
 		t.Fatal("a second bootstrap was accepted")
 	}
-	for _, m := range ms {
-		m.start(t)
-	}
+	ms[0].start(t)
 	defer func() {
 		for _, m := range ms {
-			m.stop()
+			if m.node != nil {
+				m.stop()
+			}
 		}
 	}()
 	waitFor(t, "n1 to lead", func() bool { return ms[0].node.IsLeader() && ms[0].node.FSM().MemberAPIAddr("n1") != "" })
 
-	joinAs := func(via string, m *member, fresh, promote bool) error {
-		return operator.Call(via, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
-			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: m.cfg.NodeID, RaftAddr: m.cfg.BindAddr, ApiAddr: m.api,
-				Fresh: fresh, Promote: promote, Level: fsm.Level})
+	// What `kms-ha join` does: the node asks with its own certificate,
+	// records the answer's members, then runs raft.
+	joinAs := func(via string, m *member, fresh bool) error {
+		var resp *clusterpb.JoinResponse
+		err := grpcapi.Dialer{TLS: m.tls.client}.Call(via, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			var err error
+			resp, err = c.Join(ctx, &clusterpb.JoinRequest{Id: m.cfg.NodeID, RaftAddr: m.cfg.BindAddr, ApiAddr: m.api,
+				Fresh: fresh, Level: fsm.Level})
 			return err
 		})
-	}
-	join := func(via string, m *member) error { return joinAs(via, m, false, false) }
-	// What node.seekPromotion does once the member has caught up.
-	promote := func(m *member) {
-		t.Helper()
-		waitFor(t, m.cfg.NodeID+" to be admitted and learn the leader", func() bool {
-			_, api := m.node.Leader()
-			return m.node.Suffrage() == "Nonvoter" && api != ""
-		})
-		_, api := m.node.Leader()
-		if err := joinAs(api, m, false, true); err != nil {
-			t.Fatalf("promote %s: %v", m.cfg.NodeID, err)
+		if err == nil && fresh {
+			err = cluster.MarkJoined(m.cfg, time.Second, resp.GetMembers())
 		}
+		return err
+	}
+	// The leader promotes a caught-up non-voter by itself.
+	promoted := func(m *member) {
+		t.Helper()
 		waitFor(t, m.cfg.NodeID+" to be a voter", func() bool { return m.node.Suffrage() == "Voter" })
 	}
 	// First joins come from empty nodes, as `kms-ha join` detects.
-	if err := joinAs(ms[0].api, ms[1], true, false); err != nil {
+	if err := joinAs(ms[0].api, ms[1], true); err != nil {
 		t.Fatal(err)
 	}
-	if s := ms[1].node.Suffrage(); s == "Voter" {
-		t.Fatal("a joining node counted towards quorums before catching up")
+	if s := memberSuffrage(ms[0], "n2"); s != "Nonvoter" {
+		t.Fatalf("a joining node that does not run yet is a %s; it must count towards no quorum", s)
 	}
-	promote(ms[1])
-	waitFor(t, "n2 to learn the leader", func() bool { id, _ := ms[1].node.Leader(); return id == "n1" })
+	ms[1].start(t)
+	promoted(ms[1])
+	waitFor(t, "n2 to learn the leader", func() bool { id, api := ms[1].node.Leader(); return id == "n1" && api != "" })
 	// Sent to a follower: forwarded to the leader.
-	if err := joinAs(ms[1].api, ms[2], true, false); err != nil {
+	if err := joinAs(ms[1].api, ms[2], true); err != nil {
 		t.Fatalf("join through a follower: %v", err)
 	}
-	promote(ms[2])
+	ms[2].start(t)
+	promoted(ms[2])
 	// A mistaken "fresh" join for a live member (wrong --home) must not
 	// remove it.
-	if err := joinAs(ms[0].api, ms[2], true, false); err == nil || !strings.Contains(err.Error(), "refusing to remove") {
+	if err := joinAs(ms[0].api, ms[2], true); err == nil || !strings.Contains(err.Error(), "refusing to remove") {
 		t.Fatalf("fresh join of a running member: %v", err)
 	}
 	// Joining again is harmless. (A new member learns the leader's API
 	// address with the next entries it applies; the CLI retries until then.)
 	waitFor(t, "n3 to learn the leader's api address", func() bool { _, a := ms[2].node.Leader(); return a != "" })
-	if err := join(ms[2].api, ms[2]); err != nil {
+	if err := joinAs(ms[2].api, ms[2], false); err != nil {
 		t.Fatalf("repeated join: %v", err)
 	}
 	st := status(t, ms[2].api)
@@ -210,6 +222,7 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 
 	for _, m := range ms {
 		m.stop()
+		m.node = nil
 	}
 	for _, m := range ms {
 		m.start(t)
@@ -245,19 +258,17 @@ func TestJoinForwardingAndFullRestart(t *testing.T) {
 		}
 	}
 	victim.stop()
+	victim.node = nil
 	os.RemoveAll(victim.cfg.DataDir)
 	if st, _ := cluster.ReadState(victim.cfg, time.Second); st.MayStartRaft() {
 		t.Fatal("wiped member may start raft")
 	}
-	err = joinAs(via.api, victim, true, false)
+	err = joinAs(via.api, victim, true)
 	if err != nil {
 		t.Fatalf("fresh re-join through a follower: %v", err)
 	}
-	if err := cluster.MarkJoined(victim.cfg, time.Second); err != nil {
-		t.Fatal(err)
-	}
 	victim.start(t)
-	promote(victim)
+	promoted(victim)
 	waitFor(t, "the re-admitted member to catch up", func() bool {
 		w, _ := victim.node.FSM().Watermark("c")
 		return w.Height == 21

@@ -51,9 +51,10 @@ func (s *ClusterServer) Remove(ctx context.Context, req *clusterpb.RemoveRequest
 		}
 		_, api := node.Leader()
 		var resp *clusterpb.RemoveResponse
-		err = s.peer(ctx, api, func(c clusterpb.ClusterClient) error {
+		fctx := withForwardedCaller(ctx)
+		err = s.peer(fctx, api, func(c clusterpb.ClusterClient) error {
 			var err error
-			resp, err = c.Remove(ctx, fwd)
+			resp, err = c.Remove(fctx, fwd)
 			return err
 		})
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 )
 
@@ -19,7 +20,7 @@ func startCluster(t *testing.T, ids ...string) []*member {
 	var ms []*member
 	var servers []cluster.Server
 	for _, id := range ids {
-		m := &member{api: freeAddr(t), tls: pk.node(t, id), cfg: cluster.Config{
+		m := &member{api: freeAddr(t), tls: pk.node(t, id), pk: pk, cfg: cluster.Config{
 			NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: freeAddr(t), Logger: quietLog,
 		}}
 		ms = append(ms, m)
@@ -83,7 +84,8 @@ func TestWritesThroughFollowersAndLinearizableReads(t *testing.T) {
 	}
 	// An older binary (level 0: it would refuse the import just applied)
 	// may no longer join.
-	if err := call(f[0].api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+	old := grpcapi.Dialer{TLS: f[0].pk.node(t, "old").client}
+	if err := old.Call(f[0].api, 10*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
 		_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: "old", RaftAddr: "127.0.0.1:1", Fresh: true})
 		return err
 	}); err == nil || !strings.Contains(err.Error(), "older kms-ha") {

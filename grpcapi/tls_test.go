@@ -32,8 +32,23 @@ func newPKI(t testing.TB) *testPKI {
 		t.Fatal(err)
 	}
 	// The operator's tools hold a certificate of their own.
-	operator = grpcapi.Dialer{TLS: p.node(t, "operator").client}
+	operator = p.operator(t, "ops", false)
 	return p
+}
+
+// operator issues an operator certificate and returns a dialer with it.
+func (p *testPKI) operator(t testing.TB, name string, readOnly bool) grpcapi.Dialer {
+	t.Helper()
+	out := filepath.Join(p.dir, "op-"+name)
+	if err := pki.IssueOperator(p.ca, pki.OperatorOptions{Name: name, ReadOnly: readOnly, OutDir: out}); err != nil {
+		t.Fatal(err)
+	}
+	f := pki.Files{CA: filepath.Join(p.ca, pki.CACertFile), Cert: filepath.Join(out, pki.OperatorCertFile), Key: filepath.Join(out, pki.OperatorKeyFile)}
+	cli, err := pki.ClientConfig(f, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return grpcapi.Dialer{TLS: cli}
 }
 
 func (p *testPKI) node(t testing.TB, id string) tlsFiles {

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
@@ -82,20 +85,18 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 			break
 		}
 		// During an election there is briefly no leader to forward to.
-		if !strings.Contains(err.Error(), "unavailable") || ctx.Err() != nil {
-			if strings.Contains(err.Error(), "knows no leader") {
-				err = fmt.Errorf("%w; the cluster has no leader: if it was created with `bootstrap --peers`, every listed node "+
-					"must run that same bootstrap and be started, and a majority of the voters must be up", err)
-			}
+		if status.Code(err) != codes.Unavailable {
 			return JoinResult{}, fmt.Errorf("node: join via %s: %w", memberAPI, err)
 		}
 		if !sleep(ctx, 500*time.Millisecond) {
-			return JoinResult{}, fmt.Errorf("node: join via %s: %w", memberAPI, err)
+			return JoinResult{}, fmt.Errorf("node: join via %s: %w; if the cluster has no leader: when it was created with "+
+				"`bootstrap --peers`, every listed node must run that same bootstrap and be started, and a majority of the voters must be up",
+				memberAPI, err)
 		}
 	}
 	res := JoinResult{Leader: resp.GetLeaderId(), Fresh: fresh}
 	if fresh {
-		if err := cluster.MarkJoined(cc, 5*time.Second); err != nil {
+		if err := cluster.MarkJoined(cc, 5*time.Second, resp.GetMembers()); err != nil {
 			return res, fmt.Errorf("node: admitted, but could not record it in %s (run join again): %w", cc.DataDir, err)
 		}
 	}

@@ -16,13 +16,11 @@ import (
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/p2p"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
-	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/metrics"
 	"github.com/kms-ha/kms-ha/pki"
@@ -170,8 +168,7 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, n.dialer, log)
 	n.apiSrv.BeforeTransfer = n.awaitQuiet
-	n.api = grpc.NewServer(grpc.Creds(credentials.NewTLS(srvTLS)))
-	n.apiSrv.Register(n.api)
+	n.api = n.apiSrv.NewGRPCServer(srvTLS)
 	if c.Metrics.Listen != "" {
 		if n.metricsSrv, err = metrics.Start(c.Metrics.Listen, n.metrics, metrics.HealthFunc(n.Ready), log); err != nil {
 			n.apiLn.Close()
@@ -191,10 +188,17 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("node: cluster TLS: %w", err)
 	}
-	cc.TLS = &cluster.TLS{Server: srvTLS, Client: n.dialer.TLS}
+	cc.TLS = &cluster.TLS{Server: srvTLS, Client: n.dialer.TLS, PeerID: pki.PeerNodeID}
 	cc.OnHandshakeError = func(remote net.Addr, err error) {
 		n.log.Warn("raft connection refused: no valid cluster certificate", "remote", remote.String(), "err", err)
 	}
+	refusals := newLogLimiter(10 * time.Second)
+	cc.OnPeerRefused = func(err error) {
+		if held, ok := refusals.allow(err.Error()); ok {
+			n.log.Warn("raft peer refused", "err", err, "similar_refusals_since_last_report", held)
+		}
+	}
+	cc.Probe = n.dialer.Probe
 	cl, err := cluster.Open(cc, f)
 	if err != nil {
 		return err
@@ -347,7 +351,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	bgCtx, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	go n.seekPromotion(bgCtx)
 	go n.register(bgCtx)
 	go n.allowFresh(bgCtx)
 	go n.watch(bgCtx)
@@ -360,38 +363,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.shutdown()
 	return err
-}
-
-// seekPromotion asks the leader to make this node a voter once it is an
-// admitted non-voter that has caught up: a member counts towards quorums
-// only when it holds the state they protect.
-func (n *Node) seekPromotion(ctx context.Context) {
-	cl := n.cluster.Load()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(300 * time.Millisecond):
-		}
-		if cl.Suffrage() != "Nonvoter" {
-			continue
-		}
-		st := cl.Stats()
-		_, leaderAPI := cl.Leader()
-		if leaderAPI == "" || st.CommitIndex == 0 || st.AppliedIndex < st.CommitIndex {
-			continue
-		}
-		err := n.dialer.Call(leaderAPI, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
-			_, err := c.Join(ctx, &clusterpb.JoinRequest{Id: n.cfg.Cluster.NodeID, RaftAddr: n.cfg.Cluster.AdvertiseAddr,
-				ApiAddr: n.cfg.Cluster.APIAddr, Promote: true, Level: fsm.Level})
-			return err
-		})
-		if err != nil {
-			n.log.Warn("asking the leader for promotion to voter", "err", err)
-			continue
-		}
-		n.log.Info("caught up; promoted to voter", "applied_index", st.AppliedIndex)
-	}
 }
 
 func (n *Node) shutdown() {

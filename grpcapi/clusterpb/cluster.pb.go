@@ -314,7 +314,9 @@ type StatusResponse struct {
 	LastContactMs int64       `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	Keys          []*ChainKey `protobuf:"bytes,12,rep,name=keys,proto3" json:"keys,omitempty"`
 	// Set when the answer is linearizable (StatusRequest.linearizable).
-	Linearizable  bool `protobuf:"varint,13,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	Linearizable bool `protobuf:"varint,13,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	// The last raft index in this node's log (or its latest snapshot).
+	LastLogIndex  uint64 `protobuf:"varint,14,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -440,6 +442,13 @@ func (x *StatusResponse) GetLinearizable() bool {
 	return false
 }
 
+func (x *StatusResponse) GetLastLogIndex() uint64 {
+	if x != nil {
+		return x.LastLogIndex
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -450,8 +459,10 @@ type JoinRequest struct {
 	// The joining node holds no raft state: if a member with this id exists,
 	// it is a lost incarnation and is removed before the node is re-added.
 	Fresh bool `protobuf:"varint,5,opt,name=fresh,proto3" json:"fresh,omitempty"`
-	// Sent by an admitted non-voter itself once it has caught up with the
-	// leader: promote it to voter.
+	// Ignored: promotion is the leader's decision alone (it was once asked
+	// for by the non-voter itself).
+	//
+	// Deprecated: Marked as deprecated in kmsha/cluster/v1/cluster.proto.
 	Promote bool `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
 	// The command level of the joining binary (see fsm.Level).
 	Level         int32 `protobuf:"varint,7,opt,name=level,proto3" json:"level,omitempty"`
@@ -524,6 +535,7 @@ func (x *JoinRequest) GetFresh() bool {
 	return false
 }
 
+// Deprecated: Marked as deprecated in kmsha/cluster/v1/cluster.proto.
 func (x *JoinRequest) GetPromote() bool {
 	if x != nil {
 		return x.Promote
@@ -539,8 +551,11 @@ func (x *JoinRequest) GetLevel() int32 {
 }
 
 type JoinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaderId      string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LeaderId string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// The members of the configuration that admitted the node: until the
+	// leader's first append reaches it, the only nodes it lets speak raft.
+	Members       []string `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -580,6 +595,13 @@ func (x *JoinResponse) GetLeaderId() string {
 		return x.LeaderId
 	}
 	return ""
+}
+
+func (x *JoinResponse) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
 }
 
 type RemoveRequest struct {
@@ -784,8 +806,11 @@ type ImportStateRequest struct {
 	SignBytes []byte                 `protobuf:"bytes,5,opt,name=sign_bytes,json=signBytes,proto3" json:"sign_bytes,omitempty"`
 	// Where the state comes from, for the record ("cometbft", "tmkms",
 	// "horcrux", "backup", "fresh").
-	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
-	Forwarded     bool   `protobuf:"varint,7,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	Source    string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	Forwarded bool   `protobuf:"varint,7,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	// Apply a jump of more than the allowed distance above the current
+	// watermark (see ImportState's refusal).
+	Force         bool `protobuf:"varint,8,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -865,6 +890,13 @@ func (x *ImportStateRequest) GetSource() string {
 func (x *ImportStateRequest) GetForwarded() bool {
 	if x != nil {
 		return x.Forwarded
+	}
+	return false
+}
+
+func (x *ImportStateRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
 	}
 	return false
 }
@@ -1158,7 +1190,7 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\bChainKey\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x17\n" +
-	"\apub_key\x18\x03 \x01(\fR\x06pubKey\"\xed\x03\n" +
+	"\apub_key\x18\x03 \x01(\fR\x06pubKey\"\x93\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -1173,17 +1205,19 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	" \x01(\tR\vlastContact\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12.\n" +
 	"\x04keys\x18\f \x03(\v2\x1a.kmsha.cluster.v1.ChainKeyR\x04keys\x12\"\n" +
-	"\flinearizable\x18\r \x01(\bR\flinearizable\"\xb9\x01\n" +
+	"\flinearizable\x18\r \x01(\bR\flinearizable\x12$\n" +
+	"\x0elast_log_index\x18\x0e \x01(\x04R\flastLogIndex\"\xbd\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x1c\n" +
 	"\tforwarded\x18\x04 \x01(\bR\tforwarded\x12\x14\n" +
-	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x18\n" +
-	"\apromote\x18\x06 \x01(\bR\apromote\x12\x14\n" +
-	"\x05level\x18\a \x01(\x05R\x05level\"+\n" +
+	"\x05fresh\x18\x05 \x01(\bR\x05fresh\x12\x1c\n" +
+	"\apromote\x18\x06 \x01(\bB\x02\x18\x01R\apromote\x12\x14\n" +
+	"\x05level\x18\a \x01(\x05R\x05level\"E\n" +
 	"\fJoinResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"=\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\"=\n" +
 	"\rRemoveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"-\n" +
@@ -1193,7 +1227,7 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x12\x1c\n" +
 	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"@\n" +
 	"\x1aTransferLeadershipResponse\x12\"\n" +
-	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId\"\xc6\x01\n" +
+	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId\"\xdc\x01\n" +
 	"\x12ImportStateRequest\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x16\n" +
 	"\x06height\x18\x02 \x01(\x03R\x06height\x12\x14\n" +
@@ -1202,7 +1236,8 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"sign_bytes\x18\x05 \x01(\fR\tsignBytes\x12\x16\n" +
 	"\x06source\x18\x06 \x01(\tR\x06source\x12\x1c\n" +
-	"\tforwarded\x18\a \x01(\bR\tforwarded\"\xa9\x01\n" +
+	"\tforwarded\x18\a \x01(\bR\tforwarded\x12\x14\n" +
+	"\x05force\x18\b \x01(\bR\x05force\"\xa9\x01\n" +
 	"\x13ImportStateResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12<\n" +
 	"\bprevious\x18\x02 \x01(\v2 .kmsha.cluster.v1.ChainWatermarkR\bprevious\x12:\n" +

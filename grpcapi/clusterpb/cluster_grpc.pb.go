@@ -38,9 +38,10 @@ type ClusterClient interface {
 	// Status of this node, the membership as it knows it, and every chain's
 	// watermark from its local replica.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
-	// Join admits a node: first as a non-voter, which the node itself asks to
-	// promote to voter once it has caught up (promote). Any member accepts it
-	// and forwards it to the leader. Joining again is a no-op.
+	// Join admits the calling node (the id must be its certificate's): first
+	// as a non-voter, which the leader promotes to voter once it sees the
+	// node caught up. Any member accepts it and forwards it to the leader.
+	// Joining again is a no-op, or updates the member's addresses.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Remove takes a member out of the cluster. Forwarded to the leader; the
 	// leader itself is removed only after it handed leadership over.
@@ -144,9 +145,10 @@ type ClusterServer interface {
 	// Status of this node, the membership as it knows it, and every chain's
 	// watermark from its local replica.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
-	// Join admits a node: first as a non-voter, which the node itself asks to
-	// promote to voter once it has caught up (promote). Any member accepts it
-	// and forwards it to the leader. Joining again is a no-op.
+	// Join admits the calling node (the id must be its certificate's): first
+	// as a non-voter, which the leader promotes to voter once it sees the
+	// node caught up. Any member accepts it and forwards it to the leader.
+	// Joining again is a no-op, or updates the member's addresses.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Remove takes a member out of the cluster. Forwarded to the leader; the
 	// leader itself is removed only after it handed leadership over.
