@@ -59,6 +59,12 @@ type Cluster struct {
 	SnapshotInterval   time.Duration `yaml:"snapshot_interval"`
 	SnapshotThreshold  uint64        `yaml:"snapshot_threshold"`
 
+	// MaxImportJump is how many heights a state import (or snapshot
+	// restore) may raise a chain's existing watermark without --force: a
+	// typo's extra digit would otherwise stop the validator from signing
+	// until the chain reaches it.
+	MaxImportJump int64 `yaml:"max_import_jump"`
+
 	// Mutual TLS for raft and the cluster API: the cluster CA, and this
 	// node's certificate and key issued by it (`kms-ha certs`). There is no
 	// plaintext mode.
@@ -193,6 +199,9 @@ const (
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 	DefaultCommitTimeout      = 20 * time.Millisecond
 	DefaultApplyTimeout       = 2 * time.Second
+	// DefaultMaxImportJump: a million heights is months of blocks on any
+	// chain, far beyond a signer swap, and well short of a mistyped digit.
+	DefaultMaxImportJump = 1_000_000
 )
 
 func (c *Config) setDefaults() {
@@ -220,6 +229,9 @@ func (c *Config) setDefaults() {
 	}
 	if cl.SnapshotThreshold == 0 {
 		cl.SnapshotThreshold = 8192
+	}
+	if cl.MaxImportJump == 0 {
+		cl.MaxImportJump = DefaultMaxImportJump
 	}
 	if cl.TLSCA == "" {
 		cl.TLSCA = DefaultTLSCA
@@ -331,6 +343,9 @@ func (c *Config) Validate() error {
 	}
 	if cl.LeaderLeaseTimeout > cl.HeartbeatTimeout {
 		bad("cluster.leader_lease_timeout", "%s must not exceed heartbeat_timeout (%s)", cl.LeaderLeaseTimeout, cl.HeartbeatTimeout)
+	}
+	if cl.MaxImportJump < 0 {
+		bad("cluster.max_import_jump", "%d must be positive (heights an import may raise a watermark without --force)", cl.MaxImportJump)
 	}
 	if cl.ApplyTimeout <= 0 || cl.ApplyTimeout >= 5*time.Second {
 		bad("cluster.apply_timeout", "%s must be above 0 and below 5s: the validator drops a connection whose answer takes 5s", cl.ApplyTimeout)

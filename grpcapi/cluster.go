@@ -37,6 +37,9 @@ type ClusterServer struct {
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
 
+	// ImportPolicy bounds state imports; set before serving.
+	ImportPolicy ImportPolicy
+
 	// BeforeTransfer, if set, runs on the leader before it hands
 	// leadership over (the node waits for a quiet moment between heights).
 	BeforeTransfer func()

@@ -29,6 +29,8 @@ type member struct {
 	cs   *grpcapi.ClusterServer
 	tls  tlsFiles
 	pk   *testPKI
+	// policy is the import policy the member serves with.
+	policy grpcapi.ImportPolicy
 }
 
 func freeAddr(t testing.TB) string {
@@ -64,6 +66,7 @@ func (m *member) start(t testing.TB) {
 		t.Fatal(err)
 	}
 	m.cs = grpcapi.NewClusterServer(m.cfg.NodeID, m.node, grpcapi.Dialer{TLS: m.tls.client}, m.cfg.Logger)
+	m.cs.ImportPolicy = m.policy
 	m.srv = m.cs.NewGRPCServer(m.tls.server)
 	go m.srv.Serve(ln)
 }

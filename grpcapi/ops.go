@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -147,12 +149,15 @@ func (s *ClusterServer) ImportState(ctx context.Context, req *clusterpb.ImportSt
 		return nil, errNotMember
 	}
 	fwd := &clusterpb.ImportStateRequest{ChainId: req.GetChainId(), Height: req.GetHeight(), Round: req.GetRound(),
-		Step: req.GetStep(), SignBytes: req.GetSignBytes(), Source: req.GetSource(), Forwarded: true}
+		Step: req.GetStep(), SignBytes: req.GetSignBytes(), Source: req.GetSource(), Forwarded: true, Force: req.GetForce()}
 	if resp, handled, err := forward(ctx, s, node, req.GetForwarded(), "state import",
 		func(ctx context.Context, c clusterpb.ClusterClient) (*clusterpb.ImportStateResponse, error) {
 			return c.ImportState(ctx, fwd)
 		}); handled {
 		return resp, err
+	}
+	if err := s.checkImport(node, req); err != nil {
+		return nil, err
 	}
 	r, err := node.Import(ctx, fsm.Import{
 		ChainID:   req.GetChainId(),
@@ -171,6 +176,36 @@ func (s *ClusterServer) ImportState(ctx context.Context, req *clusterpb.ImportSt
 		"requested", fsm.HRS{Height: req.GetHeight(), Round: req.GetRound(), Step: int8(req.GetStep())}.String(),
 		"watermark", r.Current.HRS.String())
 	return resp, nil
+}
+
+// ImportPolicy bounds what the leader imports.
+type ImportPolicy struct {
+	// Chains the cluster signs for (kms.yaml chains); nil allows any.
+	Chains []string
+	// MaxJump is how far an import may raise an existing watermark
+	// without force; 0 means no limit.
+	MaxJump int64
+}
+
+// checkImport refuses an import into a chain this cluster does not sign
+// for, or one that raises an existing watermark further than the policy
+// allows without force: a mistyped height would stop the validator from
+// signing until the chain got there, and a watermark is never lowered.
+func (s *ClusterServer) checkImport(node *cluster.Node, req *clusterpb.ImportStateRequest) error {
+	p := s.ImportPolicy
+	if p.Chains != nil && !slices.Contains(p.Chains, req.GetChainId()) {
+		return status.Errorf(codes.InvalidArgument, "chain %q is not one this cluster signs for (chains in kms.yaml: %s); "+
+			"check the chain id: a watermark cannot be removed once imported. Nothing was imported",
+			req.GetChainId(), strings.Join(p.Chains, ", "))
+	}
+	cur, ok := node.FSM().Watermark(req.GetChainId())
+	if !ok || p.MaxJump == 0 || req.GetForce() || req.GetHeight()-cur.Height <= p.MaxJump {
+		return nil
+	}
+	return status.Errorf(codes.FailedPrecondition, "chain %s: the import would raise the watermark from height %d to %d, "+
+		"%d heights at once (more than cluster.max_import_jump, %d); the validator could not sign until the chain reaches it. "+
+		"Check the file; if the height is right, run the import again with --force. Nothing was imported",
+		req.GetChainId(), cur.Height, req.GetHeight(), req.GetHeight()-cur.Height, p.MaxJump)
 }
 
 // Backup returns the replicated state read linearizably on the leader.

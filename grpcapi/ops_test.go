@@ -148,3 +148,47 @@ func TestWritesThroughFollowersAndLinearizableReads(t *testing.T) {
 		t.Fatalf("backup: %v %+v", err, s)
 	}
 }
+
+// An import into a chain the cluster does not sign for, or one that would
+// raise a watermark by more than max_import_jump heights, is refused
+// without --force; the refusal says what to do.
+func TestImportGuards(t *testing.T) {
+	ms := startCluster(t, "a", "b", "c")
+	for _, m := range ms {
+		m.stop()
+		m.node = nil
+		m.policy = grpcapi.ImportPolicy{Chains: []string{"x"}, MaxJump: 1000}
+		m.start(t)
+	}
+	waitFor(t, "a leader", func() bool { return leaderOf(ms) != nil })
+	var f *member
+	for _, m := range ms {
+		if m != leaderOf(ms) {
+			f = m
+		}
+	}
+	importErr := func(req *clusterpb.ImportStateRequest) error {
+		return call(f.api, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			_, err := c.ImportState(ctx, req)
+			return err
+		})
+	}
+	if err := importErr(&clusterpb.ImportStateRequest{ChainId: "cosmoshub-4", Height: 10, Step: 1}); err == nil ||
+		!strings.Contains(err.Error(), "not one this cluster signs for") {
+		t.Fatalf("import into an unknown chain: %v", err)
+	}
+	// A chain without a watermark takes any height: a migration.
+	importVia(t, f.api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 5_000_000, Step: 3, Source: "cometbft"})
+	if err := importErr(&clusterpb.ImportStateRequest{ChainId: "x", Height: 5_001_001, Step: 1}); err == nil ||
+		!strings.Contains(err.Error(), "--force") {
+		t.Fatalf("a jump of 1001 heights: %v", err)
+	}
+	r := importVia(t, f.api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 5_001_000, Step: 1})
+	if !r.GetApplied() {
+		t.Fatalf("a jump of 1000 heights: %v", r)
+	}
+	r = importVia(t, f.api, &clusterpb.ImportStateRequest{ChainId: "x", Height: 50_000_000, Step: 1, Force: true})
+	if !r.GetApplied() || r.GetCurrent().GetHeight() != 50_000_000 {
+		t.Fatalf("a forced jump: %v", r)
+	}
+}

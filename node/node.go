@@ -168,6 +168,10 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	n.apiSrv = grpcapi.NewClusterServer(c.Cluster.NodeID, nil, n.dialer, log)
 	n.apiSrv.BeforeTransfer = n.awaitQuiet
+	n.apiSrv.ImportPolicy = grpcapi.ImportPolicy{MaxJump: c.Cluster.MaxImportJump, Chains: []string{}}
+	for _, ch := range c.Chains {
+		n.apiSrv.ImportPolicy.Chains = append(n.apiSrv.ImportPolicy.Chains, ch.ID)
+	}
 	n.api = n.apiSrv.NewGRPCServer(srvTLS)
 	if c.Metrics.Listen != "" {
 		if n.metricsSrv, err = metrics.Start(c.Metrics.Listen, n.metrics, metrics.HealthFunc(n.Ready), log); err != nil {

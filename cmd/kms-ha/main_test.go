@@ -179,3 +179,35 @@ func TestStateImportRefusesBadFilesBeforeCalling(t *testing.T) {
 		t.Fatalf("exit %d, %s", code, stderr)
 	}
 }
+
+func TestCertsIssueOperator(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if _, stderr, code := run(t, "certs", "ca", "--out", ca); code != 0 {
+		t.Fatalf("certs ca: %s", stderr)
+	}
+	out := filepath.Join(dir, "alice")
+	stdout, stderr, code := run(t, "certs", "issue", "--ca", ca, "--operator", "alice", "--read-only", "--out", out)
+	if code != 0 || !strings.Contains(stdout, "read-only operator alice") || !strings.Contains(stdout, "--tls-cert") {
+		t.Fatalf("certs issue --operator: exit %d %q %s", code, stdout, stderr)
+	}
+	for _, f := range []string{"operator.crt", "operator.key", "ca.crt"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Fatalf("certs issue --operator did not write %s", f)
+		}
+	}
+	if st, _ := os.Stat(filepath.Join(out, "operator.key")); st.Mode().Perm() != 0o600 {
+		t.Fatalf("operator.key mode %v", st.Mode().Perm())
+	}
+	for _, args := range [][]string{
+		{"--node-id", "n1", "--operator", "bob", "--host", "127.0.0.1"},
+		{"--node-id", "n1", "--read-only", "--host", "127.0.0.1"},
+		{"--operator", "bob", "--host", "127.0.0.1"},
+		{"--operator", "not a name"},
+	} {
+		args = append([]string{"certs", "issue", "--ca", ca, "--out", filepath.Join(dir, "x")}, args...)
+		if _, stderr, code := run(t, args...); code == 0 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d, %q; want one error line", args, code, stderr)
+		}
+	}
+}

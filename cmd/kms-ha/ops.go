@@ -35,6 +35,7 @@ var (
 	tlsCertFlag = &cli.StringFlag{Name: "tls-cert", Usage: "client certificate issued by the cluster CA (default: from --home)"}
 	tlsKeyFlag  = &cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert (default: from --home)"}
 	apiFlags    = []cli.Flag{homeFlag, clusterFlag, tlsCAFlag, tlsCertFlag, tlsKeyFlag}
+	forceFlag   = &cli.BoolFlag{Name: "force", Usage: "raise a watermark by more than the cluster's max_import_jump heights at once"}
 )
 
 // apiClient resolves the API address and the client TLS of a command.
@@ -104,44 +105,77 @@ func certsCmd() *cli.Command {
 				},
 			},
 			{
-				Name:  "issue",
-				Usage: "issue a node certificate (server and client) from the cluster CA, and copy ca.crt beside it",
+				Name: "issue",
+				Usage: "issue a node certificate (--node-id: server and client, speaks raft while a member) or an operator " +
+					"certificate (--operator: client only, for a workstation or automation; --read-only for monitoring), " +
+					"and copy ca.crt beside it",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "ca", Usage: "the CA directory (from certs ca)"},
 					&cli.StringFlag{Name: "node-id", Usage: "the node's cluster.node_id"},
 					&cli.StringSliceFlag{Name: "host", Usage: "a DNS name or IP the node is reached at (raft and API); repeat for each"},
-					&cli.StringFlag{Name: "out", Usage: "directory for node.crt, node.key and ca.crt (e.g. NODE_HOME/tls)"},
+					&cli.StringFlag{Name: "operator", Usage: "NAME of an operator certificate (a person, host or tool), instead of --node-id"},
+					&cli.BoolFlag{Name: "read-only", Usage: "with --operator: the certificate may only read (status, watermarks, keys)"},
+					&cli.StringFlag{Name: "out", Usage: "directory for the certificate, its key and ca.crt (e.g. NODE_HOME/tls)"},
 				},
-				Action: func(c *cli.Context) error {
-					if err := need(c, "ca", "node-id", "out"); err != nil {
-						return err
-					}
-					hosts := c.StringSlice("host")
-					if len(hosts) == 0 {
-						return cli.Exit("kms-ha certs issue: --host is required: every DNS name or IP the other nodes and your tools use to reach this node", 2)
-					}
-					if err := pki.Issue(c.String("ca"), pki.IssueOptions{NodeID: c.String("node-id"), Hosts: hosts, OutDir: c.String("out")}); err != nil {
-						return fail(c, err)
-					}
-					caSrc := filepath.Join(c.String("ca"), pki.CACertFile)
-					caDst := filepath.Join(c.String("out"), pki.CACertFile)
-					if _, err := os.Stat(caDst); errors.Is(err, os.ErrNotExist) {
-						data, err := os.ReadFile(caSrc)
-						if err != nil {
-							return fail(c, err)
-						}
-						if err := os.WriteFile(caDst, data, 0o644); err != nil {
-							return fail(c, err)
-						}
-					}
-					fmt.Printf("wrote %s, %s and %s for node %s (hosts %s)\n",
-						filepath.Join(c.String("out"), pki.NodeCertFile), filepath.Join(c.String("out"), pki.NodeKeyFile), caDst,
-						c.String("node-id"), strings.Join(hosts, ", "))
-					return nil
-				},
+				Action: certsIssue,
 			},
 		},
 	}
+}
+
+func certsIssue(c *cli.Context) error {
+	nodeID, op := c.String("node-id"), c.String("operator")
+	if (nodeID == "") == (op == "") {
+		return cli.Exit("kms-ha certs issue: give exactly one of --node-id ID (a signer node) and --operator NAME (a workstation or tool)", 2)
+	}
+	if err := need(c, "ca", "out"); err != nil {
+		return err
+	}
+	hosts := c.StringSlice("host")
+	var written []string
+	switch {
+	case op != "":
+		if len(hosts) > 0 {
+			return cli.Exit("kms-ha certs issue: --host is for node certificates; an operator certificate only dials", 2)
+		}
+		if err := pki.IssueOperator(c.String("ca"), pki.OperatorOptions{Name: op, ReadOnly: c.Bool("read-only"), OutDir: c.String("out")}); err != nil {
+			return fail(c, err)
+		}
+		written = []string{pki.OperatorCertFile, pki.OperatorKeyFile}
+	default:
+		if c.Bool("read-only") {
+			return cli.Exit("kms-ha certs issue: --read-only is for operator certificates (--operator NAME)", 2)
+		}
+		if len(hosts) == 0 {
+			return cli.Exit("kms-ha certs issue: --host is required: every DNS name or IP the other nodes and your tools use to reach this node", 2)
+		}
+		if err := pki.Issue(c.String("ca"), pki.IssueOptions{NodeID: nodeID, Hosts: hosts, OutDir: c.String("out")}); err != nil {
+			return fail(c, err)
+		}
+		written = []string{pki.NodeCertFile, pki.NodeKeyFile}
+	}
+	caDst := filepath.Join(c.String("out"), pki.CACertFile)
+	if _, err := os.Stat(caDst); errors.Is(err, os.ErrNotExist) {
+		data, err := os.ReadFile(filepath.Join(c.String("ca"), pki.CACertFile))
+		if err != nil {
+			return fail(c, err)
+		}
+		if err := os.WriteFile(caDst, data, 0o644); err != nil {
+			return fail(c, err)
+		}
+	}
+	certPath, keyPath := filepath.Join(c.String("out"), written[0]), filepath.Join(c.String("out"), written[1])
+	if op != "" {
+		role := "operator"
+		if c.Bool("read-only") {
+			role = "read-only operator"
+		}
+		fmt.Printf("wrote %s, %s and %s for %s %s\nuse: kms-ha status --cluster NODE_API_ADDR --tls-ca %s --tls-cert %s --tls-key %s\n",
+			certPath, keyPath, caDst, role, op, caDst, certPath, keyPath)
+		return nil
+	}
+	fmt.Printf("wrote %s, %s and %s for node %s (hosts %s)\n", certPath, keyPath, caDst, nodeID, strings.Join(hosts, ", "))
+	return nil
 }
 
 func removeCmd() *cli.Command {
@@ -249,6 +283,7 @@ func stateCmd() *cli.Command {
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "chain", Usage: "chain id"},
 					&cli.StringFlag{Name: "format", Value: "auto", Usage: "auto, cometbft, tmkms or horcrux"},
+					forceFlag,
 				}, apiFlags...),
 				Action: func(c *cli.Context) error {
 					if err := need(c, "chain"); err != nil {
@@ -275,7 +310,7 @@ func stateCmd() *cli.Command {
 					err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 						var err error
 						r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: c.String("chain"), Height: st.Height,
-							Round: st.Round, Step: int32(st.Step), SignBytes: st.SignBytes, Source: st.Format})
+							Round: st.Round, Step: int32(st.Step), SignBytes: st.SignBytes, Source: st.Format, Force: c.Bool("force")})
 						return err
 					})
 					if err != nil {
@@ -367,7 +402,7 @@ func snapshotCmd() *cli.Command {
 				Usage: "raise each chain's watermark to the backup's (an import per chain: it never lowers one); " +
 					"membership is not restored",
 				ArgsUsage: "FILE",
-				Flags:     apiFlags,
+				Flags:     append([]cli.Flag{forceFlag}, apiFlags...),
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						return cli.Exit("kms-ha snapshot restore: give the backup FILE", 2)
@@ -395,7 +430,7 @@ func snapshotCmd() *cli.Command {
 						err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 							var err error
 							r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Height: w.Height, Round: w.Round,
-								Step: int32(w.Step), SignBytes: w.SignBytes, Source: "backup"})
+								Step: int32(w.Step), SignBytes: w.SignBytes, Source: "backup", Force: c.Bool("force")})
 							return err
 						})
 						if err != nil {
