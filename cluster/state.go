@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
 )
 
@@ -55,7 +56,7 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 	defer st.bolt.Close()
 	var s LocalState
 	term, err := st.bolt.GetUint64(keyCurrentTerm)
-	if err != nil && err.Error() != "not found" {
+	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
 	}
 	last, err := st.bolt.LastIndex()
@@ -84,7 +85,7 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 			"the snapshots were lost or damaged. Move the data dir away and admit this node again with `kms-ha join`", c.DataDir, first)
 	}
 	joined, err := st.bolt.GetUint64(keyJoined)
-	if err != nil && err.Error() != "not found" {
+	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
 	}
 	s.Joined = joined == 1

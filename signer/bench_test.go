@@ -69,7 +69,7 @@ func benchRaft(b *testing.B, n int, chains ...string) (*cluster.Node, *slog.Logg
 			b.Fatal(err)
 		}
 		c := cluster.Config{NodeID: id, DataDir: filepath.Join(dir, fmt.Sprint(i)), BindAddr: addr, Logger: log,
-			TLS: &cluster.TLS{Server: srvTLS, Client: cliTLS}}
+			TLS: &cluster.TLS{Server: srvTLS, Client: cliTLS, PeerID: pki.PeerNodeID}}
 		cfgs = append(cfgs, c)
 		servers = append(servers, cluster.Server{ID: c.NodeID, Address: addr})
 	}
