@@ -85,6 +85,9 @@ type Validator struct {
 	Addr        string `yaml:"addr"`
 	IdentityKey string `yaml:"identity_key"`
 	Reconnect   *bool  `yaml:"reconnect"`
+	// AllowOpenPermissions accepts an identity_key that group or others
+	// may read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // ShouldReconnect is Reconnect with its default (true).
@@ -114,6 +117,10 @@ type Key struct {
 	Region   string `yaml:"region"`
 	Profile  string `yaml:"profile"`
 	Endpoint string `yaml:"endpoint"`
+
+	// AllowOpenPermissions accepts a key_file or pin_file that group or
+	// others may read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // GRPC is cosmos/kms's SignerService block.
@@ -130,6 +137,9 @@ type GRPC struct {
 type GRPCKey struct {
 	ID      string `yaml:"id"`
 	KeyFile string `yaml:"key_file"`
+	// AllowOpenPermissions accepts a key_file that group or others may
+	// read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // Log configures logging; command-line flags override it.
@@ -359,6 +369,7 @@ func (c *Config) Validate() error {
 		if v.IdentityKey == "" && !strings.HasPrefix(v.Addr, "unix://") {
 			bad(p+".identity_key", "is required: the identity file written by `kms-ha init`, e.g. identity.json")
 		}
+		c.private(bad, p, "identity_key", v.IdentityKey, v.AllowOpenPermissions)
 	}
 
 	keyOf := map[string]int{}
@@ -384,6 +395,7 @@ func (c *Config) Validate() error {
 			if k.KeyFile == "" {
 				bad(p+".key_file", "is required for backend file: the path of a priv_validator_key.json")
 			}
+			c.private(bad, p, "key_file", k.KeyFile, k.AllowOpenPermissions)
 		case BackendPKCS11:
 			if k.Module == "" {
 				bad(p+".module", "is required for backend pkcs11: the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
@@ -408,6 +420,7 @@ func (c *Config) Validate() error {
 			if n != 1 {
 				bad(p+".pin", "set exactly one of pin, pin_env and pin_file (pin_env or pin_file keep the PIN out of kms.yaml)")
 			}
+			c.private(bad, p, "pin_file", k.PinFile, k.AllowOpenPermissions)
 		case BackendAWSKMS:
 			if k.KeyID == "" {
 				bad(p+".key_id", "is required for backend awskms: the key id, ARN or alias/NAME")
@@ -446,6 +459,7 @@ func (c *Config) Validate() error {
 			if k.KeyFile == "" {
 				bad(p+".key_file", "is required: a file holding the hex of a 32-byte secp256k1 key")
 			}
+			c.private(bad, p, "key_file", k.KeyFile, k.AllowOpenPermissions)
 		}
 	}
 	if c.Metrics.Listen != "" {

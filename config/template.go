@@ -54,7 +54,9 @@ validators: []
 #    addr: tcp://10.0.0.1:26659
 #    identity_key: identity.json
 
-# Exactly one key per chain. Every node must hold the same key.
+# Exactly one key per chain. Every node must hold the same key. Key files,
+# pin_file and identity.json must be chmod 600 (allow_open_permissions: true
+# on the entry accepts a group- or world-readable file).
 keys: []
 #  - chain_ids: [cosmoshub-4]
 #    backend: file
