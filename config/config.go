@@ -131,6 +131,9 @@ type GRPC struct {
 	// ClientCA, if set, requires clients to present a certificate from it.
 	ClientCA string    `yaml:"client_ca"`
 	Keys     []GRPCKey `yaml:"keys"`
+	// AllowUnauthenticatedClients lets the service listen beyond loopback
+	// without client_ca, where any TLS client could sign with every key.
+	AllowUnauthenticatedClients bool `yaml:"allow_unauthenticated_clients"`
 }
 
 // GRPCKey is a SignerService key.
@@ -444,6 +447,11 @@ func (c *Config) Validate() error {
 		if g.TLSCert == "" || g.TLSKey == "" {
 			bad("grpc.tls_cert", "tls_cert and tls_key are required: the SignerService only serves TLS")
 		}
+		if g.ClientCA == "" && !g.AllowUnauthenticatedClients && !isLoopback(g.Listen) {
+			bad("grpc.client_ca", "is required when grpc.listen (%q) is not a loopback address: without it any client that "+
+				"completes TLS can sign any message with every grpc key; set client_ca to the CA of your clients' certificates, "+
+				"listen on 127.0.0.1, or set grpc.allow_unauthenticated_clients: true if the network alone admits only your clients", g.Listen)
+		}
 		if len(g.Keys) == 0 {
 			bad("grpc.keys", "is empty: add at least one key (id, key_file) or remove the grpc block")
 		}
@@ -526,6 +534,20 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q has no valid port", s)
 	}
 	return nil
+}
+
+// isLoopback reports whether a listen address binds loopback only; a name
+// other than localhost could resolve anywhere, so it does not count.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func isUnspecified(host string) bool {

@@ -71,7 +71,11 @@ keys: []
 #   listen: 0.0.0.0:9090
 #   tls_cert: grpc.crt
 #   tls_key: grpc.key
-#   client_ca: clients-ca.crt     # optional: require client certificates
+#   # Require client certificates from this CA. Without it any TLS client could
+#   # sign any message with every key below, so it is required unless listen is
+#   # loopback or allow_unauthenticated_clients: true says the network admits
+#   # only your clients.
+#   client_ca: clients-ca.crt
 #   keys:
 #     - id: attestor-1
 #       key_file: attestor_secp256k1.hex
