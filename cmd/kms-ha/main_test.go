@@ -248,3 +248,28 @@ func TestStartOnDamagedRaftDBIsOneLine(t *testing.T) {
 		})
 	}
 }
+
+// `kms-ha start` refuses a secret file other accounts can read, naming the
+// field, the file and the chmod, before it opens anything.
+func TestStartRefusesAnOpenIdentityFile(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "n1")
+	if _, stderr, code := run(t, "init", "--home", home, "--node-id", "n1"); code != 0 {
+		t.Fatal(stderr)
+	}
+	identity := filepath.Join(home, "identity.json")
+	if err := os.Chmod(identity, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	yaml := "cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:7001\n  api_addr: 127.0.0.1:7101\n" +
+		"chains: [{id: c1}]\n" +
+		"validators: [{chain_id: c1, addr: 'tcp://127.0.0.1:26659', identity_key: identity.json}]\n" +
+		"keys: [{chain_ids: [c1], backend: awskms, key_id: alias/v}]\n"
+	if err := os.WriteFile(filepath.Join(home, "kms.yaml"), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := run(t, "start", "--home", home)
+	if code == 0 || !strings.Contains(stderr, "validators[0].identity_key") || !strings.Contains(stderr, "chmod 600 "+identity) ||
+		strings.Contains(stderr, "goroutine") {
+		t.Fatalf("exit %d, %q", code, stderr)
+	}
+}
