@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -186,11 +188,8 @@ func checkBoltFile(path string, lockWait time.Duration) (err error) {
 		}
 	}()
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, PreLoadFreelist: true, Timeout: lockWait})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return err
-	}
 	if err != nil {
-		return damaged(err.Error())
+		return openError(err, damaged)
 	}
 	defer db.Close()
 	if err := db.View(walkBolt); err != nil {
@@ -200,6 +199,18 @@ func checkBoltFile(path string, lockWait time.Duration) (err error) {
 		return damaged(err.Error())
 	}
 	return nil
+}
+
+// openError tells a file bbolt cannot read from a system that will not let
+// it (the lock held, a permission, no memory for the map): only the first is
+// damage, and moving the data dir away would not cure the others.
+func openError(err error, damaged func(string) error) error {
+	var pathErr *fs.PathError
+	var errno syscall.Errno
+	if errors.Is(err, bbolt.ErrTimeout) || errors.As(err, &pathErr) || errors.As(err, &errno) {
+		return err
+	}
+	return damaged(err.Error())
 }
 
 // walkSink keeps the compiler from dropping the reads walkBolt makes.

@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
 )
 
 // damagedDataDir writes a data dir whose raft.db holds enough log entries
@@ -37,6 +41,9 @@ func damagedDataDir(t *testing.T) (Config, string) {
 	st.bolt.Close()
 	return c, filepath.Join(c.DataDir, "raft.db")
 }
+
+// bbolt's pages are the OS page size.
+var pageSize = os.Getpagesize()
 
 // wantDamaged checks what an operator reads: one line naming the file and
 // the way out.
@@ -82,7 +89,7 @@ func TestCorruptMetaPages(t *testing.T) {
 		t.Fatalf("one torn meta page: %v", err)
 	}
 	// Opening it wrote a fresh meta page, so damage both now.
-	for _, off := range []int64{boltPageHeader, 4096 + boltPageHeader} {
+	for _, off := range []int64{boltPageHeader, int64(pageSize) + boltPageHeader} {
 		if _, err := f.WriteAt(garbage, off); err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +104,7 @@ func TestCorruptMetaPages(t *testing.T) {
 // both on its own goroutine.
 func TestWildPagePointerIsAnError(t *testing.T) {
 	for name, child := range map[string]func(size int) uint64{
-		"past the end of the file": func(size int) uint64 { return uint64(size / 4096) },
+		"past the end of the file": func(size int) uint64 { return uint64(size / pageSize) },
 		"past the mapping":         func(int) uint64 { return 1 << 40 },
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -109,9 +116,9 @@ func TestWildPagePointerIsAnError(t *testing.T) {
 			// bbolt grows the file ahead of its header's page count; drop
 			// some of that unused tail so that the mapping (a power of two)
 			// reaches past the end of the file.
-			data = data[:len(data)-8*4096]
+			data = data[:len(data)-8*pageSize]
 			hit := false
-			for off := 2 * 4096; off+4096 <= len(data); off += 4096 {
+			for off := 2 * pageSize; off+pageSize <= len(data); off += pageSize {
 				const branchPage = 0x01
 				if binary.LittleEndian.Uint16(data[off+8:]) == branchPage {
 					// The first branch element's child page id.
@@ -139,8 +146,8 @@ func TestGarbagePageIsAnError(t *testing.T) {
 	}
 	// Every page after the metas becomes noise of the same size.
 	info, _ := f.Stat()
-	noise := bytes.Repeat([]byte{0xa7, 0x13, 0xff, 0x02}, int(info.Size()-2*4096)/4)
-	if _, err := f.WriteAt(noise, 2*4096); err != nil {
+	noise := bytes.Repeat([]byte{0xa7, 0x13, 0xff, 0x02}, (int(info.Size())-2*pageSize)/4)
+	if _, err := f.WriteAt(noise, int64(2*pageSize)); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -156,4 +163,23 @@ func TestHealthyRaftDBStillOpens(t *testing.T) {
 		t.Fatalf("state %+v, err %v", s, err)
 	}
 	t.Logf("open with the check took %v", time.Since(start))
+}
+
+// What the system refuses (a permission, the lock, memory for the map) is
+// not damage: moving the data dir away would not cure it, so the error
+// must not say so.
+func TestSystemErrorsAreNotDamage(t *testing.T) {
+	damaged := func(why string) error { return &corruptError{dataDir: "/d", why: why} }
+	for _, err := range []error{
+		&fs.PathError{Op: "open", Path: "/d/raft.db", Err: syscall.EACCES},
+		fmt.Errorf("mmap: %w", syscall.ENOMEM),
+		bbolt.ErrTimeout,
+	} {
+		if got := openError(err, damaged); errors.Is(got, ErrCorrupt) {
+			t.Errorf("%v reported as %v", err, got)
+		}
+	}
+	if got := openError(errors.New("file size too small 100"), damaged); !errors.Is(got, ErrCorrupt) {
+		t.Errorf("bbolt's own finding reported as %v", got)
+	}
 }

@@ -196,7 +196,7 @@ func TestStartOnDamagedRaftDBIsOneLine(t *testing.T) {
 			if _, err := f.WriteAt(garbage, 16); err != nil {
 				return err
 			}
-			_, err = f.WriteAt(garbage, 4096+16)
+			_, err = f.WriteAt(garbage, int64(os.Getpagesize())+16) // bbolt pages are OS pages
 			return err
 		},
 	} {
