@@ -152,9 +152,11 @@ func readBoltMetas(f *os.File) ([]boltMeta, error) {
 // first, then every bucket, key and value through bbolt with faults turned
 // into panics and recovered, then bbolt's own consistency check (which
 // catches a damaged free list before a later write would overwrite live
-// pages). An absent or empty file is a new node's and passes. bbolt holds
-// a shared lock while it reads, so a running node's file is reported as
-// bbolt.ErrTimeout, never read mid-write.
+// pages). An absent or empty file is a new node's and passes. The header
+// is read before any lock, which is safe on a running node's file (bbolt
+// rewrites one meta page at a time and only grows the file); bbolt then
+// takes a shared lock for the rest, so a running node's file is reported
+// as bbolt.ErrTimeout, never walked mid-write.
 func checkBoltFile(path string, lockWait time.Duration) (err error) {
 	damaged := func(why string) error {
 		return &corruptError{dataDir: filepath.Dir(path), why: oneLine(why)}
@@ -167,13 +169,11 @@ func checkBoltFile(path string, lockWait time.Duration) (err error) {
 		return err
 	}
 	info, err := f.Stat()
-	if err == nil && info.Size() == 0 {
+	if err != nil || info.Size() == 0 {
 		f.Close()
-		return nil
+		return err
 	}
-	if err == nil {
-		err = checkBoltHeader(f)
-	}
+	err = checkBoltHeader(f)
 	f.Close()
 	if err != nil {
 		return damaged(err.Error())
@@ -201,9 +201,9 @@ func checkBoltFile(path string, lockWait time.Duration) (err error) {
 	return nil
 }
 
-// openError tells a file bbolt cannot read from a system that will not let
-// it (the lock held, a permission, no memory for the map): only the first is
-// damage, and moving the data dir away would not cure the others.
+// openError tells a file bbolt finds damaged from a system that will not
+// let bbolt read it (the lock held, a permission, no memory for the map):
+// none of those is damage, and moving the data dir away would cure none.
 func openError(err error, damaged func(string) error) error {
 	var pathErr *fs.PathError
 	var errno syscall.Errno
