@@ -156,10 +156,16 @@ func openStores(c *Config) (*stores, error) {
 	if lockWait == 0 {
 		lockWait = time.Second
 	}
-	bs, err := raftboltdb.New(raftboltdb.Options{
-		Path:        path,
-		BoltOptions: &bbolt.Options{Timeout: lockWait},
-	})
+	// bbolt trusts its file: check it first, so damage is an error that
+	// says what to do rather than a SIGBUS or a panic (see boltcheck.go).
+	err := checkBoltFile(path, lockWait)
+	var bs *raftboltdb.BoltStore
+	if err == nil {
+		bs, err = raftboltdb.New(raftboltdb.Options{
+			Path:        path,
+			BoltOptions: &bbolt.Options{Timeout: lockWait},
+		})
+	}
 	if err != nil {
 		if errors.Is(err, bbolt.ErrTimeout) {
 			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w", path, err)

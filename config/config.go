@@ -91,6 +91,9 @@ type Validator struct {
 	Addr        string `yaml:"addr"`
 	IdentityKey string `yaml:"identity_key"`
 	Reconnect   *bool  `yaml:"reconnect"`
+	// AllowOpenPermissions accepts an identity_key that group or others
+	// may read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // ShouldReconnect is Reconnect with its default (true).
@@ -120,6 +123,10 @@ type Key struct {
 	Region   string `yaml:"region"`
 	Profile  string `yaml:"profile"`
 	Endpoint string `yaml:"endpoint"`
+
+	// AllowOpenPermissions accepts a key_file or pin_file that group or
+	// others may read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // GRPC is cosmos/kms's SignerService block.
@@ -130,12 +137,18 @@ type GRPC struct {
 	// ClientCA, if set, requires clients to present a certificate from it.
 	ClientCA string    `yaml:"client_ca"`
 	Keys     []GRPCKey `yaml:"keys"`
+	// AllowUnauthenticatedClients lets the service listen beyond loopback
+	// without client_ca, where any TLS client could sign with every key.
+	AllowUnauthenticatedClients bool `yaml:"allow_unauthenticated_clients"`
 }
 
 // GRPCKey is a SignerService key.
 type GRPCKey struct {
 	ID      string `yaml:"id"`
 	KeyFile string `yaml:"key_file"`
+	// AllowOpenPermissions accepts a key_file that group or others may
+	// read (see checkPrivateFile).
+	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
 // Log configures logging; command-line flags override it.
@@ -374,6 +387,7 @@ func (c *Config) Validate() error {
 		if v.IdentityKey == "" && !strings.HasPrefix(v.Addr, "unix://") {
 			bad(p+".identity_key", "is required: the identity file written by `kms-ha init`, e.g. identity.json")
 		}
+		c.private(bad, p, "identity_key", v.IdentityKey, v.AllowOpenPermissions)
 	}
 
 	keyOf := map[string]int{}
@@ -399,6 +413,7 @@ func (c *Config) Validate() error {
 			if k.KeyFile == "" {
 				bad(p+".key_file", "is required for backend file: the path of a priv_validator_key.json")
 			}
+			c.private(bad, p, "key_file", k.KeyFile, k.AllowOpenPermissions)
 		case BackendPKCS11:
 			if k.Module == "" {
 				bad(p+".module", "is required for backend pkcs11: the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
@@ -423,6 +438,7 @@ func (c *Config) Validate() error {
 			if n != 1 {
 				bad(p+".pin", "set exactly one of pin, pin_env and pin_file (pin_env or pin_file keep the PIN out of kms.yaml)")
 			}
+			c.private(bad, p, "pin_file", k.PinFile, k.AllowOpenPermissions)
 		case BackendAWSKMS:
 			if k.KeyID == "" {
 				bad(p+".key_id", "is required for backend awskms: the key id, ARN or alias/NAME")
@@ -446,6 +462,11 @@ func (c *Config) Validate() error {
 		if g.TLSCert == "" || g.TLSKey == "" {
 			bad("grpc.tls_cert", "tls_cert and tls_key are required: the SignerService only serves TLS")
 		}
+		if g.ClientCA == "" && !g.AllowUnauthenticatedClients && !isLoopback(g.Listen) {
+			bad("grpc.client_ca", "is required when grpc.listen (%q) is not a loopback address: without it any client that "+
+				"completes TLS can sign any message with every grpc key; set client_ca to the CA of your clients' certificates, "+
+				"listen on 127.0.0.1, or set grpc.allow_unauthenticated_clients: true if the network alone admits only your clients", g.Listen)
+		}
 		if len(g.Keys) == 0 {
 			bad("grpc.keys", "is empty: add at least one key (id, key_file) or remove the grpc block")
 		}
@@ -461,6 +482,7 @@ func (c *Config) Validate() error {
 			if k.KeyFile == "" {
 				bad(p+".key_file", "is required: a file holding the hex of a 32-byte secp256k1 key")
 			}
+			c.private(bad, p, "key_file", k.KeyFile, k.AllowOpenPermissions)
 		}
 	}
 	if c.Metrics.Listen != "" {
@@ -527,6 +549,20 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q has no valid port", s)
 	}
 	return nil
+}
+
+// isLoopback reports whether a listen address binds loopback only; a name
+// other than localhost could resolve anywhere, so it does not count.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func isUnspecified(host string) bool {

@@ -54,7 +54,9 @@ validators: []
 #    addr: tcp://10.0.0.1:26659
 #    identity_key: identity.json
 
-# Exactly one key per chain. Every node must hold the same key.
+# Exactly one key per chain. Every node must hold the same key. Key files,
+# pin_file and identity.json must be chmod 600 (allow_open_permissions: true
+# on the entry accepts a group- or world-readable file).
 keys: []
 #  - chain_ids: [cosmoshub-4]
 #    backend: file
@@ -69,7 +71,11 @@ keys: []
 #   listen: 0.0.0.0:9090
 #   tls_cert: grpc.crt
 #   tls_key: grpc.key
-#   client_ca: clients-ca.crt     # optional: require client certificates
+#   # Require client certificates from this CA. Without it any TLS client could
+#   # sign any message with every key below, so it is required unless listen is
+#   # loopback or allow_unauthenticated_clients: true says the network admits
+#   # only your clients.
+#   client_ca: clients-ca.crt
 #   keys:
 #     - id: attestor-1
 #       key_file: attestor_secp256k1.hex

@@ -36,6 +36,10 @@ type SignerServiceConfig struct {
 	// ClientCA, if set, is a PEM bundle of CAs; every client must then
 	// present a certificate issued by one of them.
 	ClientCA string
+	// AllowUnauthenticatedClients lets the service listen beyond loopback
+	// without ClientCA. Without a client CA any client that completes TLS
+	// may sign any message with every key, so that takes an explicit yes.
+	AllowUnauthenticatedClients bool
 	// Keys are the secp256k1 keys the service signs with.
 	Keys []SignerKey
 }
@@ -53,8 +57,14 @@ func (c SignerServiceConfig) Validate() error {
 	if c.Listen == "" {
 		return errors.New("signer service: listen address is required")
 	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
 		return fmt.Errorf("signer service: listen address %q: %v", c.Listen, err)
+	}
+	if c.ClientCA == "" && !c.AllowUnauthenticatedClients && !isLoopbackHost(host) {
+		return fmt.Errorf("signer service: listen address %q is not loopback and no client_ca is set: any client that "+
+			"completes TLS could sign any message with every key; set grpc.client_ca, listen on 127.0.0.1, "+
+			"or set grpc.allow_unauthenticated_clients: true", c.Listen)
 	}
 	if c.TLSCert == "" || c.TLSKey == "" {
 		return errors.New("signer service: TLS is mandatory: set both tls_cert and tls_key")
@@ -76,6 +86,13 @@ func (c SignerServiceConfig) Validate() error {
 		seen[k.ID] = true
 	}
 	return nil
+}
+
+// isLoopbackHost: a name other than localhost could resolve anywhere, so it
+// does not count.
+func isLoopbackHost(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 // LoadSignerKeys loads every configured key file. Errors never include key

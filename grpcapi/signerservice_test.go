@@ -449,8 +449,12 @@ func TestSignerServiceConfigRejected(t *testing.T) {
 			"client CA"},
 		"client CA not PEM": {func(c *SignerServiceConfig) { c.ClientCA = writeFile(t, f.dir, "junk.crt", []byte("junk")) },
 			"no PEM certificate"},
-		"no listen":    {func(c *SignerServiceConfig) { c.Listen = "" }, "listen address is required"},
-		"bad listen":   {func(c *SignerServiceConfig) { c.Listen = "9090" }, "listen address"},
+		"no listen":  {func(c *SignerServiceConfig) { c.Listen = "" }, "listen address is required"},
+		"bad listen": {func(c *SignerServiceConfig) { c.Listen = "9090" }, "listen address"},
+		"all interfaces without client CA": {func(c *SignerServiceConfig) { c.Listen = "0.0.0.0:0" },
+			"could sign any message with every key; set grpc.client_ca"},
+		"a name without client CA": {func(c *SignerServiceConfig) { c.Listen = "signer.example:0" },
+			"grpc.allow_unauthenticated_clients: true"},
 		"no keys":      {func(c *SignerServiceConfig) { c.Keys = nil }, "at least one key"},
 		"key id empty": {func(c *SignerServiceConfig) { c.Keys[0].ID = "" }, "id is required"},
 		"key file empty": {func(c *SignerServiceConfig) { c.Keys[0].KeyFile = "" },
@@ -475,6 +479,25 @@ func TestSignerServiceConfigRejected(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Beyond loopback the service needs client certificates, or an explicit
+// yes to serving every TLS client.
+func TestSignerServiceBeyondLoopbackWithConsent(t *testing.T) {
+	f := newSignerFixture(t, "k")
+	f.cfg.Listen = "0.0.0.0:0"
+	f.cfg.AllowUnauthenticatedClients = true
+	l, err := StartSignerService(f.cfg, slog.New(slog.NewTextHandler(f.logs, nil)))
+	if err != nil {
+		t.Fatalf("allow_unauthenticated_clients: %v", err)
+	}
+	l.Stop()
+	f.cfg.AllowUnauthenticatedClients = false
+	f.cfg.ClientCA = writeFile(t, f.dir, "client-ca.crt", newTestCA(t, "client CA").pem)
+	if l, err = StartSignerService(f.cfg, slog.New(slog.NewTextHandler(f.logs, nil))); err != nil {
+		t.Fatalf("client_ca: %v", err)
+	}
+	l.Stop()
 }
 
 func TestSignerServiceStopsAndNeedsTLS(t *testing.T) {
