@@ -24,11 +24,35 @@ import (
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 )
 
+// Raft is what the Cluster API needs of the raft node; *cluster.Node
+// implements it. The API authenticates, authorises, forwards and
+// translates; every decision about the cluster is the node's.
+type Raft interface {
+	ID() string
+	IsLeader() bool
+	IsMember(id string) bool
+	Leader() (id, apiAddr string)
+	Members() ([]cluster.Member, error)
+	Stats() cluster.Stats
+	LastContact() time.Duration
+	// FSM is the local replica, for reads.
+	FSM() *fsm.FSM
+
+	ReadIndex(ctx context.Context) (uint64, error)
+	Nudge(ctx context.Context) error
+	WaitApplied(ctx context.Context, idx uint64) error
+
+	Join(ctx context.Context, req cluster.JoinRequest) ([]string, error)
+	Remove(ctx context.Context, id string) error
+	TransferLeadershipTo(id string) error
+	Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, error)
+}
+
 // ClusterServer implements clusterpb.ClusterServer on a cluster node.
 type ClusterServer struct {
 	clusterpb.UnimplementedClusterServer
 	id     string
-	node   atomic.Pointer[cluster.Node]
+	node   nodeRef
 	log    *slog.Logger
 	dialer Dialer
 
@@ -79,7 +103,7 @@ const StateAwaitingJoin = "AwaitingJoin"
 
 // NewClusterServer serves node's state and membership. node may be nil
 // while the node waits to be admitted; see SetNode.
-func NewClusterServer(id string, node *cluster.Node, dialer Dialer, log *slog.Logger) *ClusterServer {
+func NewClusterServer(id string, node Raft, dialer Dialer, log *slog.Logger) *ClusterServer {
 	s := &ClusterServer{id: id, log: log, dialer: dialer}
 	if node != nil {
 		s.node.Store(node)
@@ -88,7 +112,19 @@ func NewClusterServer(id string, node *cluster.Node, dialer Dialer, log *slog.Lo
 }
 
 // SetNode makes the server answer for a raft node that just started.
-func (s *ClusterServer) SetNode(n *cluster.Node) { s.node.Store(n) }
+func (s *ClusterServer) SetNode(n Raft) { s.node.Store(n) }
+
+// nodeRef holds the raft node once it runs.
+type nodeRef struct{ p atomic.Pointer[Raft] }
+
+func (r *nodeRef) Store(n Raft) { r.p.Store(&n) }
+
+func (r *nodeRef) Load() Raft {
+	if p := r.p.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 var errNotMember = status.Error(codes.FailedPrecondition,
 	"the node at this address is not a cluster member yet (it waits to be admitted): send joins to a running member's API address")
@@ -158,7 +194,7 @@ func watermarkPB(chainID string, w fsm.Watermark) *clusterpb.ChainWatermark {
 // readBarrier makes the next local read linearizable: it obtains a read
 // index from the leader (which confirms its leadership with a quorum first)
 // and waits until this replica has applied it.
-func (s *ClusterServer) readBarrier(ctx context.Context, node *cluster.Node) error {
+func (s *ClusterServer) readBarrier(ctx context.Context, node Raft) error {
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
 	var idx uint64
@@ -231,7 +267,7 @@ func (s *ClusterServer) ReadIndex(ctx context.Context, req *clusterpb.ReadIndexR
 // reports handled=false on the leader, which then serves the call itself.
 // A request that was already forwarded is never forwarded again, so two
 // nodes with stale views cannot bounce it between them.
-func forward[T any](ctx context.Context, s *ClusterServer, node *cluster.Node, forwarded bool, op string,
+func forward[T any](ctx context.Context, s *ClusterServer, node Raft, forwarded bool, op string,
 	call func(ctx context.Context, c clusterpb.ClusterClient) (T, error),
 ) (resp T, handled bool, err error) {
 	if node.IsLeader() {

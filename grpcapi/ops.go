@@ -92,7 +92,7 @@ func (s *ClusterServer) TransferLeadership(ctx context.Context, req *clusterpb.T
 	return &clusterpb.TransferLeadershipResponse{NewLeaderId: next}, nil
 }
 
-func (s *ClusterServer) transfer(ctx context.Context, node *cluster.Node, to string) (string, error) {
+func (s *ClusterServer) transfer(ctx context.Context, node Raft, to string) (string, error) {
 	if to == node.ID() {
 		return to, nil
 	}
@@ -191,7 +191,7 @@ type ImportPolicy struct {
 // for, or one that raises an existing watermark further than the policy
 // allows without force: a mistyped height would stop the validator from
 // signing until the chain got there, and a watermark is never lowered.
-func (s *ClusterServer) checkImport(node *cluster.Node, req *clusterpb.ImportStateRequest) error {
+func (s *ClusterServer) checkImport(node Raft, req *clusterpb.ImportStateRequest) error {
 	p := s.ImportPolicy
 	if p.Chains != nil && !slices.Contains(p.Chains, req.GetChainId()) {
 		return status.Errorf(codes.InvalidArgument, "chain %q is not one this cluster signs for (chains in kms.yaml: %s); "+
