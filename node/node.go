@@ -231,37 +231,6 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
-// awaitAdmission blocks until raft may run on this data dir: at once for
-// a member, or, for a node with no raft state, once `kms-ha join` has had
-// it admitted (see cluster.ReadState for why an empty node must not run
-// raft before that).
-func (n *Node) awaitAdmission(ctx context.Context) error {
-	cc := ClusterConfig(n.cfg, n.log)
-	warned := false
-	for {
-		st, err := cluster.ReadState(cc, 2*time.Second)
-		if err != nil && !errors.Is(err, cluster.ErrLocked) {
-			return err
-		}
-		if err == nil && st.MayStartRaft() {
-			if warned {
-				n.log.Info("admitted to the cluster; starting raft")
-			}
-			return nil
-		}
-		if !warned {
-			warned = true
-			n.log.Warn("no raft state: not running raft until this node is admitted; run " +
-				"`kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
 // lead runs for one term of leadership: it records this node's API address
 // for followers to forward to, then serves every validator until ctx ends.
 func (n *Node) lead(ctx context.Context) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/kms-ha/kms-ha/cluster"
@@ -119,73 +118,6 @@ func (n *Node) Ready() error {
 		}
 	}
 	return nil
-}
-
-// register keeps this node's entry current: its raft address (a node
-// restarted with a new advertise address updates it without anyone wiping
-// raft data), its API address and its command level. The leader records
-// its own in lead.
-func (n *Node) register(ctx context.Context) {
-	cl := n.cluster.Load()
-	self := n.cfg.Cluster.NodeID
-	for delay := 300 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		if cl.IsLeader() {
-			continue
-		}
-		m, _ := cl.FSM().Member(self)
-		addrOK := false
-		members, err := cl.Members()
-		if err != nil {
-			continue
-		}
-		isVoter := false
-		for _, mm := range members {
-			if mm.ID == self {
-				addrOK = mm.RaftAddr == n.cfg.Cluster.AdvertiseAddr
-				isVoter = mm.Suffrage == "Voter"
-			}
-		}
-		if len(members) > 0 && !slices.ContainsFunc(members, func(mm cluster.Member) bool { return mm.ID == self }) {
-			continue // removed, or not yet in the configuration: not ours to fix
-		}
-		if addrOK && m.APIAddr == n.cfg.Cluster.APIAddr && m.Level == fsm.Level {
-			delay = 5 * time.Second // re-check now and then: a leader may change
-			continue
-		}
-		if !isVoter && addrOK {
-			continue // seekPromotion sends the level with its request
-		}
-		req := &clusterpb.JoinRequest{Id: self, RaftAddr: n.cfg.Cluster.AdvertiseAddr, ApiAddr: n.cfg.Cluster.APIAddr, Level: fsm.Level}
-		// The leader may not reach this node at its old address, so try
-		// every member's API: any of them forwards to the leader.
-		var targets []string
-		if _, api := cl.Leader(); api != "" {
-			targets = append(targets, api)
-		}
-		for id, api := range cl.LogMemberAPIs() {
-			if id != self && api != "" && !slices.Contains(targets, api) {
-				targets = append(targets, api)
-			}
-		}
-		for _, t := range targets {
-			err := n.dialer.Call(t, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
-				_, err := c.Join(ctx, req)
-				return err
-			})
-			if err == nil {
-				if !addrOK {
-					n.log.Info("updated this node's raft address in the cluster", "advertise_addr", n.cfg.Cluster.AdvertiseAddr)
-				}
-				break
-			}
-			n.log.Warn("could not update this node's entry in the cluster yet", "via", t, "err", err)
-		}
-	}
 }
 
 // allowFresh commits the empty watermark for the chains named by

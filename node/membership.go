@@ -1,0 +1,120 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+)
+
+// A node's membership, from its side, goes through three states; the
+// policy (who may join, when a non-voter is promoted, removing a lost
+// incarnation, address updates) is the leader's, in package cluster.
+//
+//   - waiting: no raft state. The node serves its API (status says
+//     AwaitingJoin) and does not run raft until `kms-ha join` has had a
+//     member admit it and recorded that, with the members that admitted
+//     it, in raft.db (awaitAdmission). The record lives in raft.db so that
+//     whatever wipes the raft state wipes it too.
+//   - non-voter: raft runs; the leader replicates to it and promotes it
+//     once it sees its log caught up. It counts towards no quorum.
+//   - voter: a full member. register keeps its entry (raft address, API
+//     address, command level) current, through any member, so a node
+//     restarted on a new address updates itself.
+
+// awaitAdmission blocks until raft may run on this data dir: at once for
+// a member, or, for a node with no raft state, once `kms-ha join` has had
+// it admitted (see cluster.ReadState for why an empty node must not run
+// raft before that).
+func (n *Node) awaitAdmission(ctx context.Context) error {
+	cc := ClusterConfig(n.cfg, n.log)
+	warned := false
+	for {
+		st, err := cluster.ReadState(cc, 2*time.Second)
+		if err != nil && !errors.Is(err, cluster.ErrLocked) {
+			return err
+		}
+		if err == nil && st.MayStartRaft() {
+			if warned {
+				n.log.Info("admitted to the cluster; starting raft")
+			}
+			return nil
+		}
+		if !warned {
+			warned = true
+			n.log.Warn("no raft state: not running raft until this node is admitted; run " +
+				"`kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// register keeps this node's entry current: its raft address (a node
+// restarted with a new advertise address updates it without anyone wiping
+// raft data), its API address and its command level. The leader records
+// its own in lead.
+func (n *Node) register(ctx context.Context) {
+	cl := n.cluster.Load()
+	self := n.cfg.Cluster.NodeID
+	for delay := 300 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if cl.IsLeader() {
+			continue
+		}
+		m, _ := cl.FSM().Member(self)
+		addrOK := false
+		members, err := cl.Members()
+		if err != nil {
+			continue
+		}
+		for _, mm := range members {
+			if mm.ID == self {
+				addrOK = mm.RaftAddr == n.cfg.Cluster.AdvertiseAddr
+			}
+		}
+		if len(members) > 0 && !slices.ContainsFunc(members, func(mm cluster.Member) bool { return mm.ID == self }) {
+			continue // removed, or not yet in the configuration: not ours to fix
+		}
+		if addrOK && m.APIAddr == n.cfg.Cluster.APIAddr && m.Level == fsm.Level {
+			delay = 5 * time.Second // re-check now and then: a leader may change
+			continue
+		}
+		req := &clusterpb.JoinRequest{Id: self, RaftAddr: n.cfg.Cluster.AdvertiseAddr, ApiAddr: n.cfg.Cluster.APIAddr, Level: fsm.Level}
+		// The leader may not reach this node at its old address, so try
+		// every member's API: any of them forwards to the leader.
+		var targets []string
+		if _, api := cl.Leader(); api != "" {
+			targets = append(targets, api)
+		}
+		for id, api := range cl.LogMemberAPIs() {
+			if id != self && api != "" && !slices.Contains(targets, api) {
+				targets = append(targets, api)
+			}
+		}
+		for _, t := range targets {
+			err := n.dialer.Call(t, 3*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+				_, err := c.Join(ctx, req)
+				return err
+			})
+			if err == nil {
+				if !addrOK {
+					n.log.Info("updated this node's raft address in the cluster", "advertise_addr", n.cfg.Cluster.AdvertiseAddr)
+				}
+				break
+			}
+			n.log.Warn("could not update this node's entry in the cluster yet", "via", t, "err", err)
+		}
+	}
+}
