@@ -49,6 +49,14 @@ func (n *Node) IsMember(id string) bool {
 	return false
 }
 
+// VouchPeers lets the nodes in ids speak raft with this node besides its
+// configuration's: the members this node knows named them as members. A
+// member that missed membership changes while it was down needs this to
+// accept appends from a leader its stale configuration does not name;
+// raft then brings its configuration up to date. Each call replaces the
+// previous set.
+func (n *Node) VouchPeers(ids []string) { n.gate.vouch(ids) }
+
 // Leader returns the leader's id and API address as far as this node knows
 // (empty when there is no known leader).
 func (n *Node) Leader() (id, apiAddr string) {

@@ -11,7 +11,9 @@ import (
 // servers of the latest raft configuration, and, while this node has none
 // (it was just admitted and has not heard from the leader yet), the
 // members named in its join's answer. A leader also admits the node it is
-// adding for the moment before the configuration names it. Everyone else,
+// adding for the moment before the configuration names it, and a member
+// whose configuration is stale admits the members that the members it
+// knows name now (VouchPeers). Everyone else,
 // a removed member included, is refused whatever its certificate says.
 type peerGate struct {
 	raft atomic.Pointer[raft.Raft]
@@ -19,6 +21,7 @@ type peerGate struct {
 	mu        sync.Mutex
 	joinPeers map[string]bool
 	admitting map[string]int
+	vouched   map[string]bool
 }
 
 func newPeerGate(joinPeers []string) *peerGate {
@@ -54,7 +57,7 @@ func (g *peerGate) allowed(id string) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.admitting[id] > 0 {
+	if g.admitting[id] > 0 || g.vouched[id] {
 		return true
 	}
 	return len(servers) == 0 && g.joinPeers[id]
@@ -69,6 +72,18 @@ func (g *peerGate) idAt(addr string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// vouch replaces the set of nodes that members this node trusts name as
+// members (see Node.VouchPeers).
+func (g *peerGate) vouch(ids []string) {
+	v := map[string]bool{}
+	for _, id := range ids {
+		v[id] = true
+	}
+	g.mu.Lock()
+	g.vouched = v
+	g.mu.Unlock()
 }
 
 // admit lets id speak raft while the leader adds it; the returned func

@@ -73,6 +73,9 @@ func (n *Node) register(ctx context.Context) {
 		if cl.IsLeader() {
 			continue
 		}
+		if cl.LastContact() > staleAfter {
+			n.learnMembers(ctx, cl)
+		}
 		m, _ := cl.FSM().Member(self)
 		addrOK := false
 		members, err := cl.Members()
@@ -116,5 +119,38 @@ func (n *Node) register(ctx context.Context) {
 			}
 			n.log.Warn("could not update this node's entry in the cluster yet", "via", t, "err", err)
 		}
+	}
+}
+
+// staleAfter is how long without a leader's contact before a member asks
+// the others who the members are now.
+const staleAfter = 5 * time.Second
+
+// learnMembers asks the members this node knows for the configuration as
+// they see it. A member that was down while others were added (and one of
+// those now leads) would otherwise refuse the new leader's appends, since
+// its own stale configuration does not name it, and never catch up. Only
+// members this node already trusts are asked, over mutual TLS.
+func (n *Node) learnMembers(ctx context.Context, cl *cluster.Node) {
+	var ids []string
+	for id, api := range cl.LogMemberAPIs() {
+		if id == n.cfg.Cluster.NodeID || api == "" || !cl.IsMember(id) {
+			continue
+		}
+		var st *clusterpb.StatusResponse
+		err := n.dialer.Call(api, time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			var err error
+			st, err = c.Status(ctx, &clusterpb.StatusRequest{})
+			return err
+		})
+		if err != nil || st.GetNodeId() != id || st.GetLeaderId() == "" {
+			continue
+		}
+		for _, m := range st.GetMembers() {
+			ids = append(ids, m.GetId())
+		}
+	}
+	if len(ids) > 0 {
+		cl.VouchPeers(ids)
 	}
 }
