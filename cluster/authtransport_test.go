@@ -280,4 +280,23 @@ func TestRaftBindsRPCsToTheCertificatesMember(t *testing.T) {
 	if w, _ := victim.FSM().Watermark("c"); w.Height != 1000 {
 		t.Fatalf("WATERMARK LOWERED by a member's snapshot: %s", w.HRS)
 	}
+	// The refused snapshot is not kept: a restart, which restores the
+	// newest snapshot into an empty state machine, still holds 1000.
+	// (M goes first: raft's shutdown would wait out its RPC timeouts. The
+	// higher term made the victim step down; it leads again alone.)
+	waitTrue(t, "the victim to lead again", 5*time.Second, func() bool { return victim.termReady.Load() })
+	if err := victim.Remove(context.Background(), "M"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := victim.cfg
+	victim.Shutdown()
+	again, err := Open(cfg, fsm.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Shutdown()
+	waitTrue(t, "the restarted victim to lead", 5*time.Second, func() bool { return again.termReady.Load() })
+	if w, _ := again.FSM().Watermark("c"); w.Height != 1000 {
+		t.Fatalf("WATERMARK LOWERED after a restart: %s (the refused snapshot was restored)", w.HRS)
+	}
 }

@@ -288,7 +288,9 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, gate: gate, log: cfg.Logger,
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
-	var rf raft.FSM = f
+	snaps := &guardedSnapshots{SnapshotStore: st.snaps, dir: cfg.DataDir}
+	st.snaps = snaps
+	var rf raft.FSM = guardedFSM{FSM: f, snaps: snaps, log: cfg.Logger}
 	if cfg.WrapFSM != nil {
 		rf = cfg.WrapFSM(f)
 	}
