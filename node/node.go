@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
-	"github.com/cometbft/cometbft/p2p"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -129,18 +128,22 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	identities := map[string]crypto.PrivKey{}
 	for i, v := range c.Validators {
-		id, ok := identities[v.IdentityKey]
-		if !ok {
-			nk, lerr := p2p.LoadNodeKey(v.IdentityKey)
-			if lerr != nil {
-				return nil, fmt.Errorf("node: validators[%d].identity_key %s: %w", i, v.IdentityKey, lerr)
-			}
-			id = nk.PrivKey
-			identities[v.IdentityKey] = id
-		}
-		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Identity: id, Reconnect: v.ShouldReconnect()}
-		if _, _, err := transport.ParseAddr(v.Addr); err != nil {
+		a, err := transport.ParseAddr(v.Addr)
+		if err != nil {
 			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
+		}
+		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect()}
+		// A unix:// entry needs no identity: the node's unix listener
+		// authenticates nobody, and the README promises it works without.
+		if a.NeedsIdentity() {
+			id, ok := identities[v.IdentityKey]
+			if !ok {
+				if id, err = transport.LoadIdentity(v.IdentityKey); err != nil {
+					return nil, fmt.Errorf("node: validators[%d].identity_key: %w", i, err)
+				}
+				identities[v.IdentityKey] = id
+			}
+			tv.Identity = id
 		}
 		n.validators = append(n.validators, tv)
 	}

@@ -125,13 +125,13 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	if err != nil {
 		return err
 	}
-	sch := schemes[tgt.scheme]
+	sch := schemes[tgt.Scheme]
 	if err := sch.checkIdentity(v.Identity); err != nil {
 		return err
 	}
 
 	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
-	if tgt.scheme == "noise" {
+	if tgt.Scheme == "noise" {
 		// The operator of the validator needs this ID for its allow-list;
 		// printing it here saves a round trip to `kms-ha peer-id`.
 		id, err := PeerID(v.Identity)
