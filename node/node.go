@@ -76,6 +76,9 @@ type Node struct {
 	// conns is each validator connection's state, for /readyz.
 	connMu sync.Mutex
 	conns  map[string]string
+	// runValidator is transport.Run; tests replace it to end a loop the
+	// way no real validator can.
+	runValidator func(context.Context, transport.Validator, transport.Handler, transport.Options) error
 	// keyProblem is set while this node's key differs from the one the
 	// cluster recorded; it then refuses to lead.
 	keyProblem atomic.Pointer[string]
@@ -99,7 +102,8 @@ func NewDialer(c *config.Config, log *slog.Logger) (grpcapi.Dialer, error) {
 // New opens keys and identities and the API listener. Run starts raft. No
 // validator is dialled except while this node leads.
 func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
-	n := &Node{cfg: c, opts: opts, log: log, keys: map[string]keys.Signer{}, backends: map[string]string{}, conns: map[string]string{}}
+	n := &Node{cfg: c, opts: opts, log: log, keys: map[string]keys.Signer{}, backends: map[string]string{}, conns: map[string]string{},
+		runValidator: transport.Run}
 	ok := false
 	defer func() {
 		if !ok {
@@ -308,17 +312,7 @@ func (n *Node) lead(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := transport.Run(ctx, v, n.signer, transport.Options{
-				Logger: n.log,
-				// Checked before every dial: a node that is no longer
-				// leader must not open a validator connection, even in the
-				// moment before its context is cancelled.
-				Allowed: cl.IsLeader,
-				OnState: n.onValidatorState,
-			})
-			if err != nil {
-				n.log.Error("validator connection stopped", "chain", v.ChainID, "addr", v.Addr, "err", err)
-			}
+			n.serveValidator(ctx, cl, v)
 		}()
 	}
 	wg.Wait()

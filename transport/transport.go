@@ -111,11 +111,16 @@ func (o Options) withDefaults() Options {
 // connection is dropped because the stream can no longer be resynchronised.
 var errMalformed = errors.New("malformed frame")
 
+// ErrNoReconnect wraps the error Run returns when a validator with
+// Reconnect false lost its connection (or never got one): cosmos/kms's
+// "reconnect: false", which the caller reports rather than retries.
+var ErrNoReconnect = errors.New("not redialling (reconnect: false)")
+
 // Run serves one validator until ctx is done (or, with Reconnect false, until
 // the first connection ends). It closes the live connection promptly when ctx
 // is cancelled. It returns nil on ctx cancellation; otherwise it returns an
 // error for an invalid Validator, or, with Reconnect false, the error that
-// ended the single dial attempt or connection.
+// ended the single dial attempt or connection, wrapping ErrNoReconnect.
 func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	o := opts.withDefaults()
 	if h == nil {
@@ -186,7 +191,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 				log.Debug("transport: connect failed", "err", err, "failures", failures)
 			}
 			if !v.Reconnect {
-				return err
+				return fmt.Errorf("transport: %w: %w", ErrNoReconnect, err)
 			}
 			if !sleep(ctx, b.next()) {
 				return nil
@@ -213,7 +218,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			log.Info("transport: disconnected", "err", err, "served", served)
 		}
 		if !v.Reconnect {
-			return fmt.Errorf("transport: connection to %s ended: %w", v.Addr, err)
+			return fmt.Errorf("transport: connection to %s ended; %w: %w", v.Addr, ErrNoReconnect, err)
 		}
 		// A connection that never completed a request is as bad as a failed
 		// dial: e.g. a peer that accepts and closes at once must not make us
