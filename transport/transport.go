@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -105,11 +104,6 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
-
-// errMalformed marks a frame that was read completely or partly but cannot be
-// a valid request (bad length prefix, too large, undecodable). The
-// connection is dropped because the stream can no longer be resynchronised.
-var errMalformed = errors.New("malformed frame")
 
 // ErrNoReconnect wraps the error Run returns when a validator with
 // Reconnect false lost its connection (or never got one): cosmos/kms's
@@ -246,23 +240,16 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 		_ = conn.Close()
 	}()
 
-	rr := &recordingReader{r: conn}
-	r := protoio.NewDelimitedReader(rr, o.MaxFrameSize)
+	r := newRequestReader(conn, o.MaxFrameSize)
 	w := protoio.NewDelimitedWriter(conn)
 
 	for {
 		if err := conn.SetReadDeadline(time.Now().Add(o.ReadTimeout)); err != nil {
 			return served, fmt.Errorf("transport: set read deadline: %w", err)
 		}
-		var req privvalproto.Message
-		rr.err = nil
-		if _, err := r.ReadMsg(&req); err != nil {
-			if rr.err != nil {
-				return served, fmt.Errorf("transport: read request: %w", err)
-			}
-			// The reader itself did not fail, so the error came from length
-			// validation or decoding.
-			return served, fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
+		req, err := r.readRequest()
+		if err != nil {
+			return served, err
 		}
 
 		resp := h.Handle(ctx, chainID, req)
@@ -272,8 +259,9 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 			return served, ctx.Err()
 		}
 		if resp.Sum == nil {
-			// The handler had no answer for this message (not a request a
-			// node sends): the peer is confused, start over.
+			// The handler chose not to answer (e.g. it lost leadership while
+			// the request waited): dropping the connection makes the node
+			// retry, where an error reply would fail its sign call.
 			return served, fmt.Errorf("transport: %w: no answer for %T", errMalformed, req.Sum)
 		}
 
@@ -285,21 +273,6 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 		}
 		served++
 	}
-}
-
-// recordingReader remembers the last error of the underlying reader so that
-// I/O failures (EOF, timeout, closed) can be told apart from malformed frames.
-type recordingReader struct {
-	r   io.Reader
-	err error
-}
-
-func (rr *recordingReader) Read(p []byte) (int, error) {
-	n, err := rr.r.Read(p)
-	if err != nil {
-		rr.err = err
-	}
-	return n, err
 }
 
 // sleep waits for d or until ctx is done; it reports whether the full
