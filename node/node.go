@@ -130,26 +130,8 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 		}
 		log.Info("key loaded", "chains", k.ChainIDs, "backend", k.Backend, "pubkey", fmt.Sprintf("%X", s.PubKey().Bytes()))
 	}
-	identities := map[string]crypto.PrivKey{}
-	for i, v := range c.Validators {
-		a, err := transport.ParseAddr(v.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
-		}
-		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect()}
-		// A unix:// entry needs no identity: the node's unix listener
-		// authenticates nobody, and the README promises it works without.
-		if a.NeedsIdentity() {
-			id, ok := identities[v.IdentityKey]
-			if !ok {
-				if id, err = transport.LoadIdentity(v.IdentityKey); err != nil {
-					return nil, fmt.Errorf("node: validators[%d].identity_key: %w", i, err)
-				}
-				identities[v.IdentityKey] = id
-			}
-			tv.Identity = id
-		}
-		n.validators = append(n.validators, tv)
+	if n.validators, err = loadValidators(c); err != nil {
+		return nil, err
 	}
 
 	srvTLS, err := pki.ServerConfig(TLSFiles(c), pki.WithLogger(log))
@@ -187,6 +169,34 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	ok = true
 	return n, nil
+}
+
+// loadValidators builds the transport's view of the validators entries,
+// loading each identity file once.
+func loadValidators(c *config.Config) ([]transport.Validator, error) {
+	var out []transport.Validator
+	identities := map[string]crypto.PrivKey{}
+	for i, v := range c.Validators {
+		a, err := transport.ParseAddr(v.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
+		}
+		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect()}
+		// A unix:// entry needs no identity: the node's unix listener
+		// authenticates nobody, and the README promises it works without.
+		if a.NeedsIdentity() {
+			id, ok := identities[v.IdentityKey]
+			if !ok {
+				if id, err = transport.LoadIdentity(v.IdentityKey); err != nil {
+					return nil, fmt.Errorf("node: validators[%d].identity_key: %w", i, err)
+				}
+				identities[v.IdentityKey] = id
+			}
+			tv.Identity = id
+		}
+		out = append(out, tv)
+	}
+	return out, nil
 }
 
 // startRaft opens the raft node and the signer on top of it.

@@ -117,28 +117,12 @@ var ErrNoReconnect = errors.New("not redialling (reconnect: false)")
 // ended the single dial attempt or connection, wrapping ErrNoReconnect.
 func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	o := opts.withDefaults()
-	if h == nil {
-		return errors.New("transport: nil Handler")
-	}
-	tgt, err := parseTarget(v.Addr)
+	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
+	tgt, err := prepare(v, h, log)
 	if err != nil {
 		return err
 	}
 	sch := schemes[tgt.Scheme]
-	if err := sch.checkIdentity(v.Identity); err != nil {
-		return err
-	}
-
-	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
-	if tgt.Scheme == "noise" {
-		// The operator of the validator needs this ID for its allow-list;
-		// printing it here saves a round trip to `kms-ha peer-id`.
-		id, err := PeerID(v.Identity)
-		if err != nil {
-			return err
-		}
-		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
-	}
 	setState := func(s string) {
 		if o.OnState != nil {
 			o.OnState(v, s)
@@ -175,15 +159,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 				return nil
 			}
 			failures++
-			var he *handshakeError
-			switch {
-			case errors.As(err, &he):
-				log.Warn("transport: handshake failed", "err", err, "failures", failures)
-			case failures == 1 || failures%connectFailureLogEvery == 0:
-				log.Warn("transport: connect failed", "err", err, "failures", failures)
-			default:
-				log.Debug("transport: connect failed", "err", err, "failures", failures)
-			}
+			logDialFailure(log, err, failures)
 			if !v.Reconnect {
 				return fmt.Errorf("transport: %w: %w", ErrNoReconnect, err)
 			}
@@ -201,16 +177,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			log.Info("transport: disconnected", "reason", "context done", "served", served)
 			return nil
 		}
-		switch {
-		case errors.Is(err, errMalformed):
-			log.Warn("transport: dropping connection", "err", err, "served", served)
-		case served == 0:
-			// Most often the node refusing us after all (e.g. a noise
-			// allow-list that noticed too late for dialNoise to see it).
-			log.Warn("transport: connection closed before any request", "err", err)
-		default:
-			log.Info("transport: disconnected", "err", err, "served", served)
-		}
+		logDisconnect(log, err, served)
 		if !v.Reconnect {
 			return fmt.Errorf("transport: connection to %s ended; %w: %w", v.Addr, ErrNoReconnect, err)
 		}
@@ -226,6 +193,58 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 		if !sleep(ctx, b.next()) {
 			return nil
 		}
+	}
+}
+
+// prepare checks what Run was given, once: a misconfiguration fails fast
+// instead of redialling forever.
+func prepare(v Validator, h Handler, log *slog.Logger) (target, error) {
+	if h == nil {
+		return target{}, errors.New("transport: nil Handler")
+	}
+	tgt, err := parseTarget(v.Addr)
+	if err != nil {
+		return target{}, err
+	}
+	if err := schemes[tgt.Scheme].checkIdentity(v.Identity); err != nil {
+		return target{}, err
+	}
+	if tgt.Scheme == "noise" {
+		// The operator of the validator needs this ID for its allow-list;
+		// printing it here saves a round trip to `kms-ha peer-id`.
+		id, err := PeerID(v.Identity)
+		if err != nil {
+			return target{}, err
+		}
+		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
+	}
+	return tgt, nil
+}
+
+// logDialFailure logs handshake failures (a foreign or misconfigured peer)
+// every time, and plain connect failures (node down) only now and then.
+func logDialFailure(log *slog.Logger, err error, failures int) {
+	var he *handshakeError
+	switch {
+	case errors.As(err, &he):
+		log.Warn("transport: handshake failed", "err", err, "failures", failures)
+	case failures == 1 || failures%connectFailureLogEvery == 0:
+		log.Warn("transport: connect failed", "err", err, "failures", failures)
+	default:
+		log.Debug("transport: connect failed", "err", err, "failures", failures)
+	}
+}
+
+func logDisconnect(log *slog.Logger, err error, served int) {
+	switch {
+	case errors.Is(err, errMalformed):
+		log.Warn("transport: dropping connection", "err", err, "served", served)
+	case served == 0:
+		// Most often the node refusing us after all (e.g. a noise
+		// allow-list that noticed too late for dialNoise to see it).
+		log.Warn("transport: connection closed before any request", "err", err)
+	default:
+		log.Info("transport: disconnected", "err", err, "served", served)
 	}
 }
 
