@@ -5,7 +5,7 @@ BUILD   := build
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build cometbft demo test deps unit e2e race vet fmt bench proto clean
+.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench proto clean
 
 all: build
 
@@ -22,8 +22,8 @@ demo:
 	$(GO) run ./e2e/cmd/demo $(DEMO_FLAGS)
 
 # The whole suite: unit and in-process cluster tests with the race detector,
-# then the end-to-end tests against a real cometbft node.
-test: deps vet unit e2e
+# a short fuzzing run, then the end-to-end tests against a real cometbft node.
+test: deps vet unit fuzz e2e
 
 # What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend (Debian's
 # package; the tests fail, never skip, without it).
@@ -32,6 +32,13 @@ deps:
 
 unit: deps
 	$(GO) test -race -count=1 ./...
+
+# Privval frames as a validator connection reads them, from the committed
+# corpus (transport/testdata/fuzz) plus FUZZTIME of new inputs; a crash
+# is saved there as a new failing case.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./transport/
 
 e2e:
 	@mkdir -p $(BUILD)

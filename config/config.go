@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kms-ha/kms-ha/transport"
 )
 
 // FileName is the configuration file inside --home.
@@ -315,7 +317,8 @@ func (c *Config) resolvePaths() {
 var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Validate checks the whole file and reports every problem at once, each
-// naming its field.
+// naming its field. It reads the identity files validators name: a file
+// that does not load fails here, at start, not when the node first leads.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -381,11 +384,8 @@ func (c *Config) Validate() error {
 		if !chains[v.ChainID] {
 			bad(p+".chain_id", "%q is not declared under chains", v.ChainID)
 		}
-		if err := CheckValidatorAddr(v.Addr); err != nil {
-			bad(p+".addr", "%v", err)
-		}
-		if v.IdentityKey == "" && !strings.HasPrefix(v.Addr, "unix://") {
-			bad(p+".identity_key", "is required: the identity file written by `kms-ha init`, e.g. identity.json")
+		if err := c.checkValidatorEntry(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s%w", p, err))
 		}
 		c.private(bad, p, "identity_key", v.IdentityKey, v.AllowOpenPermissions)
 	}
@@ -503,38 +503,33 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// CheckValidatorAddr checks a validators[].addr value's syntax; the
-// transport checks the rest (the peer ID's encoding) when the node starts.
-func CheckValidatorAddr(addr string) error {
-	scheme, rest, ok := strings.Cut(addr, "://")
-	if !ok {
-		return fmt.Errorf("%q has no scheme; use tcp://HOST:PORT, noise://PEER_ID@IP:PORT or unix:///PATH (the validator's priv_validator_laddr)", addr)
+// checkValidatorEntry checks a validators entry with the transport's own
+// parser and identity check, so that an entry that loads is one the leader
+// can dial: a bad one would otherwise surface only when this node first
+// leads, and never be dialled. The error starts with ".field: ".
+func (c *Config) checkValidatorEntry(v Validator) error {
+	a, err := transport.ParseAddr(v.Addr)
+	if err != nil {
+		return fmt.Errorf(".addr: %w", err)
 	}
-	switch scheme {
-	case "tcp":
-		if err := checkHostPort(rest); err != nil {
-			return fmt.Errorf("%q: %v", addr, err)
-		}
-		return nil
-	case "noise":
-		id, hostport, ok := strings.Cut(rest, "@")
-		if !ok || id == "" {
-			return fmt.Errorf("%q: noise addresses pin the validator's peer ID: noise://PEER_ID@IP:PORT (get it with `cometbft show-node-id --libp2p`)", addr)
-		}
-		if err := checkHostPort(hostport); err != nil {
-			return fmt.Errorf("%q: %v", addr, err)
-		}
-		if host, _, _ := net.SplitHostPort(hostport); net.ParseIP(host) == nil {
-			return fmt.Errorf("%q: the host must be an IP address, as CometBFT's noise listener requires", addr)
-		}
-		return nil
-	case "unix":
-		if !strings.HasPrefix(rest, "/") {
-			return fmt.Errorf("%q: use an absolute socket path, unix:///path/to/privval.sock", addr)
-		}
+	if !a.NeedsIdentity() {
+		// The node's unix listener authenticates nobody; an identity_key
+		// given anyway is not read.
 		return nil
 	}
-	return fmt.Errorf("%q: unknown scheme %q; use tcp://, noise:// or unix://", addr, scheme)
+	const fix = "identity_key is a SecretConnection/Noise identity in node_key.json format: `kms-ha init` writes one as identity.json " +
+		"(for noise:// every node of the cluster needs the same one)"
+	if v.IdentityKey == "" {
+		return fmt.Errorf(".identity_key: is required for %s:// addresses; %s", a.Scheme, fix)
+	}
+	id, err := transport.LoadIdentity(c.Path(v.IdentityKey))
+	if err != nil {
+		return fmt.Errorf(".identity_key: %w; %s", err, fix)
+	}
+	if err := transport.CheckIdentity(v.Addr, id); err != nil {
+		return fmt.Errorf(".identity_key: %s: %w; %s", c.Path(v.IdentityKey), err, fix)
+	}
+	return nil
 }
 
 func checkHostPort(s string) error {

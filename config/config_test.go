@@ -6,6 +6,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/crypto/secp256k1"
+	"github.com/cometbft/cometbft/p2p"
+
+	"github.com/kms-ha/kms-ha/transport"
 )
 
 const clusterBlock = `
@@ -50,8 +56,19 @@ keys:
     key_file: /secrets/osmosis_priv_validator_key.json
 ` + clusterBlock
 
-func TestCosmosKMSExamplesLoad(t *testing.T) {
+// homeWithIdentity is a --home holding the identity.json `kms-ha init`
+// writes, which validators entries over tcp:// and noise:// need.
+func homeWithIdentity(t *testing.T) string {
+	t.Helper()
 	home := t.TempDir()
+	if err := (&p2p.NodeKey{PrivKey: ed25519.GenPrivKey()}).SaveAs(filepath.Join(home, "identity.json")); err != nil {
+		t.Fatal(err)
+	}
+	return home
+}
+
+func TestCosmosKMSExamplesLoad(t *testing.T) {
+	home := homeWithIdentity(t)
 	c, err := Parse([]byte(singleChain), home)
 	if err != nil {
 		t.Fatalf("single-chain example: %v", err)
@@ -84,6 +101,10 @@ func TestTemplateLoads(t *testing.T) {
 }
 
 func TestValidationNamesTheField(t *testing.T) {
+	pid, err := transport.PeerID(ed25519.GenPrivKey())
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name, yaml, want string
 	}{
@@ -112,16 +133,17 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"pkcs11 ok", strings.Replace(singleChain, "backend: file", "backend: pkcs11\n    module: /lib/x.so\n    token_label: t\n    key_id: '01'\n    pin_file: pin.txt", 1), ""},
 		{"awskms no key", strings.Replace(singleChain, "backend: file", "backend: awskms\n    region: us-east-1", 1), "keys[0].key_id: is required"},
 		{"awskms ok", strings.Replace(singleChain, "backend: file", "backend: awskms\n    key_id: alias/validator\n    region: us-east-1", 1), ""},
-		{"noise without peer id", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://10.0.0.1:26659", 1), "pin the validator's peer ID"},
-		{"noise with hostname", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://12D3KooWx@validator:26659", 1), "must be an IP"},
-		{"noise ok", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://12D3KooWx@10.0.0.1:26659", 1), ""},
-		{"unix relative", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "unix://run/pv.sock", 1), "absolute socket path"},
+		{"noise without peer id", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://10.0.0.1:26659", 1), "validators[0].addr: transport: noise address \"noise://10.0.0.1:26659\": missing validator peer ID"},
+		{"noise with hostname", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://"+pid+"@validator:26659", 1), "must be an IP"},
+		{"noise bad peer id", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://12D3KooWx@10.0.0.1:26659", 1), "validators[0].addr: transport: noise address \"noise://12D3KooWx@10.0.0.1:26659\": \"12D3KooWx\" is not a libp2p peer ID"},
+		{"noise ok", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "noise://"+pid+"@10.0.0.1:26659", 1), ""},
+		{"unix relative", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "unix://run/pv.sock", 1), "validators[0].addr: transport: unix address \"unix://run/pv.sock\": socket path \"run/pv.sock\" is not absolute"},
 		{"unix ok", strings.Replace(singleChain, "tcp://10.0.0.1:26659", "unix:///run/pv.sock", 1), ""},
 		{"metrics", singleChain + "metrics:\n  listen: nope\n", "metrics.listen"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(tc.yaml), t.TempDir())
+			_, err := Parse([]byte(tc.yaml), homeWithIdentity(t))
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -134,7 +156,7 @@ func TestValidationNamesTheField(t *testing.T) {
 		})
 	}
 	dup := strings.Replace(multiChain, "chain_ids: [osmosis-1]", "chain_ids: [cosmoshub-4, osmosis-1]", 1)
-	if _, err := Parse([]byte(dup), t.TempDir()); err == nil || !strings.Contains(err.Error(), "already has a key") {
+	if _, err := Parse([]byte(dup), homeWithIdentity(t)); err == nil || !strings.Contains(err.Error(), "already has a key") {
 		t.Fatalf("two keys for one chain: %v", err)
 	}
 }
@@ -148,5 +170,93 @@ func TestLoadMissingFileSaysWhatToDo(t *testing.T) {
 	os.WriteFile(filepath.Join(home, FileName), []byte("chains: [\n"), 0o600)
 	if _, err := Load(home); err == nil || !strings.Contains(err.Error(), "kms.yaml") {
 		t.Fatalf("corrupt file: %v", err)
+	}
+}
+
+// TestValidatorEntriesUseTheTransportParser: an entry the configuration
+// accepts is one the transport dials, and one it cannot dial is refused at
+// load time, naming the field, instead of when the node first leads.
+func TestValidatorEntriesUseTheTransportParser(t *testing.T) {
+	nodeID := strings.Repeat("0f", 20)
+	withAddr := func(addr string) string { return strings.Replace(singleChain, "tcp://10.0.0.1:26659", addr, 1) }
+	cases := []struct{ name, yaml, want string }{
+		// The scheme is case-insensitive, as for the transport.
+		{"upper-case scheme", withAddr("TCP://10.0.0.1:26659"), ""},
+		{"pinned node id", withAddr("tcp://" + nodeID + "@10.0.0.1:26659"), ""},
+		// The old check took "user@10.0.0.1" for a host; the transport
+		// never dialled it.
+		{"not a node id", withAddr("tcp://user@10.0.0.1:26659"),
+			`validators[0].addr: transport: tcp address "tcp://user@10.0.0.1:26659": "user" is not a node id`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), homeWithIdentity(t))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestIdentityKeyMustLoad: a tcp:// or noise:// entry whose identity file
+// is missing, unreadable or of the wrong type fails Load with the field and
+// the fix; a unix:// entry needs none.
+func TestIdentityKeyMustLoad(t *testing.T) {
+	write := func(t *testing.T, home, yaml string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(home, FileName), []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const fix = "`kms-ha init` writes one as identity.json"
+
+	home := t.TempDir()
+	write(t, home, singleChain)
+	_, err := Load(home)
+	if err == nil || !strings.Contains(err.Error(), "validators[0].identity_key: transport: load identity "+filepath.Join(home, "identity.json")) ||
+		!strings.Contains(err.Error(), "no such file") || !strings.Contains(err.Error(), fix) {
+		t.Fatalf("missing identity file: %v", err)
+	}
+
+	home = t.TempDir()
+	write(t, home, singleChain)
+	os.WriteFile(filepath.Join(home, "identity.json"), []byte(`{"priv_key":`), 0o600)
+	if _, err := Load(home); err == nil || !strings.Contains(err.Error(), "validators[0].identity_key: transport: load identity") {
+		t.Fatalf("corrupt identity file: %v", err)
+	}
+
+	// SecretConnection needs ed25519; a secp256k1 node key would fail every
+	// handshake.
+	home = t.TempDir()
+	write(t, home, singleChain)
+	(&p2p.NodeKey{PrivKey: secp256k1.GenPrivKey()}).SaveAs(filepath.Join(home, "identity.json"))
+	if _, err := Load(home); err == nil || !strings.Contains(err.Error(), "validators[0].identity_key: ") ||
+		!strings.Contains(err.Error(), "needs an ed25519 identity, got secp256k1") {
+		t.Fatalf("secp256k1 identity for tcp://: %v", err)
+	}
+
+	home = t.TempDir()
+	write(t, home, strings.Replace(singleChain, "identity_key: identity.json # relative to --home", "", 1))
+	if _, err := Load(home); err == nil || !strings.Contains(err.Error(), "validators[0].identity_key: is required for tcp:// addresses") ||
+		!strings.Contains(err.Error(), fix) {
+		t.Fatalf("no identity_key: %v", err)
+	}
+
+	// unix:// reads no identity, even one named but absent.
+	home = t.TempDir()
+	write(t, home, strings.Replace(singleChain, "addr: tcp://10.0.0.1:26659", "addr: unix:///run/pv.sock", 1))
+	if _, err := Load(home); err != nil {
+		t.Fatalf("unix:// with an absent identity file: %v", err)
+	}
+	write(t, home, strings.Replace(strings.Replace(singleChain, "addr: tcp://10.0.0.1:26659", "addr: unix:///run/pv.sock", 1),
+		"identity_key: identity.json # relative to --home", "", 1))
+	if _, err := Load(home); err != nil {
+		t.Fatalf("unix:// without identity_key: %v", err)
 	}
 }

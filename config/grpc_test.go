@@ -21,7 +21,7 @@ func TestSignerServiceBeyondLoopbackNeedsClientCA(t *testing.T) {
 		{grpc("[::1]:9090", ""), ""},
 		{grpc("localhost:9090", ""), ""},
 	} {
-		_, err := Parse([]byte(tc.yaml), t.TempDir())
+		_, err := Parse([]byte(tc.yaml), homeWithIdentity(t))
 		if tc.want == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.yaml[len(singleChain):], err)

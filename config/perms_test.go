@@ -1,10 +1,14 @@
 package config
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/p2p"
 )
 
 // Every secret file kms.yaml names is refused when another account could
@@ -29,10 +33,19 @@ func TestOpenSecretFilesAreRefused(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {
-			home := t.TempDir()
+			home := homeWithIdentity(t)
+			// A throwaway identity: it is what identity_key must hold, and
+			// the other fields' checks do not read their files.
 			secret := filepath.Join(home, "secret.txt")
-			if err := os.WriteFile(secret, []byte("not a real secret\n"), 0o600); err != nil {
+			if err := (&p2p.NodeKey{PrivKey: ed25519.GenPrivKey()}).SaveAs(secret); err != nil {
 				t.Fatal(err)
+			}
+			var saved struct {
+				PrivKey struct{ Value string } `json:"priv_key"`
+			}
+			raw, _ := os.ReadFile(secret)
+			if err := json.Unmarshal(raw, &saved); err != nil || saved.PrivKey.Value == "" {
+				t.Fatalf("identity file: %v", err)
 			}
 			refused := []byte(strings.Replace(tc.yaml, "ALLOW\n", "", 1))
 			allowed := []byte(strings.Replace(tc.yaml, "ALLOW\n", tc.allow, 1))
@@ -54,7 +67,7 @@ func TestOpenSecretFilesAreRefused(t *testing.T) {
 						t.Fatalf("mode %04o: %q does not say %q", mode, msg, want)
 					}
 				}
-				if strings.Contains(msg, "not a real secret") {
+				if strings.Contains(msg, saved.PrivKey.Value) {
 					t.Fatalf("the error shows the file's content: %q", msg)
 				}
 			}
@@ -68,7 +81,7 @@ func TestOpenSecretFilesAreRefused(t *testing.T) {
 // A file that is not there yet is the backend's to report at start (as
 // before); the permission check only judges files that exist.
 func TestMissingSecretFileIsLeftToTheBackend(t *testing.T) {
-	if _, err := Parse([]byte(singleChain), t.TempDir()); err != nil {
+	if _, err := Parse([]byte(singleChain), homeWithIdentity(t)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
-	"github.com/cometbft/cometbft/p2p"
 	"google.golang.org/grpc"
 
 	"github.com/kms-ha/kms-ha/cluster"
@@ -75,6 +74,9 @@ type Node struct {
 	// conns is each validator connection's state, for /readyz.
 	connMu sync.Mutex
 	conns  map[string]string
+	// runValidator is transport.Run; tests replace it to end a loop the
+	// way no real validator can.
+	runValidator func(context.Context, transport.Validator, transport.Handler, transport.Options) error
 	// keyProblem is set while this node's key differs from the one the
 	// cluster recorded; it then refuses to lead.
 	keyProblem atomic.Pointer[string]
@@ -98,7 +100,8 @@ func NewDialer(c *config.Config, log *slog.Logger) (grpcapi.Dialer, error) {
 // New opens keys and identities and the API listener. Run starts raft. No
 // validator is dialled except while this node leads.
 func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
-	n := &Node{cfg: c, opts: opts, log: log, keys: map[string]keys.Signer{}, backends: map[string]string{}, conns: map[string]string{}}
+	n := &Node{cfg: c, opts: opts, log: log, keys: map[string]keys.Signer{}, backends: map[string]string{}, conns: map[string]string{},
+		runValidator: transport.Run}
 	ok := false
 	defer func() {
 		if !ok {
@@ -125,22 +128,8 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 		}
 		log.Info("key loaded", "chains", k.ChainIDs, "backend", k.Backend, "pubkey", fmt.Sprintf("%X", s.PubKey().Bytes()))
 	}
-	identities := map[string]crypto.PrivKey{}
-	for i, v := range c.Validators {
-		id, ok := identities[v.IdentityKey]
-		if !ok {
-			nk, lerr := p2p.LoadNodeKey(v.IdentityKey)
-			if lerr != nil {
-				return nil, fmt.Errorf("node: validators[%d].identity_key %s: %w", i, v.IdentityKey, lerr)
-			}
-			id = nk.PrivKey
-			identities[v.IdentityKey] = id
-		}
-		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Identity: id, Reconnect: v.ShouldReconnect()}
-		if _, _, err := transport.ParseAddr(v.Addr); err != nil {
-			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
-		}
-		n.validators = append(n.validators, tv)
+	if n.validators, err = loadValidators(c); err != nil {
+		return nil, err
 	}
 
 	srvTLS, err := pki.ServerConfig(TLSFiles(c), pki.WithLogger(log))
@@ -182,6 +171,34 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	ok = true
 	return n, nil
+}
+
+// loadValidators builds the transport's view of the validators entries,
+// loading each identity file once.
+func loadValidators(c *config.Config) ([]transport.Validator, error) {
+	var out []transport.Validator
+	identities := map[string]crypto.PrivKey{}
+	for i, v := range c.Validators {
+		a, err := transport.ParseAddr(v.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
+		}
+		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect()}
+		// A unix:// entry needs no identity: the node's unix listener
+		// authenticates nobody, and the README promises it works without.
+		if a.NeedsIdentity() {
+			id, ok := identities[v.IdentityKey]
+			if !ok {
+				if id, err = transport.LoadIdentity(v.IdentityKey); err != nil {
+					return nil, fmt.Errorf("node: validators[%d].identity_key: %w", i, err)
+				}
+				identities[v.IdentityKey] = id
+			}
+			tv.Identity = id
+		}
+		out = append(out, tv)
+	}
+	return out, nil
 }
 
 // startRaft opens the raft node and the signer on top of it.
@@ -283,17 +300,7 @@ func (n *Node) lead(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := transport.Run(ctx, v, n.signer, transport.Options{
-				Logger: n.log,
-				// Checked before every dial: a node that is no longer
-				// leader must not open a validator connection, even in the
-				// moment before its context is cancelled.
-				Allowed: cl.IsLeader,
-				OnState: n.onValidatorState,
-			})
-			if err != nil {
-				n.log.Error("validator connection stopped", "chain", v.ChainID, "addr", v.Addr, "err", err)
-			}
+			n.serveValidator(ctx, cl, v)
 		}()
 	}
 	wg.Wait()

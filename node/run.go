@@ -16,7 +16,6 @@ import (
 	"github.com/kms-ha/kms-ha/keys/awskms"
 	"github.com/kms-ha/kms-ha/keys/file"
 	"github.com/kms-ha/kms-ha/keys/pkcs11"
-	"github.com/kms-ha/kms-ha/transport"
 )
 
 // OpenKey opens a kms.yaml key with its backend.
@@ -83,13 +82,6 @@ func (n *Node) checkKeys(ctx context.Context, cl *cluster.Node) (ok, pending boo
 	return true, pending
 }
 
-func (n *Node) onValidatorState(v transport.Validator, state string) {
-	n.connMu.Lock()
-	n.conns[v.ChainID+" "+v.Addr] = state
-	n.connMu.Unlock()
-	n.metrics.ValidatorState(v.ChainID, v.Addr, state)
-}
-
 // Ready is /readyz: a member that knows its leader; the leader also needs
 // its validator connections up.
 func (n *Node) Ready() error {
@@ -110,14 +102,7 @@ func (n *Node) Ready() error {
 	if !cl.IsLeader() {
 		return nil
 	}
-	n.connMu.Lock()
-	defer n.connMu.Unlock()
-	for _, v := range n.validators {
-		if st := n.conns[v.ChainID+" "+v.Addr]; st != transport.StateConnected {
-			return fmt.Errorf("leader, but validator %s (chain %s) is not connected", v.Addr, v.ChainID)
-		}
-	}
-	return nil
+	return n.validatorsReady()
 }
 
 // allowFresh commits the empty watermark for the chains named by

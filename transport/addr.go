@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -12,20 +13,39 @@ import (
 
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/p2p"
 	p2pconn "github.com/cometbft/cometbft/p2p/conn"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // addrForms is quoted in errors so that a user who got an address wrong sees
 // every form that works.
-const addrForms = "tcp://host:port, noise://<validator-peer-id>@IP:PORT or unix:///absolute/path.sock"
+const addrForms = "tcp://[<validator-node-id>@]host:port, noise://<validator-peer-id>@IP:PORT or unix:///absolute/path.sock (the validator's priv_validator_laddr)"
+
+// Addr is a parsed validator address. ParseAddr is the one parser of
+// validators[].addr: configuration validation and the dialer both use it, so
+// an address the configuration accepts is one the transport can dial.
+type Addr struct {
+	// Scheme is "tcp", "noise" or "unix", in lower case whatever the
+	// address used.
+	Scheme string
+	// HostPort is host:port for tcp:// and noise://, the socket path for
+	// unix://.
+	HostPort string
+	// PeerID is the validator identity pinned in the address: the libp2p
+	// peer ID of noise://, the CometBFT node id (lower-case hex) of
+	// tcp://<node-id>@host:port; empty when nothing is pinned.
+	PeerID string
+}
+
+// NeedsIdentity reports whether dialling the address authenticates this
+// signer with an identity key: tcp:// and noise:// do, unix:// (a local
+// socket the node does not encrypt) does not.
+func (a Addr) NeedsIdentity() bool { return a.Scheme != "unix" }
 
 // target is a parsed validator address: everything dial needs.
 type target struct {
-	scheme string
-	// hostport is host:port for tcp:// and noise://, the socket path for
-	// unix://.
-	hostport string
+	Addr
 	// peer is the validator's pinned libp2p identity (noise:// only).
 	peer peer.ID
 }
@@ -35,8 +55,9 @@ type scheme struct {
 	// parse validates what follows "://" so that a bad address is refused
 	// when the configuration is loaded, not on every redial.
 	parse func(addr, rest string) (target, error)
-	// checkIdentity rejects identities the scheme cannot use. It runs once in
-	// Run, so a misconfiguration fails fast instead of redialling forever.
+	// checkIdentity rejects identities the scheme cannot use. It runs when
+	// the configuration loads and again in Run, so a misconfiguration fails
+	// fast instead of redialling forever.
 	checkIdentity func(crypto.PrivKey) error
 	// dial returns an authenticated connection. On any error it must have
 	// closed everything it opened: a leaked socket sits in the node's accept
@@ -50,29 +71,53 @@ var schemes = map[string]scheme{
 	"unix":  {parse: parseUnix, checkIdentity: checkNoIdentity, dial: dialUnix},
 }
 
-// ParseAddr splits a validator address into its scheme and where to dial:
-// host:port for "tcp://host:port" and "noise://<peer-id>@IP:PORT", the
-// socket path for "unix:///path". It validates the whole address, including
-// the peer ID of a noise:// address, and returns a clear error otherwise.
-func ParseAddr(addr string) (scheme, hostport string, err error) {
+// ParseAddr validates a whole validator address ("tcp://host:port",
+// "tcp://<node-id>@host:port", "noise://<peer-id>@IP:PORT",
+// "unix:///path"), including the identity it pins, and returns a clear error
+// otherwise. The scheme is case-insensitive.
+func ParseAddr(addr string) (Addr, error) {
 	t, err := parseTarget(addr)
 	if err != nil {
-		return "", "", err
+		return Addr{}, err
 	}
-	return t.scheme, t.hostport, nil
+	return t.Addr, nil
+}
+
+// CheckIdentity reports whether identity can authenticate this signer to
+// the validator at addr: ed25519 for tcp://, ed25519 or secp256k1 for
+// noise://, anything (even none) for unix://.
+func CheckIdentity(addr string, identity crypto.PrivKey) error {
+	t, err := parseTarget(addr)
+	if err != nil {
+		return err
+	}
+	return schemes[t.Scheme].checkIdentity(identity)
+}
+
+// LoadIdentity reads an identity file in CometBFT's node_key.json format,
+// the one `kms-ha init` writes as identity.json.
+func LoadIdentity(path string) (crypto.PrivKey, error) {
+	nk, err := p2p.LoadNodeKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("transport: load identity %s: %w", path, err)
+	}
+	if nk.PrivKey == nil {
+		return nil, fmt.Errorf("transport: load identity %s: no priv_key in the file", path)
+	}
+	return nk.PrivKey, nil
 }
 
 // NoisePeerID returns the validator peer ID pinned in a
 // "noise://<peer-id>@IP:PORT" address, in its canonical string form.
 func NoisePeerID(addr string) (string, error) {
-	t, err := parseTarget(addr)
+	a, err := ParseAddr(addr)
 	if err != nil {
 		return "", err
 	}
-	if t.scheme != "noise" {
+	if a.Scheme != "noise" {
 		return "", fmt.Errorf("transport: address %q is not a noise:// address, want noise://<validator-peer-id>@IP:PORT", addr)
 	}
-	return t.peer.String(), nil
+	return a.PeerID, nil
 }
 
 func parseTarget(addr string) (target, error) {
@@ -89,15 +134,27 @@ func parseTarget(addr string) (target, error) {
 	if err != nil {
 		return target{}, err
 	}
-	t.scheme = s
+	t.Scheme = s
 	return t, nil
 }
 
+// nodeIDLen is the length of a CometBFT node id: the hex of the 20-byte
+// address of the ed25519 key (p2p.PubKeyToID).
+const nodeIDLen = 2 * crypto.AddressSize
+
 func parseTCP(addr, rest string) (target, error) {
+	var nodeID string
+	// Split at the last "@" as noise:// does; no host contains one.
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		nodeID, rest = strings.ToLower(rest[:at]), rest[at+1:]
+		if _, err := hex.DecodeString(nodeID); err != nil || len(nodeID) != nodeIDLen {
+			return target{}, fmt.Errorf("transport: tcp address %q: %q is not a node id (%d hex characters: the id of the SecretConnection key the validator's privval listener presents), want tcp://[<validator-node-id>@]host:port", addr, nodeID, nodeIDLen)
+		}
+	}
 	if _, err := checkHostPort(addr, rest); err != nil {
 		return target{}, err
 	}
-	return target{hostport: rest}, nil
+	return target{Addr: Addr{HostPort: rest, PeerID: nodeID}}, nil
 }
 
 // checkHostPort validates host:port and returns the host.
@@ -139,7 +196,7 @@ func parseNoise(addr, rest string) (target, error) {
 	if err != nil {
 		return target{}, fmt.Errorf("transport: noise address %q: %q is not a libp2p peer ID; get it with `cometbft show-node-id --libp2p`: %w", addr, pidStr, err)
 	}
-	return target{hostport: hostport, peer: pid}, nil
+	return target{Addr: Addr{HostPort: hostport, PeerID: pid.String()}, peer: pid}, nil
 }
 
 func parseUnix(addr, rest string) (target, error) {
@@ -152,7 +209,7 @@ func parseUnix(addr, rest string) (target, error) {
 	if !filepath.IsAbs(rest) {
 		return target{}, fmt.Errorf("transport: unix address %q: socket path %q is not absolute, want unix:///absolute/path.sock", addr, rest)
 	}
-	return target{hostport: rest}, nil
+	return target{Addr: Addr{HostPort: rest}}, nil
 }
 
 func checkEd25519(k crypto.PrivKey) error {
@@ -208,7 +265,7 @@ func dialSocket(ctx context.Context, network, address string, timeout time.Durat
 }
 
 func dialTCP(ctx context.Context, t target, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
-	hostport := t.hostport
+	hostport := t.HostPort
 	raw, err := dialSocket(ctx, "tcp", hostport, timeout)
 	if err != nil {
 		return nil, err
@@ -231,6 +288,15 @@ func dialTCP(ctx context.Context, t target, identity crypto.PrivKey, timeout tim
 		}
 		return nil, &handshakeError{addr: hostport, err: err}
 	}
+	if t.PeerID != "" {
+		// The handshake proved the peer holds this key; pinning makes that
+		// key the one the operator named, so a host that took over the
+		// validator's address gets no signatures.
+		if got := string(p2p.PubKeyToID(sc.RemotePubKey())); got != t.PeerID {
+			_ = raw.Close()
+			return nil, &handshakeError{addr: hostport, err: &nodeIDMismatchError{expected: t.PeerID, actual: got}}
+		}
+	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("transport: dial %s: clear handshake deadline: %w", hostport, err)
@@ -238,9 +304,23 @@ func dialTCP(ctx context.Context, t target, identity crypto.PrivKey, timeout tim
 	return sc, nil
 }
 
+// nodeIDMismatchError reports a validator whose SecretConnection key is not
+// the one pinned in its tcp://<node-id>@ address.
+type nodeIDMismatchError struct {
+	expected, actual string
+}
+
+func (e *nodeIDMismatchError) Error() string {
+	// A stock CometBFT node makes a new listener key at every start
+	// (privval.NewSignerListener), so the hint matters more than usual.
+	return fmt.Sprintf("validator node id mismatch: expected %s (from the tcp:// address), got %s; "+
+		"the validator's privval listener must use the key whose id is pinned (a node that makes a new key at every start cannot be pinned: "+
+		"drop the id from the address, or use noise://)", e.expected, e.actual)
+}
+
 // dialUnix connects to the node's unix listener. The node wraps nothing
 // around a unix connection (privval.UnixListener: no SecretConnection), so
 // privval frames go over the socket as they are.
 func dialUnix(ctx context.Context, t target, _ crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
-	return dialSocket(ctx, "unix", t.hostport, timeout)
+	return dialSocket(ctx, "unix", t.HostPort, timeout)
 }

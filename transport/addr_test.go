@@ -18,24 +18,28 @@ func testPeerID(t *testing.T) string {
 
 func TestParseAddr(t *testing.T) {
 	pid := testPeerID(t)
-	ok := []struct{ in, scheme, hostport string }{
-		{"tcp://127.0.0.1:26659", "tcp", "127.0.0.1:26659"},
-		{"tcp://localhost:1", "tcp", "localhost:1"},
-		{"tcp://[::1]:26659", "tcp", "[::1]:26659"},
-		{"TCP://node.example:26659", "tcp", "node.example:26659"},
-		{"noise://" + pid + "@10.0.0.1:26659", "noise", "10.0.0.1:26659"},
-		{"NOISE://" + pid + "@[::1]:26659", "noise", "[::1]:26659"},
-		{"unix:///run/pv.sock", "unix", "/run/pv.sock"},
-		{"unix:///tmp/dir with space/pv.sock", "unix", "/tmp/dir with space/pv.sock"},
+	nodeID := strings.Repeat("ab", 20)
+	ok := []struct{ in, scheme, hostport, pinned string }{
+		{"tcp://127.0.0.1:26659", "tcp", "127.0.0.1:26659", ""},
+		{"tcp://localhost:1", "tcp", "localhost:1", ""},
+		{"tcp://[::1]:26659", "tcp", "[::1]:26659", ""},
+		{"TCP://node.example:26659", "tcp", "node.example:26659", ""},
+		{"tcp://" + nodeID + "@10.0.0.1:26659", "tcp", "10.0.0.1:26659", nodeID},
+		// Node ids are compared in CometBFT's lower-case form.
+		{"Tcp://" + strings.ToUpper(nodeID) + "@validator.example:26659", "tcp", "validator.example:26659", nodeID},
+		{"noise://" + pid + "@10.0.0.1:26659", "noise", "10.0.0.1:26659", pid},
+		{"NOISE://" + pid + "@[::1]:26659", "noise", "[::1]:26659", pid},
+		{"unix:///run/pv.sock", "unix", "/run/pv.sock", ""},
+		{"UNIX:///tmp/dir with space/pv.sock", "unix", "/tmp/dir with space/pv.sock", ""},
 	}
 	for _, c := range ok {
-		s, hp, err := ParseAddr(c.in)
+		a, err := ParseAddr(c.in)
 		if err != nil {
 			t.Errorf("ParseAddr(%q): unexpected error %v", c.in, err)
 			continue
 		}
-		if s != c.scheme || hp != c.hostport {
-			t.Errorf("ParseAddr(%q) = %q, %q; want %q, %q", c.in, s, hp, c.scheme, c.hostport)
+		if a.Scheme != c.scheme || a.HostPort != c.hostport || a.PeerID != c.pinned {
+			t.Errorf("ParseAddr(%q) = %+v; want %q, %q, %q", c.in, a, c.scheme, c.hostport, c.pinned)
 		}
 	}
 
@@ -50,7 +54,11 @@ func TestParseAddr(t *testing.T) {
 		{"tcp://127.0.0.1:70000", "invalid port"},
 		{"tcp://127.0.0.1:abc", "invalid port"},
 		{"tcp://127.0.0.1:26659/path", "invalid port"},
-		{"tcp://user@127.0.0.1:26659", "invalid host"},
+		{"tcp://user@127.0.0.1:26659", `"user" is not a node id (40 hex characters`},
+		{"tcp://@127.0.0.1:26659", `"" is not a node id`},
+		{"tcp://" + nodeID + "ab@127.0.0.1:26659", "is not a node id"},
+		{"tcp://" + nodeID + "@127.0.0.1", "missing port"},
+		{"tcp://a@b@127.0.0.1:26659", "is not a node id"},
 
 		{"noise://127.0.0.1:26659", "missing validator peer ID"},
 		{"noise://@127.0.0.1:26659", "missing validator peer ID"},
@@ -66,7 +74,7 @@ func TestParseAddr(t *testing.T) {
 		{"unix://./pv.sock", "is not absolute"},
 	}
 	for _, c := range bad {
-		_, _, err := ParseAddr(c.in)
+		_, err := ParseAddr(c.in)
 		if err == nil {
 			t.Errorf("ParseAddr(%q): expected error", c.in)
 			continue

@@ -127,7 +127,7 @@ func dialNoise(ctx context.Context, t target, identity crypto.PrivKey, timeout t
 	if err != nil {
 		return nil, fmt.Errorf("transport: noise transport: %w", err)
 	}
-	raw, err := dialSocket(ctx, "tcp", t.hostport, timeout)
+	raw, err := dialSocket(ctx, "tcp", t.HostPort, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func dialNoise(ctx context.Context, t target, identity crypto.PrivKey, timeout t
 	if err != nil {
 		_ = raw.Close()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("transport: dial %s: %w", t.hostport, ctx.Err())
+			return nil, fmt.Errorf("transport: dial %s: %w", t.HostPort, ctx.Err())
 		}
 		var mismatch sec.ErrPeerIDMismatch
 		switch {
@@ -154,7 +154,7 @@ func dialNoise(ctx context.Context, t target, identity crypto.PrivKey, timeout t
 		default:
 			err = fmt.Errorf("noise handshake: %w", err)
 		}
-		return nil, &handshakeError{addr: t.hostport, err: err}
+		return nil, &handshakeError{addr: t.HostPort, err: err}
 	}
 
 	// The initiator's handshake ends when it sends the last message, before
@@ -169,9 +169,9 @@ func dialNoise(ctx context.Context, t target, identity crypto.PrivKey, timeout t
 	if err := pc.probeClose(ctx, probe); err != nil {
 		_ = raw.Close()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("transport: dial %s: %w", t.hostport, ctx.Err())
+			return nil, fmt.Errorf("transport: dial %s: %w", t.HostPort, ctx.Err())
 		}
-		return nil, &handshakeError{addr: t.hostport, err: &notAllowedError{local: sc.LocalPeer(), err: err}}
+		return nil, &handshakeError{addr: t.HostPort, err: &notAllowedError{local: sc.LocalPeer(), err: err}}
 	}
 	return sc, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -106,40 +105,24 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// errMalformed marks a frame that was read completely or partly but cannot be
-// a valid request (bad length prefix, too large, undecodable). The
-// connection is dropped because the stream can no longer be resynchronised.
-var errMalformed = errors.New("malformed frame")
+// ErrNoReconnect wraps the error Run returns when a validator with
+// Reconnect false lost its connection (or never got one): cosmos/kms's
+// "reconnect: false", which the caller reports rather than retries.
+var ErrNoReconnect = errors.New("not redialling (reconnect: false)")
 
 // Run serves one validator until ctx is done (or, with Reconnect false, until
 // the first connection ends). It closes the live connection promptly when ctx
 // is cancelled. It returns nil on ctx cancellation; otherwise it returns an
 // error for an invalid Validator, or, with Reconnect false, the error that
-// ended the single dial attempt or connection.
+// ended the single dial attempt or connection, wrapping ErrNoReconnect.
 func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	o := opts.withDefaults()
-	if h == nil {
-		return errors.New("transport: nil Handler")
-	}
-	tgt, err := parseTarget(v.Addr)
+	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
+	tgt, err := prepare(v, h, log)
 	if err != nil {
 		return err
 	}
-	sch := schemes[tgt.scheme]
-	if err := sch.checkIdentity(v.Identity); err != nil {
-		return err
-	}
-
-	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
-	if tgt.scheme == "noise" {
-		// The operator of the validator needs this ID for its allow-list;
-		// printing it here saves a round trip to `kms-ha peer-id`.
-		id, err := PeerID(v.Identity)
-		if err != nil {
-			return err
-		}
-		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
-	}
+	sch := schemes[tgt.Scheme]
 	setState := func(s string) {
 		if o.OnState != nil {
 			o.OnState(v, s)
@@ -176,17 +159,9 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 				return nil
 			}
 			failures++
-			var he *handshakeError
-			switch {
-			case errors.As(err, &he):
-				log.Warn("transport: handshake failed", "err", err, "failures", failures)
-			case failures == 1 || failures%connectFailureLogEvery == 0:
-				log.Warn("transport: connect failed", "err", err, "failures", failures)
-			default:
-				log.Debug("transport: connect failed", "err", err, "failures", failures)
-			}
+			logDialFailure(log, err, failures)
 			if !v.Reconnect {
-				return err
+				return fmt.Errorf("transport: %w: %w", ErrNoReconnect, err)
 			}
 			if !sleep(ctx, b.next()) {
 				return nil
@@ -202,18 +177,9 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			log.Info("transport: disconnected", "reason", "context done", "served", served)
 			return nil
 		}
-		switch {
-		case errors.Is(err, errMalformed):
-			log.Warn("transport: dropping connection", "err", err, "served", served)
-		case served == 0:
-			// Most often the node refusing us after all (e.g. a noise
-			// allow-list that noticed too late for dialNoise to see it).
-			log.Warn("transport: connection closed before any request", "err", err)
-		default:
-			log.Info("transport: disconnected", "err", err, "served", served)
-		}
+		logDisconnect(log, err, served)
 		if !v.Reconnect {
-			return fmt.Errorf("transport: connection to %s ended: %w", v.Addr, err)
+			return fmt.Errorf("transport: connection to %s ended; %w: %w", v.Addr, ErrNoReconnect, err)
 		}
 		// A connection that never completed a request is as bad as a failed
 		// dial: e.g. a peer that accepts and closes at once must not make us
@@ -230,6 +196,58 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	}
 }
 
+// prepare checks what Run was given, once: a misconfiguration fails fast
+// instead of redialling forever.
+func prepare(v Validator, h Handler, log *slog.Logger) (target, error) {
+	if h == nil {
+		return target{}, errors.New("transport: nil Handler")
+	}
+	tgt, err := parseTarget(v.Addr)
+	if err != nil {
+		return target{}, err
+	}
+	if err := schemes[tgt.Scheme].checkIdentity(v.Identity); err != nil {
+		return target{}, err
+	}
+	if tgt.Scheme == "noise" {
+		// The operator of the validator needs this ID for its allow-list;
+		// printing it here saves a round trip to `kms-ha peer-id`.
+		id, err := PeerID(v.Identity)
+		if err != nil {
+			return target{}, err
+		}
+		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
+	}
+	return tgt, nil
+}
+
+// logDialFailure logs handshake failures (a foreign or misconfigured peer)
+// every time, and plain connect failures (node down) only now and then.
+func logDialFailure(log *slog.Logger, err error, failures int) {
+	var he *handshakeError
+	switch {
+	case errors.As(err, &he):
+		log.Warn("transport: handshake failed", "err", err, "failures", failures)
+	case failures == 1 || failures%connectFailureLogEvery == 0:
+		log.Warn("transport: connect failed", "err", err, "failures", failures)
+	default:
+		log.Debug("transport: connect failed", "err", err, "failures", failures)
+	}
+}
+
+func logDisconnect(log *slog.Logger, err error, served int) {
+	switch {
+	case errors.Is(err, errMalformed):
+		log.Warn("transport: dropping connection", "err", err, "served", served)
+	case served == 0:
+		// Most often the node refusing us after all (e.g. a noise
+		// allow-list that noticed too late for dialNoise to see it).
+		log.Warn("transport: connection closed before any request", "err", err)
+	default:
+		log.Info("transport: disconnected", "err", err, "served", served)
+	}
+}
+
 // serveConn runs the request/response loop on conn until it fails or ctx is
 // done, and always closes conn. It returns the number of requests answered.
 func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o Options) (served int, err error) {
@@ -241,23 +259,16 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 		_ = conn.Close()
 	}()
 
-	rr := &recordingReader{r: conn}
-	r := protoio.NewDelimitedReader(rr, o.MaxFrameSize)
+	r := newRequestReader(conn, o.MaxFrameSize)
 	w := protoio.NewDelimitedWriter(conn)
 
 	for {
 		if err := conn.SetReadDeadline(time.Now().Add(o.ReadTimeout)); err != nil {
 			return served, fmt.Errorf("transport: set read deadline: %w", err)
 		}
-		var req privvalproto.Message
-		rr.err = nil
-		if _, err := r.ReadMsg(&req); err != nil {
-			if rr.err != nil {
-				return served, fmt.Errorf("transport: read request: %w", err)
-			}
-			// The reader itself did not fail, so the error came from length
-			// validation or decoding.
-			return served, fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
+		req, err := r.readRequest()
+		if err != nil {
+			return served, err
 		}
 
 		resp := h.Handle(ctx, chainID, req)
@@ -267,8 +278,9 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 			return served, ctx.Err()
 		}
 		if resp.Sum == nil {
-			// The handler had no answer for this message (not a request a
-			// node sends): the peer is confused, start over.
+			// The handler chose not to answer (e.g. it lost leadership while
+			// the request waited): dropping the connection makes the node
+			// retry, where an error reply would fail its sign call.
 			return served, fmt.Errorf("transport: %w: no answer for %T", errMalformed, req.Sum)
 		}
 
@@ -280,21 +292,6 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 		}
 		served++
 	}
-}
-
-// recordingReader remembers the last error of the underlying reader so that
-// I/O failures (EOF, timeout, closed) can be told apart from malformed frames.
-type recordingReader struct {
-	r   io.Reader
-	err error
-}
-
-func (rr *recordingReader) Read(p []byte) (int, error) {
-	n, err := rr.r.Read(p)
-	if err != nil {
-		rr.err = err
-	}
-	return n, err
 }
 
 // sleep waits for d or until ctx is done; it reports whether the full

@@ -713,8 +713,8 @@ func TestNoReconnect(t *testing.T) {
 		if err := node.endpoint.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		if err := waitRun(t, done, 2*time.Second); err == nil {
-			t.Fatalf("Run returned nil, want the error that ended the connection")
+		if err := waitRun(t, done, 2*time.Second); !errors.Is(err, ErrNoReconnect) {
+			t.Fatalf("Run returned %v, want the error that ended the connection, wrapping ErrNoReconnect", err)
 		}
 		if got := states.count(StateConnecting); got != 1 {
 			t.Fatalf("dialled %d times, want 1", got)
@@ -732,7 +732,7 @@ func TestNoReconnect(t *testing.T) {
 		v := testValidator(addr)
 		v.Reconnect = false
 		err = waitRun(t, startRun(t, context.Background(), v, newFakeHandler(), Options{}), 2*time.Second)
-		if err == nil || !strings.Contains(err.Error(), "transport: dial "+addr) {
+		if !errors.Is(err, ErrNoReconnect) || !strings.Contains(err.Error(), "transport: dial "+addr) {
 			t.Fatalf("Run returned %v, want a dial error", err)
 		}
 	})

@@ -117,6 +117,21 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 	}
 }
 
+// TestStartRefusesUnusableValidator: a validators entry whose identity file
+// does not load stops `start` with the field and the fix, instead of a node
+// that leads and never dials.
+func TestStartRefusesUnusableValidator(t *testing.T) {
+	home := t.TempDir()
+	os.WriteFile(filepath.Join(home, "kms.yaml"), []byte("cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:1\n  api_addr: 127.0.0.1:2\n"+
+		"chains: [{id: c}]\nkeys: [{chain_ids: [c], key_file: k.json}]\n"+
+		"validators: [{chain_id: c, addr: 'tcp://10.0.0.1:26659', identity_key: missing.json}]\n"), 0o600)
+	_, stderr, code := run(t, "start", "--home", home)
+	if code == 0 || !strings.Contains(stderr, "validators[0].identity_key: transport: load identity "+filepath.Join(home, "missing.json")) ||
+		!strings.Contains(stderr, "`kms-ha init` writes one as identity.json") {
+		t.Fatalf("exit %d, %q", code, stderr)
+	}
+}
+
 func TestBootstrapRefusesWhenAPeerRuns(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "h")
 	if _, stderr, code := run(t, "init", "--home", home, "--node-id", "n1", "--raft-addr", "127.0.0.1:17999"); code != 0 {
