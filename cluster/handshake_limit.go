@@ -43,8 +43,8 @@ type HandshakeLimits struct {
 	// usually choose from (8).
 	PerSource int
 	// Reserved is the part of Total that only sources accepted by
-	// WithPriorityHosts may use (32); without priority hosts it is
-	// unused.
+	// WithPriorityHosts may use (32); without priority hosts nothing is
+	// reserved and every source may use all of Total.
 	Reserved int
 }
 
@@ -73,8 +73,12 @@ type handshakeLimiter struct {
 	bySource map[netip.Addr]int
 }
 
-func newHandshakeLimiter(l HandshakeLimits) *handshakeLimiter {
-	return &handshakeLimiter{limits: l.withDefaults(), bySource: map[netip.Addr]int{}}
+func newHandshakeLimiter(l HandshakeLimits, withPriority bool) *handshakeLimiter {
+	l = l.withDefaults()
+	if !withPriority {
+		l.Reserved = 0
+	}
+	return &handshakeLimiter{limits: l, bySource: map[netip.Addr]int{}}
 }
 
 // acquire takes a slot for a connection from src, or says why not. The

@@ -123,7 +123,7 @@ func NewTLSStreamLayer(bind string, advertise net.Addr, server, client *tls.Conf
 	for _, o := range opts {
 		o(s)
 	}
-	s.pending = newHandshakeLimiter(s.limits)
+	s.pending = newHandshakeLimiter(s.limits, s.isPriority != nil)
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: raft TLS: listen on %s: %w", bind, err)
