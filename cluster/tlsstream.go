@@ -5,19 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
-)
-
-const (
-	defaultHandshakeTimeout = 5 * time.Second
-	// maxPendingHandshakes caps the goroutines that connections which
-	// never finish their handshake can hold; raft itself needs a handful
-	// of connections per peer, so the cap only bites on a flood.
-	maxPendingHandshakes = 128
 )
 
 // TLSStreamOption tunes NewTLSStreamLayer.
@@ -33,11 +27,46 @@ func WithHandshakeTimeout(d time.Duration) TLSStreamOption {
 	}
 }
 
+// WithFirstByteTimeout closes an inbound connection whose peer sends
+// nothing within d of connecting; default 1 s. A raft peer's first bytes
+// are its TLS ClientHello, sent at once, so only an idle socket (one that
+// would otherwise hold a handshake slot for the whole handshake timeout)
+// waits that long. It never extends the handshake timeout.
+func WithFirstByteTimeout(d time.Duration) TLSStreamOption {
+	return func(s *tlsStream) {
+		if d > 0 {
+			s.firstByteTimeout = d
+		}
+	}
+}
+
+// WithHandshakeLimits caps pending inbound handshakes globally and per
+// source address; see HandshakeLimits for the defaults.
+func WithHandshakeLimits(l HandshakeLimits) TLSStreamOption {
+	return func(s *tlsStream) { s.limits = l }
+}
+
+// WithPriorityHosts marks the sources that may use the reserved share of
+// the pending-handshake cap (HandshakeLimits.Reserved): the addresses of
+// the cluster's members, so that a flood from elsewhere never locks them
+// out. isPriority is called on the accept path for every inbound
+// connection, concurrently with whatever updates its answers: it must be
+// cheap, must not block, and must be safe for concurrent use (a
+// MemberHosts's Contains is). It only lends priority to an address; a
+// connection from it still needs a member's certificate.
+func WithPriorityHosts(isPriority func(ip net.IP) bool) TLSStreamOption {
+	return func(s *tlsStream) { s.isPriority = isPriority }
+}
+
 // WithHandshakeErrorHandler sets fn to be called for every inbound
 // connection dropped before reaching raft: a failed or timed out
-// handshake, or one over the pending-handshake cap. It is where a node
-// logs and counts peers without a valid cluster certificate. fn may be
-// called concurrently and must not block.
+// handshake, a peer silent past the first-byte timeout, or one over a
+// pending-handshake cap (its error wraps ErrTooManyHandshakes). It is
+// where a node logs and counts peers without a valid cluster
+// certificate; during a flood it is called for every dropped
+// connection, so a handler that logs should rate limit, as
+// NewHandshakeErrorLog does. fn may be called concurrently and must not
+// block.
 func WithHandshakeErrorHandler(fn func(remote net.Addr, err error)) TLSStreamOption {
 	return func(s *tlsStream) { s.onHandshakeError = fn }
 }
@@ -53,10 +82,13 @@ type tlsStream struct {
 	client    *tls.Config
 
 	handshakeTimeout time.Duration
+	firstByteTimeout time.Duration
+	limits           HandshakeLimits
+	isPriority       func(net.IP) bool
 	onHandshakeError func(net.Addr, error)
 
 	accepted chan net.Conn
-	pending  chan struct{} // semaphore of running handshakes
+	pending  *handshakeLimiter
 	ctx      context.Context
 	cancel   context.CancelFunc
 	closing  sync.Once
@@ -85,12 +117,13 @@ func NewTLSStreamLayer(bind string, advertise net.Addr, server, client *tls.Conf
 		server:           server,
 		client:           client,
 		handshakeTimeout: defaultHandshakeTimeout,
+		firstByteTimeout: defaultFirstByteTimeout,
 		accepted:         make(chan net.Conn),
-		pending:          make(chan struct{}, maxPendingHandshakes),
 	}
 	for _, o := range opts {
 		o(s)
 	}
+	s.pending = newHandshakeLimiter(s.limits, s.isPriority != nil)
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: raft TLS: listen on %s: %w", bind, err)
@@ -130,27 +163,47 @@ func (s *tlsStream) acceptLoop() {
 			continue
 		}
 		delay = 0
-		select {
-		case s.pending <- struct{}{}:
-		default:
+		// Dropping at once, rather than queueing, keeps a flood from
+		// delaying the connections that do get a slot.
+		release, err := s.admit(raw.RemoteAddr())
+		if err != nil {
 			raw.Close()
-			s.reportHandshakeError(raw.RemoteAddr(), errors.New("too many TLS handshakes in progress; connection dropped"))
+			s.reportHandshakeError(raw.RemoteAddr(), err)
 			continue
 		}
 		s.wg.Add(1)
-		go s.handshake(raw)
+		go s.handshake(raw, release)
 	}
 }
 
-func (s *tlsStream) handshake(raw net.Conn) {
+// admit takes a pending-handshake slot for a connection from remote.
+func (s *tlsStream) admit(remote net.Addr) (release func(), err error) {
+	ip := remoteIP(remote)
+	priority := false
+	if s.isPriority != nil && ip.IsValid() {
+		priority = s.isPriority(net.IP(ip.AsSlice()))
+	}
+	return s.pending.acquire(ip, priority)
+}
+
+func (s *tlsStream) handshake(raw net.Conn, release func()) {
 	defer s.wg.Done()
-	defer func() { <-s.pending }()
-	conn := tls.Server(raw, s.server)
-	ctx, cancel := context.WithTimeout(s.ctx, s.handshakeTimeout)
+	defer release()
+	start := time.Now()
+	first, err := s.readFirstByte(raw, start)
+	if err != nil {
+		raw.Close()
+		if s.ctx.Err() == nil {
+			s.reportHandshakeError(raw.RemoteAddr(), err)
+		}
+		return
+	}
+	conn := tls.Server(first, s.server)
+	ctx, cancel := context.WithDeadline(s.ctx, start.Add(s.handshakeTimeout))
 	defer cancel()
 	// The deadline also covers a peer that stops reading mid-handshake;
 	// the context alone only interrupts reads.
-	raw.SetDeadline(time.Now().Add(s.handshakeTimeout))
+	raw.SetDeadline(start.Add(s.handshakeTimeout))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		if s.ctx.Err() == nil {
@@ -165,6 +218,26 @@ func (s *tlsStream) handshake(raw net.Conn) {
 	case <-s.ctx.Done():
 		conn.Close()
 	}
+}
+
+// readFirstByte waits, no longer than the first-byte timeout, for the
+// peer to send anything, and returns raw with that byte put back. Until
+// then the connection costs a slot and a goroutine and has shown nothing:
+// this is what turns an idle socket loose quickly.
+func (s *tlsStream) readFirstByte(raw net.Conn, start time.Time) (net.Conn, error) {
+	wait := min(s.firstByteTimeout, s.handshakeTimeout)
+	raw.SetReadDeadline(start.Add(wait))
+	// Close must not wait out the timeout of every idle socket.
+	stop := context.AfterFunc(s.ctx, func() { raw.SetReadDeadline(time.Now()) })
+	defer stop()
+	var b [1]byte
+	if _, err := io.ReadFull(raw, b[:]); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("peer sent nothing within the first-byte timeout (%v): %w", wait, err)
+		}
+		return nil, fmt.Errorf("waiting for the peer's first byte: %w", err)
+	}
+	return &firstByteConn{Conn: raw, first: b[:]}, nil
 }
 
 func (s *tlsStream) reportHandshakeError(remote net.Addr, err error) {
