@@ -277,9 +277,10 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		return nil, err
 	}
 	gate := newPeerGate(readJoinPeers(st))
+	hosts := &MemberHosts{}
 	trans := cfg.Transport
 	if trans == nil {
-		if trans, err = openTransport(&cfg, gate); err != nil {
+		if trans, err = openTransport(&cfg, gate, hosts); err != nil {
 			st.bolt.Close()
 			return nil, err
 		}
@@ -304,14 +305,24 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	n.raft = r
 	gate.raft.Store(r)
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.watchLeadership()
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-n.done; cancel() }()
+		hosts.Follow(ctx, r, memberHostsInterval, cfg.Logger)
+	}()
 	return n, nil
 }
 
+// memberHostsInterval is how often the members' hosts are re-read from the
+// configuration (and names resolved) for the handshake priority.
+const memberHostsInterval = 5 * time.Second
+
 // openTransport listens on the raft address with mutual TLS, bound to
 // membership (see authTransport).
-func openTransport(cfg *Config, gate *peerGate) (raft.Transport, error) {
+func openTransport(cfg *Config, gate *peerGate, hosts *MemberHosts) (raft.Transport, error) {
 	if cfg.TLS == nil || cfg.TLS.PeerID == nil {
 		return nil, errors.New("cluster: raft needs the cluster TLS configuration and a peer identity check (there is no plaintext mode)")
 	}
@@ -319,7 +330,9 @@ func openTransport(cfg *Config, gate *peerGate) (raft.Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.AdvertiseAddr, err)
 	}
-	var opts []TLSStreamOption
+	// Members' addresses keep a share of the pending handshakes that a
+	// flood from elsewhere cannot take.
+	opts := []TLSStreamOption{WithPriorityHosts(hosts.Contains)}
 	if cfg.OnHandshakeError != nil {
 		opts = append(opts, WithHandshakeErrorHandler(cfg.OnHandshakeError))
 	}

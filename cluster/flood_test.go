@@ -14,6 +14,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/pki"
 )
 
 // flooder keeps up to perTarget idle TCP connections open from one source
@@ -140,7 +141,7 @@ func TestFailoverDuringHandshakeFlood(t *testing.T) {
 		cfgs = append(cfgs, cluster.Config{
 			NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: addr, Logger: quietLog,
 			HeartbeatTimeout: election, ElectionTimeout: election, LeaderLeaseTimeout: election / 2,
-			TLS:              &cluster.TLS{Server: srv, Client: cli},
+			TLS:              &cluster.TLS{Server: srv, Client: cli, PeerID: pki.PeerNodeID},
 			OnHandshakeError: func(net.Addr, error) { drops[i].Add(1) },
 		})
 		servers = append(servers, cluster.Server{ID: id, Address: addr})
@@ -150,6 +151,12 @@ func TestFailoverDuringHandshakeFlood(t *testing.T) {
 	// connections through the flood.
 	if err := cluster.Bootstrap(cfgs[0], servers); err != nil {
 		t.Fatal(err)
+	}
+	// n2 and n3 are as after `kms-ha join`: they accept the members named.
+	for _, c := range cfgs[1:] {
+		if err := cluster.MarkJoined(c, time.Second, []string{"n1", "n2", "n3"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	nodes := make([]*cluster.Node, 3)
 	for i, c := range cfgs {

@@ -211,9 +211,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("node: cluster TLS: %w", err)
 	}
 	cc.TLS = &cluster.TLS{Server: srvTLS, Client: n.dialer.TLS, PeerID: pki.PeerNodeID}
-	cc.OnHandshakeError = func(remote net.Addr, err error) {
-		n.log.Warn("raft connection refused: no valid cluster certificate", "remote", remote.String(), "err", err)
-	}
+	cc.OnHandshakeError = cluster.NewHandshakeErrorLog(n.log, 10*time.Second)
 	refusals := newLogLimiter(10 * time.Second)
 	cc.OnPeerRefused = func(err error) {
 		if held, ok := refusals.allow(err.Error()); ok {
