@@ -49,6 +49,12 @@ func (n *Node) IsMember(id string) bool {
 	return false
 }
 
+// Trusts reports whether the node id may speak raft with this node now:
+// a server of the latest configuration, or, as raft's stream layer also
+// accepts, one of the members that admitted this node while it has no
+// configuration yet, one the leader is admitting, or one vouched for.
+func (n *Node) Trusts(id string) bool { return n.gate.allowed(id) }
+
 // VouchPeers lets the nodes in ids speak raft with this node besides its
 // configuration's: the members this node knows named them as members. A
 // member that missed membership changes while it was down needs this to

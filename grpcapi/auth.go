@@ -75,7 +75,10 @@ func (s *ClusterServer) authorize(ctx context.Context, req any, info *grpc.Unary
 		return nil, err
 	}
 	if err := s.allow(caller, info.FullMethod, req); err != nil {
-		s.log.Warn("cluster API call refused", "method", info.FullMethod, "caller", caller.String(), "err", err)
+		if held, ok := s.refusals.Allow(caller.String() + info.FullMethod); ok {
+			s.log.Warn("cluster API call refused", "method", info.FullMethod, "caller", caller.String(), "err", err,
+				"similar_refusals_since_last_report", held)
+		}
 		return nil, err
 	}
 	return handler(context.WithValue(ctx, callerCtxKey{}, caller), req)
@@ -122,6 +125,11 @@ func (s *ClusterServer) allow(c pki.Identity, method string, req any) error {
 		if c.Role == pki.RoleOperator || c.Role == pki.RoleReader || s.isNodeAllowed(c) {
 			return nil
 		}
+		// A node waiting for admission has nothing to hide but that it
+		// waits; the leader asks it how far it got before promoting it.
+		if c.Role == pki.RoleNode && s.node.Load() == nil {
+			return nil
+		}
 	case writeAccess:
 		if c.Role == pki.RoleOperator || s.isNodeAllowed(c) {
 			return nil
@@ -145,8 +153,9 @@ func (s *ClusterServer) allow(c pki.Identity, method string, req any) error {
 		"only members' node certificates and operator certificates may call this", c)
 }
 
-// isNodeAllowed: a node certificate counts while its node is a member, and
-// a node may always ask itself (a node waiting for admission included).
+// isNodeAllowed: a node certificate counts while its node is a member (as
+// raft sees it: a node just admitted counts the members that admitted it),
+// and a node may always ask itself (a node waiting for admission included).
 func (s *ClusterServer) isNodeAllowed(c pki.Identity) bool {
 	return c.Role == pki.RoleNode && (c.Name == s.id || s.isCurrentMember(c.Name))
 }
@@ -156,5 +165,5 @@ func (s *ClusterServer) isCurrentMember(id string) bool {
 	if node == nil {
 		return false
 	}
-	return node.IsMember(id)
+	return node.Trusts(id)
 }

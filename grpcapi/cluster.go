@@ -22,6 +22,7 @@ import (
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/logthrottle"
 )
 
 // Raft is what the Cluster API needs of the raft node; *cluster.Node
@@ -31,6 +32,8 @@ type Raft interface {
 	ID() string
 	IsLeader() bool
 	IsMember(id string) bool
+	// Trusts: id may speak raft with this node (see cluster.Node.Trusts).
+	Trusts(id string) bool
 	Leader() (id, apiAddr string)
 	Members() ([]cluster.Member, error)
 	Stats() cluster.Stats
@@ -60,6 +63,9 @@ type ClusterServer struct {
 	// call would cost more than the call.
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
+
+	// refusals keeps refused callers from flooding the log.
+	refusals *logthrottle.Limiter
 
 	// ImportPolicy bounds state imports; set before serving.
 	ImportPolicy ImportPolicy
@@ -104,7 +110,7 @@ const StateAwaitingJoin = "AwaitingJoin"
 // NewClusterServer serves node's state and membership. node may be nil
 // while the node waits to be admitted; see SetNode.
 func NewClusterServer(id string, node Raft, dialer Dialer, log *slog.Logger) *ClusterServer {
-	s := &ClusterServer{id: id, log: log, dialer: dialer}
+	s := &ClusterServer{id: id, log: log, dialer: dialer, refusals: logthrottle.New(10 * time.Second)}
 	if node != nil {
 		s.node.Store(node)
 	}

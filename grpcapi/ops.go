@@ -67,7 +67,6 @@ func (s *ClusterServer) Remove(ctx context.Context, req *clusterpb.RemoveRequest
 	if err := node.Remove(ctx, req.GetId()); err != nil {
 		return nil, status.Errorf(leaderCode(err), "%v", err)
 	}
-	s.log.Info("member removed", "member", req.GetId())
 	return &clusterpb.RemoveResponse{LeaderId: node.ID()}, nil
 }
 

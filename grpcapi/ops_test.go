@@ -161,6 +161,9 @@ func TestImportGuards(t *testing.T) {
 		m.start(t)
 	}
 	waitFor(t, "a leader", func() bool { return leaderOf(ms) != nil })
+	for _, m := range ms {
+		waitFor(t, m.cfg.NodeID+" to know the leader's api", func() bool { _, a := m.node.Leader(); return a != "" })
+	}
 	var f *member
 	for _, m := range ms {
 		if m != leaderOf(ms) {

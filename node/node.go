@@ -20,6 +20,7 @@ import (
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/internal/logthrottle"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/metrics"
 	"github.com/kms-ha/kms-ha/pki"
@@ -212,9 +213,9 @@ func (n *Node) startRaft() error {
 	}
 	cc.TLS = &cluster.TLS{Server: srvTLS, Client: n.dialer.TLS, PeerID: pki.PeerNodeID}
 	cc.OnHandshakeError = cluster.NewHandshakeErrorLog(n.log, 10*time.Second)
-	refusals := newLogLimiter(10 * time.Second)
+	refusals := logthrottle.New(10 * time.Second)
 	cc.OnPeerRefused = func(err error) {
-		if held, ok := refusals.allow(err.Error()); ok {
+		if held, ok := refusals.Allow(err.Error()); ok {
 			n.log.Warn("raft peer refused", "err", err, "similar_refusals_since_last_report", held)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -452,8 +453,13 @@ func printStatus(w io.Writer, s statusJSON) {
 	if s.Linearizable {
 		read = "linearizable read"
 	}
-	fmt.Fprintf(w, "node %s (%s), leader %s, term %d, commit %d, applied %d, last contact %dms (%s)\n\n",
+	fmt.Fprintf(w, "node %s (%s), leader %s, term %d, commit %d, applied %d, last contact %dms (%s)\n",
 		s.NodeID, strings.ToLower(s.State), leader, s.Term, s.CommitIndex, s.AppliedIndex, s.LastContactMs, read)
+	if !slices.ContainsFunc(s.Members, func(m memberJSON) bool { return m.ID == s.NodeID }) && len(s.Members) > 0 {
+		fmt.Fprintf(w, "node %s is NOT a member of this cluster (it was removed, or its admission has not reached it): "+
+			"it does not vote or sign. Stop it; to bring it back, move its data_dir away and run kms-ha join\n", s.NodeID)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tROLE\tSUFFRAGE\tRAFT ADDR\tAPI ADDR")
 	for _, m := range s.Members {
