@@ -284,10 +284,9 @@ func TestRaftBindsRPCsToTheCertificatesMember(t *testing.T) {
 	// newest snapshot into an empty state machine, still holds 1000.
 	// (M goes first: raft's shutdown would wait out its RPC timeouts. The
 	// higher term made the victim step down; it leads again alone.)
-	waitTrue(t, "the victim to lead again", 5*time.Second, func() bool { return victim.termReady.Load() })
-	if err := victim.Remove(context.Background(), "M"); err != nil {
-		t.Fatal(err)
-	}
+	waitTrue(t, "the victim to lead again and remove M", 5*time.Second, func() bool {
+		return victim.Remove(context.Background(), "M") == nil
+	})
 	cfg := victim.cfg
 	victim.Shutdown()
 	again, err := Open(cfg, fsm.New())
