@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/transport"
 )
 
@@ -207,18 +208,13 @@ func Parse(data []byte, home string) (*Config, error) {
 	return &c, nil
 }
 
-// LAN defaults. election >= heartbeat >= lease, as raft requires.
-const (
-	DefaultHeartbeatTimeout   = 500 * time.Millisecond
-	DefaultElectionTimeout    = 500 * time.Millisecond
-	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
-	DefaultCommitTimeout      = 20 * time.Millisecond
-	DefaultApplyTimeout       = 2 * time.Second
-	// DefaultMaxImportJump: a million heights is months of blocks on any
-	// chain, far beyond a signer swap, and well short of a mistyped digit.
-	DefaultMaxImportJump = 1_000_000
-)
+// DefaultMaxImportJump: a million heights is months of blocks on any
+// chain, far beyond a signer swap, and well short of a mistyped digit.
+const DefaultMaxImportJump = 1_000_000
 
+// setDefaults fills what kms.yaml left out. The raft timings are the raft
+// node's own defaults (package cluster), so a kms.yaml without them and a
+// cluster.Config built without them run the same.
 func (c *Config) setDefaults() {
 	cl := &c.Cluster
 	if cl.DataDir == "" {
@@ -231,19 +227,19 @@ func (c *Config) setDefaults() {
 		p *time.Duration
 		v time.Duration
 	}{
-		{&cl.HeartbeatTimeout, DefaultHeartbeatTimeout},
-		{&cl.ElectionTimeout, DefaultElectionTimeout},
-		{&cl.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout},
-		{&cl.CommitTimeout, DefaultCommitTimeout},
-		{&cl.ApplyTimeout, DefaultApplyTimeout},
-		{&cl.SnapshotInterval, 2 * time.Minute},
+		{&cl.HeartbeatTimeout, cluster.DefaultHeartbeatTimeout},
+		{&cl.ElectionTimeout, cluster.DefaultElectionTimeout},
+		{&cl.LeaderLeaseTimeout, cluster.DefaultLeaderLeaseTimeout},
+		{&cl.CommitTimeout, cluster.DefaultCommitTimeout},
+		{&cl.ApplyTimeout, cluster.DefaultApplyTimeout},
+		{&cl.SnapshotInterval, cluster.DefaultSnapshotInterval},
 	} {
 		if *d.p == 0 {
 			*d.p = d.v
 		}
 	}
 	if cl.SnapshotThreshold == 0 {
-		cl.SnapshotThreshold = 8192
+		cl.SnapshotThreshold = cluster.DefaultSnapshotThreshold
 	}
 	if cl.MaxImportJump == 0 {
 		cl.MaxImportJump = DefaultMaxImportJump
