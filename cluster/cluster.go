@@ -346,7 +346,9 @@ func (n *Node) FSM() *fsm.FSM { return n.fsm }
 // ID returns this node's id.
 func (n *Node) ID() string { return n.cfg.NodeID }
 
-// Raft exposes the raft node to the API layer (status, membership).
+// Raft exposes the underlying raft node. Production code goes through
+// Node's own methods (status, membership, Reserve, reads); tests use it to
+// wait on Barrier and applied indexes.
 func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // IsLeader reports whether this node is the leader right now.

@@ -1,6 +1,11 @@
 // Package config is the kms.yaml schema: the sections of cosmos/kms
-// (chains, validators, keys, grpc) plus cluster and log, with defaults and
-// validation that names the field and says how to fix it.
+// (chains, validators, keys, grpc) plus cluster, metrics and log; their
+// defaults (the raft timings are package cluster's own); and validation,
+// one function per section (validate.go), that names the field and says
+// how to fix it. The rules of a key backend, the SignerService and the
+// transports' addresses are those packages' own validators, which config
+// calls. It reads only the files kms.yaml names (identity keys, and the
+// mode of secret files).
 package config
 
 import (
