@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,22 +52,13 @@ func (p *problems) bad(field, format string, args ...any) {
 func (p *problems) from(section string, err error, skip ...string) {
 	fields, rest := fielderr.Split(err)
 	for _, f := range fields {
-		if !contains(skip, f.Field) {
+		if !slices.Contains(skip, f.Field) {
 			p.bad(section+"."+f.Field, "%s", f.Msg)
 		}
 	}
 	for _, e := range rest {
 		p.bad(section, "%v", e)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
