@@ -89,29 +89,26 @@ func (c *Config) setDefaults() {
 	if c.AdvertiseAddr == "" {
 		c.AdvertiseAddr = c.BindAddr
 	}
-	if c.HeartbeatTimeout == 0 {
-		c.HeartbeatTimeout = 500 * time.Millisecond
-	}
-	if c.ElectionTimeout == 0 {
-		c.ElectionTimeout = 500 * time.Millisecond
-	}
-	if c.LeaderLeaseTimeout == 0 {
-		c.LeaderLeaseTimeout = 250 * time.Millisecond
-	}
-	if c.CommitTimeout == 0 {
-		c.CommitTimeout = 20 * time.Millisecond
-	}
-	if c.ApplyTimeout == 0 {
-		c.ApplyTimeout = 2 * time.Second
-	}
-	if c.SnapshotInterval == 0 {
-		c.SnapshotInterval = 2 * time.Minute
+	for _, d := range []struct {
+		p *time.Duration
+		v time.Duration
+	}{
+		{&c.HeartbeatTimeout, DefaultHeartbeatTimeout},
+		{&c.ElectionTimeout, DefaultElectionTimeout},
+		{&c.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout},
+		{&c.CommitTimeout, DefaultCommitTimeout},
+		{&c.ApplyTimeout, DefaultApplyTimeout},
+		{&c.SnapshotInterval, DefaultSnapshotInterval},
+	} {
+		if *d.p == 0 {
+			*d.p = d.v
+		}
 	}
 	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = 8192
+		c.SnapshotThreshold = DefaultSnapshotThreshold
 	}
 	if c.SnapshotRetain == 0 {
-		c.SnapshotRetain = 3
+		c.SnapshotRetain = DefaultSnapshotRetain
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -349,7 +346,9 @@ func (n *Node) FSM() *fsm.FSM { return n.fsm }
 // ID returns this node's id.
 func (n *Node) ID() string { return n.cfg.NodeID }
 
-// Raft exposes the raft node to the API layer (status, membership).
+// Raft exposes the underlying raft node. Production code goes through
+// Node's own methods (status, membership, Reserve, reads); tests use it to
+// wait on Barrier and applied indexes.
 func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // IsLeader reports whether this node is the leader right now.

@@ -11,6 +11,7 @@ import (
 	"github.com/cometbft/cometbft/crypto/secp256k1"
 	"github.com/cometbft/cometbft/p2p"
 
+	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/transport"
 )
 
@@ -82,7 +83,7 @@ func TestCosmosKMSExamplesLoad(t *testing.T) {
 	if c.Cluster.DataDir != filepath.Join(home, "raft") || c.Cluster.AdvertiseAddr != "127.0.0.1:7001" {
 		t.Fatalf("cluster defaults: %+v", c.Cluster)
 	}
-	if c.Cluster.HeartbeatTimeout != DefaultHeartbeatTimeout || c.Cluster.ApplyTimeout != 2*time.Second {
+	if c.Cluster.HeartbeatTimeout != cluster.DefaultHeartbeatTimeout || c.Cluster.ApplyTimeout != 2*time.Second {
 		t.Fatal("raft timeouts do not default to the LAN values")
 	}
 	c, err = Parse([]byte(multiChain), home)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kms-ha/kms-ha/grpcapi/signerpb"
+	"github.com/kms-ha/kms-ha/internal/fielderr"
 	"github.com/kms-ha/kms-ha/keys/secp256k1"
 )
 
@@ -52,40 +53,46 @@ type SignerKey struct {
 	KeyFile string
 }
 
-// Validate checks the configuration without touching the files.
+// Validate checks the configuration without touching the files. It
+// reports every problem at once; each is a *fielderr.Error naming the
+// field of kms.yaml's grpc block, so that config reports it as grpc.<field>.
 func (c SignerServiceConfig) Validate() error {
-	if c.Listen == "" {
-		return errors.New("signer service: listen address is required")
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fielderr.New("signer service", field, format, args...))
 	}
 	host, _, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		return fmt.Errorf("signer service: listen address %q: %v", c.Listen, err)
-	}
-	if c.ClientCA == "" && !c.AllowUnauthenticatedClients && !isLoopbackHost(host) {
-		return fmt.Errorf("signer service: listen address %q is not loopback and no client_ca is set: any client that "+
-			"completes TLS could sign any message with every key; set grpc.client_ca, listen on 127.0.0.1, "+
-			"or set grpc.allow_unauthenticated_clients: true", c.Listen)
+	switch {
+	case c.Listen == "":
+		bad("listen", "is required; the SignerService address, e.g. 0.0.0.0:9090")
+	case err != nil:
+		bad("listen", "%q is not HOST:PORT; the SignerService address, e.g. 0.0.0.0:9090", c.Listen)
 	}
 	if c.TLSCert == "" || c.TLSKey == "" {
-		return errors.New("signer service: TLS is mandatory: set both tls_cert and tls_key")
+		bad("tls_cert", "tls_cert and tls_key are required: the SignerService only serves TLS")
+	}
+	if c.ClientCA == "" && !c.AllowUnauthenticatedClients && (err != nil || !isLoopbackHost(host)) {
+		bad("client_ca", "is required when grpc.listen (%q) is not a loopback address: without it any client that "+
+			"completes TLS can sign any message with every grpc key; set client_ca to the CA of your clients' certificates, "+
+			"listen on 127.0.0.1, or set grpc.allow_unauthenticated_clients: true if the network alone admits only your clients", c.Listen)
 	}
 	if len(c.Keys) == 0 {
-		return errors.New("signer service: at least one key is required")
+		bad("keys", "is empty: add at least one key (id, key_file) or remove the grpc block")
 	}
 	seen := make(map[string]bool, len(c.Keys))
 	for i, k := range c.Keys {
+		p := fmt.Sprintf("keys[%d]", i)
 		if k.ID == "" {
-			return fmt.Errorf("signer service: keys[%d]: id is required", i)
-		}
-		if k.KeyFile == "" {
-			return fmt.Errorf("signer service: key %q: key_file is required", k.ID)
-		}
-		if seen[k.ID] {
-			return fmt.Errorf("signer service: key id %q is configured twice", k.ID)
+			bad(p+".id", "is required")
+		} else if seen[k.ID] {
+			bad(p+".id", "%q is used twice", k.ID)
 		}
 		seen[k.ID] = true
+		if k.KeyFile == "" {
+			bad(p+".key_file", "is required: a file holding the hex of a 32-byte secp256k1 key")
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // isLoopbackHost: a name other than localhost could resolve anywhere, so it

@@ -1,6 +1,9 @@
-// Package keys defines the one interface every consensus key backend
-// implements. Backends live in sub-packages (keys/file, later pkcs11 and
-// awskms) so that a node links only what it configures.
+// Package keys defines Signer, the one interface every consensus key
+// backend implements. The backends are its sub-packages: keys/file (a
+// priv_validator_key.json in process memory), keys/pkcs11 (a key on a
+// PKCS#11 token or HSM) and keys/awskms (a key in AWS KMS); each validates
+// its own configuration. keys/secp256k1 is not a consensus key: it holds
+// the SignerService's secp256k1 keys.
 package keys
 
 import (

@@ -1,9 +1,13 @@
-// Package metrics holds kms-ha's Prometheus instruments and the small HTTP
-// server that exposes them with /healthz and /readyz.
+// Package metrics owns kms-ha's Prometheus registry and instruments and the
+// HTTP endpoint that serves /metrics, /healthz and /readyz (server.go).
 //
-// Every method is safe on a nil *Metrics and then does nothing, so the
-// signer, cluster and transport packages can take a *Metrics unconditionally
-// and tests or embedders can pass nil.
+// It imports none of kms-ha's packages. Package node wires it: it passes
+// *Metrics to the signer as the signer's Observer, feeds it leadership,
+// raft, watermark and validator connection changes, and answers /readyz
+// through the Health interface declared here.
+//
+// Every method is safe on a nil *Metrics and then does nothing, so a node
+// without metrics.listen, and tests, can pass nil.
 package metrics
 
 import (

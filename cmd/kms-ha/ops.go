@@ -285,46 +285,7 @@ func stateCmd() *cli.Command {
 					&cli.StringFlag{Name: "format", Value: "auto", Usage: "auto, cometbft, tmkms or horcrux"},
 					forceFlag,
 				}, apiFlags...),
-				Action: func(c *cli.Context) error {
-					if err := need(c, "chain"); err != nil {
-						return err
-					}
-					if c.NArg() != 1 {
-						return cli.Exit("kms-ha state import: give the state FILE (see kms-ha state import --help)", 2)
-					}
-					if h := c.String("home"); h != "" {
-						if cfg, err := config.Load(h); err == nil && !slices.ContainsFunc(cfg.Chains, func(ch config.Chain) bool { return ch.ID == c.String("chain") }) {
-							return cli.Exit(fmt.Sprintf("kms-ha state import: chain %q is not under chains in %s; check the chain id "+
-								"(a watermark cannot be removed once imported). Nothing was imported.", c.String("chain"), filepath.Join(h, config.FileName)), 2)
-						}
-					}
-					st, err := stateimport.ParseFile(c.Args().First(), c.String("format"))
-					if err != nil {
-						return cli.Exit(fmt.Sprintf("kms-ha state import: %v; nothing was imported", err), 2)
-					}
-					d, addr, err := apiClient(c)
-					if err != nil {
-						return err
-					}
-					var r *clusterpb.ImportStateResponse
-					err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-						var err error
-						r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: c.String("chain"), Height: st.Height,
-							Round: st.Round, Step: int32(st.Step), SignBytes: st.SignBytes, Source: st.Format, Force: c.Bool("force")})
-						return err
-					})
-					if err != nil {
-						return fail(c, err)
-					}
-					req := fsm.HRS{Height: st.Height, Round: st.Round, Step: st.Step}
-					if !r.GetApplied() {
-						return cli.Exit(fmt.Sprintf("kms-ha state import: refused: the cluster's watermark for %s is %s, at or above the file's %s "+
-							"(%s state); an import never lowers a watermark. Nothing changed.", c.String("chain"), hrsText(r.GetCurrent()), req, st.Format), 1)
-					}
-					fmt.Printf("chain %s: watermark raised from %s to %s (%s state, sign bytes %s)\n", c.String("chain"),
-						hrsText(r.GetPrevious()), hrsText(r.GetCurrent()), st.Format, map[bool]string{true: "included", false: "absent"}[len(st.SignBytes) > 0])
-					return nil
-				},
+				Action: stateImport,
 			},
 			{
 				Name:  "show",
@@ -334,32 +295,78 @@ func stateCmd() *cli.Command {
 					&cli.BoolFlag{Name: "linearizable", Usage: "answer only after the leader confirmed it leads (fails without a quorum)"},
 					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 				}, apiFlags...),
-				Action: func(c *cli.Context) error {
-					r, err := fetchStatus(c, c.Bool("linearizable"))
-					if err != nil {
-						return err
-					}
-					var out []watermarkOut
-					for _, w := range r.GetChains() {
-						if c.String("chain") == "" || c.String("chain") == w.GetChainId() {
-							out = append(out, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
-						}
-					}
-					if c.String("chain") != "" && len(out) == 0 {
-						return cli.Exit(fmt.Sprintf("kms-ha state show: the cluster holds no watermark for chain %s "+
-							"(import one with `kms-ha state import`, or start with --allow-fresh-state)", c.String("chain")), 1)
-					}
-					if c.Bool("json") {
-						return json.NewEncoder(os.Stdout).Encode(out)
-					}
-					for _, w := range out {
-						fmt.Printf("%s\t%s\n", w.ChainID, hrsText(&clusterpb.ChainWatermark{Height: w.Height, Round: w.Round, Step: w.Step}))
-					}
-					return nil
-				},
+				Action: stateShow,
 			},
 		},
 	}
+}
+
+// stateImport raises a chain's watermark to a state file's through the
+// cluster API; it never lowers one.
+func stateImport(c *cli.Context) error {
+	if err := need(c, "chain"); err != nil {
+		return err
+	}
+	if c.NArg() != 1 {
+		return cli.Exit("kms-ha state import: give the state FILE (see kms-ha state import --help)", 2)
+	}
+	if h := c.String("home"); h != "" {
+		if cfg, err := config.Load(h); err == nil && !slices.ContainsFunc(cfg.Chains, func(ch config.Chain) bool { return ch.ID == c.String("chain") }) {
+			return cli.Exit(fmt.Sprintf("kms-ha state import: chain %q is not under chains in %s; check the chain id "+
+				"(a watermark cannot be removed once imported). Nothing was imported.", c.String("chain"), filepath.Join(h, config.FileName)), 2)
+		}
+	}
+	st, err := stateimport.ParseFile(c.Args().First(), c.String("format"))
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("kms-ha state import: %v; nothing was imported", err), 2)
+	}
+	d, addr, err := apiClient(c)
+	if err != nil {
+		return err
+	}
+	var r *clusterpb.ImportStateResponse
+	err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		var err error
+		r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: c.String("chain"), Height: st.Height,
+			Round: st.Round, Step: int32(st.Step), SignBytes: st.SignBytes, Source: st.Format, Force: c.Bool("force")})
+		return err
+	})
+	if err != nil {
+		return fail(c, err)
+	}
+	req := fsm.HRS{Height: st.Height, Round: st.Round, Step: st.Step}
+	if !r.GetApplied() {
+		return cli.Exit(fmt.Sprintf("kms-ha state import: refused: the cluster's watermark for %s is %s, at or above the file's %s "+
+			"(%s state); an import never lowers a watermark. Nothing changed.", c.String("chain"), hrsText(r.GetCurrent()), req, st.Format), 1)
+	}
+	fmt.Printf("chain %s: watermark raised from %s to %s (%s state, sign bytes %s)\n", c.String("chain"),
+		hrsText(r.GetPrevious()), hrsText(r.GetCurrent()), st.Format, map[bool]string{true: "included", false: "absent"}[len(st.SignBytes) > 0])
+	return nil
+}
+
+// stateShow prints the watermarks of the node at --cluster.
+func stateShow(c *cli.Context) error {
+	r, err := fetchStatus(c, c.Bool("linearizable"))
+	if err != nil {
+		return err
+	}
+	var out []watermarkOut
+	for _, w := range r.GetChains() {
+		if c.String("chain") == "" || c.String("chain") == w.GetChainId() {
+			out = append(out, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
+		}
+	}
+	if c.String("chain") != "" && len(out) == 0 {
+		return cli.Exit(fmt.Sprintf("kms-ha state show: the cluster holds no watermark for chain %s "+
+			"(import one with `kms-ha state import`, or start with --allow-fresh-state)", c.String("chain")), 1)
+	}
+	if c.Bool("json") {
+		return json.NewEncoder(os.Stdout).Encode(out)
+	}
+	for _, w := range out {
+		fmt.Printf("%s\t%s\n", w.ChainID, hrsText(&clusterpb.ChainWatermark{Height: w.Height, Round: w.Round, Step: w.Step}))
+	}
+	return nil
 }
 
 func snapshotCmd() *cli.Command {
@@ -372,30 +379,7 @@ func snapshotCmd() *cli.Command {
 				Usage:     "write the cluster's state (read linearizably on the leader) to FILE",
 				ArgsUsage: "FILE",
 				Flags:     apiFlags,
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return cli.Exit("kms-ha snapshot save: give the output FILE", 2)
-					}
-					d, addr, err := apiClient(c)
-					if err != nil {
-						return err
-					}
-					var r *clusterpb.BackupResponse
-					err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-						var err error
-						r, err = cl.Backup(ctx, &clusterpb.BackupRequest{})
-						return err
-					})
-					if err != nil {
-						return fail(c, err)
-					}
-					if err := writeNew(c.Args().First(), r.GetState()); err != nil {
-						return fail(c, err)
-					}
-					st, _ := fsm.DecodeState(r.GetState())
-					fmt.Printf("wrote %s: %d chains at raft index %d (leader %s)\n", c.Args().First(), len(st.Chains), r.GetIndex(), r.GetLeaderId())
-					return nil
-				},
+				Action:    snapshotSave,
 			},
 			{
 				Name: "restore",
@@ -403,50 +387,81 @@ func snapshotCmd() *cli.Command {
 					"membership is not restored",
 				ArgsUsage: "FILE",
 				Flags:     append([]cli.Flag{forceFlag}, apiFlags...),
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return cli.Exit("kms-ha snapshot restore: give the backup FILE", 2)
-					}
-					data, err := os.ReadFile(c.Args().First())
-					if err != nil {
-						return fail(c, err)
-					}
-					st, err := fsm.DecodeState(data)
-					if err != nil {
-						return cli.Exit(fmt.Sprintf("kms-ha snapshot restore: %s is not a kms-ha backup: %v", c.Args().First(), err), 2)
-					}
-					d, addr, err := apiClient(c)
-					if err != nil {
-						return err
-					}
-					ids := make([]string, 0, len(st.Chains))
-					for id := range st.Chains {
-						ids = append(ids, id)
-					}
-					sort.Strings(ids)
-					for _, id := range ids {
-						w := st.Chains[id]
-						var r *clusterpb.ImportStateResponse
-						err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
-							var err error
-							r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Height: w.Height, Round: w.Round,
-								Step: int32(w.Step), SignBytes: w.SignBytes, Source: "backup", Force: c.Bool("force")})
-							return err
-						})
-						if err != nil {
-							return fail(c, fmt.Errorf("chain %s: %w", id, err))
-						}
-						if r.GetApplied() {
-							fmt.Printf("%s: raised to %s\n", id, hrsText(r.GetCurrent()))
-						} else {
-							fmt.Printf("%s: kept %s (the backup's %s is not above it)\n", id, hrsText(r.GetCurrent()), w.HRS)
-						}
-					}
-					return nil
-				},
+				Action:    snapshotRestore,
 			},
 		},
 	}
+}
+
+// snapshotSave writes the cluster's state, read linearizably on the
+// leader, to a new file.
+func snapshotSave(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("kms-ha snapshot save: give the output FILE", 2)
+	}
+	d, addr, err := apiClient(c)
+	if err != nil {
+		return err
+	}
+	var r *clusterpb.BackupResponse
+	err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+		var err error
+		r, err = cl.Backup(ctx, &clusterpb.BackupRequest{})
+		return err
+	})
+	if err != nil {
+		return fail(c, err)
+	}
+	if err := writeNew(c.Args().First(), r.GetState()); err != nil {
+		return fail(c, err)
+	}
+	st, _ := fsm.DecodeState(r.GetState())
+	fmt.Printf("wrote %s: %d chains at raft index %d (leader %s)\n", c.Args().First(), len(st.Chains), r.GetIndex(), r.GetLeaderId())
+	return nil
+}
+
+// snapshotRestore imports each chain's watermark from a backup, one
+// import per chain, in chain id order.
+func snapshotRestore(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("kms-ha snapshot restore: give the backup FILE", 2)
+	}
+	data, err := os.ReadFile(c.Args().First())
+	if err != nil {
+		return fail(c, err)
+	}
+	st, err := fsm.DecodeState(data)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("kms-ha snapshot restore: %s is not a kms-ha backup: %v", c.Args().First(), err), 2)
+	}
+	d, addr, err := apiClient(c)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(st.Chains))
+	for id := range st.Chains {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		w := st.Chains[id]
+		var r *clusterpb.ImportStateResponse
+		err = d.Call(addr, 10*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
+			var err error
+			r, err = cl.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Height: w.Height, Round: w.Round,
+				Step: int32(w.Step), SignBytes: w.SignBytes, Source: "backup", Force: c.Bool("force")})
+			return err
+		})
+		if err != nil {
+			return fail(c, fmt.Errorf("chain %s: %w", id, err))
+		}
+		if r.GetApplied() {
+			fmt.Printf("%s: raised to %s\n", id, hrsText(r.GetCurrent()))
+		} else {
+			fmt.Printf("%s: kept %s (the backup's %s is not above it)\n", id, hrsText(r.GetCurrent()), w.HRS)
+		}
+	}
+	return nil
 }
 
 func recoverCmd() *cli.Command {

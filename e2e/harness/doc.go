@@ -1,6 +1,8 @@
-// Package harness runs kms-ha clusters and CometBFT validators (one per
-// chain) on loopback addresses for the end-to-end tests (../e2e_test.go,
-// ../multichain_test.go) and the demo (../cmd/demo).
+// Package harness runs kms-ha clusters and CometBFT validators on loopback
+// addresses for the end-to-end tests (../*_test.go) and the demo
+// (../cmd/demo): one validator per chain, or a multi-validator testnet,
+// on the CometBFT lines the tests name, with file or PKCS#11 keys and any
+// of the transports.
 //
 // A Cluster lives in one directory: a cometbft home per chain, one home per
 // kms-ha node and a logs/ folder with one append-only log per process. The

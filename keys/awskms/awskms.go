@@ -109,8 +109,8 @@ type Key struct {
 // have been named with: re-pointing the alias must not silently change the
 // validator's consensus key under a running node.
 func Open(ctx context.Context, cfg Config) (*Key, error) {
-	if cfg.KeyID == "" {
-		return nil, errors.New("keys/awskms: key_id is empty; set it to a key id, key ARN or alias/NAME")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	timeout := cfg.SignTimeout
 	if timeout == 0 {

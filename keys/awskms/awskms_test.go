@@ -667,7 +667,7 @@ func TestDefaultHTTPClient(t *testing.T) {
 
 func TestOpenValidatesConfig(t *testing.T) {
 	awsEnv(t)
-	if _, err := Open(context.Background(), Config{}); err == nil || !strings.Contains(err.Error(), "key_id is empty") {
+	if _, err := Open(context.Background(), Config{}); err == nil || !strings.Contains(err.Error(), "keys/awskms: key_id: is required") {
 		t.Errorf("Open without a key id: %v", err)
 	}
 	if _, err := Open(context.Background(), Config{KeyID: "alias/x", SignTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "negative") {

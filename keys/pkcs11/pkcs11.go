@@ -119,61 +119,6 @@ func redacted(s string) string {
 	return "[redacted]"
 }
 
-// Validate checks the configuration's shape without touching the token,
-// the environment or the PIN file.
-func (c Config) Validate() error {
-	if c.Module == "" {
-		return errors.New("keys/pkcs11: module is required: the path of the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")
-	}
-	switch {
-	case c.TokenLabel != "" && c.Slot != nil:
-		return errors.New("keys/pkcs11: token_label and slot are both set; set exactly one")
-	case c.TokenLabel == "" && c.Slot == nil:
-		return errors.New("keys/pkcs11: set token_label or slot to choose the token")
-	}
-	if c.KeyLabel == "" && c.KeyID == "" {
-		return errors.New("keys/pkcs11: set key_label, key_id or both to choose the key")
-	}
-	if _, err := decodeKeyID(c.KeyID); err != nil {
-		return err
-	}
-	var sources []string
-	if c.Pin != "" {
-		sources = append(sources, "pin")
-	}
-	if c.PinEnv != "" {
-		sources = append(sources, "pin_env")
-	}
-	if c.PinFile != "" {
-		sources = append(sources, "pin_file")
-	}
-	switch len(sources) {
-	case 0:
-		return errors.New("keys/pkcs11: set one of pin_env, pin_file or pin for the token's user PIN")
-	case 1:
-	default:
-		return fmt.Errorf("keys/pkcs11: %s are set; set exactly one PIN source", strings.Join(sources, " and "))
-	}
-	if c.SignTimeout < 0 {
-		return fmt.Errorf("keys/pkcs11: sign timeout %v is negative", c.SignTimeout)
-	}
-	return nil
-}
-
-// decodeKeyID accepts an optional 0x prefix because tools print CKA_ID
-// both ways.
-func decodeKeyID(s string) ([]byte, error) {
-	if s == "" {
-		return nil, nil
-	}
-	h := strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
-	id, err := hex.DecodeString(h)
-	if err != nil || len(id) == 0 {
-		return nil, fmt.Errorf("keys/pkcs11: key_id %q is not hex (the CKA_ID as hex digits, e.g. \"01\")", s)
-	}
-	return id, nil
-}
-
 // resolvePin reads the PIN from its source. Errors name the source, never
 // the value.
 func (c Config) resolvePin() (string, error) {

@@ -334,14 +334,14 @@ func TestValidate(t *testing.T) {
 		edit func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.Module = "" }, "keys/pkcs11: module is required"},
-		{func(c *Config) { c.Slot = &slot }, "keys/pkcs11: token_label and slot are both set; set exactly one"},
-		{func(c *Config) { c.TokenLabel = "" }, "keys/pkcs11: set token_label or slot to choose the token"},
-		{func(c *Config) { c.KeyLabel = "" }, "keys/pkcs11: set key_label, key_id or both to choose the key"},
-		{func(c *Config) { c.KeyID = "zz" }, `keys/pkcs11: key_id "zz" is not hex`},
-		{func(c *Config) { c.PinEnv = "" }, "keys/pkcs11: set one of pin_env, pin_file or pin"},
-		{func(c *Config) { c.Pin = goodPin }, "keys/pkcs11: pin and pin_env are set; set exactly one PIN source"},
-		{func(c *Config) { c.PinFile = "/pin" }, "keys/pkcs11: pin_env and pin_file are set; set exactly one PIN source"},
+		{func(c *Config) { c.Module = "" }, "keys/pkcs11: module: is required"},
+		{func(c *Config) { c.Slot = &slot }, "keys/pkcs11: token_label: set exactly one of token_label and slot"},
+		{func(c *Config) { c.TokenLabel = "" }, "keys/pkcs11: token_label: set exactly one of token_label and slot"},
+		{func(c *Config) { c.KeyLabel = "" }, "keys/pkcs11: key_label: set key_label, key_id (hex), or both"},
+		{func(c *Config) { c.KeyID = "zz" }, `keys/pkcs11: key_id: "zz" is not hex`},
+		{func(c *Config) { c.PinEnv = "" }, "keys/pkcs11: pin: set exactly one of pin, pin_env and pin_file"},
+		{func(c *Config) { c.Pin = goodPin }, "keys/pkcs11: pin: set exactly one of pin, pin_env and pin_file"},
+		{func(c *Config) { c.PinFile = "/pin" }, "keys/pkcs11: pin: set exactly one of pin, pin_env and pin_file"},
 		{func(c *Config) { c.SignTimeout = -time.Second }, "keys/pkcs11: sign timeout -1s is negative"},
 	} {
 		cfg := ok

@@ -1,0 +1,22 @@
+package awskms
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/kms-ha/kms-ha/internal/fielderr"
+)
+
+// Validate checks the configuration's shape without calling AWS. It
+// reports every problem at once; each is a *fielderr.Error naming the
+// kms.yaml field, so that config reports it as keys[N].<field>.
+func (c Config) Validate() error {
+	var errs []error
+	if c.KeyID == "" {
+		errs = append(errs, fielderr.New("keys/awskms", "key_id", "is required for backend awskms: the key id, ARN or alias/NAME"))
+	}
+	if c.Endpoint != "" && !strings.HasPrefix(c.Endpoint, "https://") && !strings.HasPrefix(c.Endpoint, "http://") {
+		errs = append(errs, fielderr.New("keys/awskms", "endpoint", "%q must be a URL, e.g. https://kms.us-east-1.amazonaws.com", c.Endpoint))
+	}
+	return errors.Join(errs...)
+}
