@@ -20,6 +20,7 @@ import (
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 	"github.com/kms-ha/kms-ha/internal/logthrottle"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/metrics"
@@ -377,20 +378,22 @@ func (n *Node) shutdown() {
 	n.log.Info("node stopped")
 }
 
-// retry runs fn until it succeeds or ctx ends, backing off to 2 s.
+// retry runs fn until it succeeds or ctx ends, backing off from 100 ms to
+// 2 s. It waits one step first: every caller has just seen fn's work fail.
 func (n *Node) retry(ctx context.Context, what string, fn func() error) {
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		err := fn()
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		n.log.Debug("retrying", "what", what, "err", err)
+	b := backoff.New(100*time.Millisecond, 2*time.Second)
+	if !b.Wait(ctx) {
+		return
 	}
+	// Retry fails only when ctx ended, that is when the term did: nothing
+	// left to report.
+	_ = backoff.Retry(ctx, b, func() error {
+		err := fn()
+		if err != nil && ctx.Err() == nil {
+			n.log.Debug("retrying", "what", what, "err", err)
+		}
+		return err
+	})
 }
 
 // awaitQuiet waits, at most 2 s, for a moment between heights: right after
@@ -400,8 +403,11 @@ func (n *Node) awaitQuiet() {
 	if n.signer == nil {
 		return
 	}
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && !n.signer.Quiet(3*time.Second); {
-		time.Sleep(2 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// A poll of local state: jitter would only blur the moment it finds.
+	b := backoff.Constant(2 * time.Millisecond).WithJitter(0)
+	for !n.signer.Quiet(3*time.Second) && b.Wait(ctx) {
 	}
 }
 

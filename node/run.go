@@ -12,6 +12,7 @@ import (
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/awskms"
 	"github.com/kms-ha/kms-ha/keys/file"
@@ -110,9 +111,9 @@ func (n *Node) Ready() error {
 func (n *Node) allowFresh(ctx context.Context) {
 	cl := n.cluster.Load()
 	for _, id := range n.opts.AllowFreshState {
-		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 3*time.Second) {
+		err := backoff.Retry(ctx, backoff.New(200*time.Millisecond, 3*time.Second), func() error {
 			if _, ok := cl.FSM().Watermark(id); ok {
-				break
+				return nil
 			}
 			err := n.dialer.Call(n.cfg.Cluster.APIAddr, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
 				_, err := c.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Source: "fresh"})
@@ -120,14 +121,13 @@ func (n *Node) allowFresh(ctx context.Context) {
 			})
 			if err == nil {
 				n.log.Warn("chain starts from an empty watermark (--allow-fresh-state): only correct if this validator key has never signed", "chain", id)
-				break
+				return nil
 			}
 			n.log.Debug("committing the fresh state", "chain", id, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(delay):
-			}
+			return err
+		})
+		if err != nil {
+			return // the node is stopping
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 	"github.com/kms-ha/kms-ha/transport"
 )
 
@@ -29,7 +30,7 @@ const (
 // cosmos/kms meaning (no redial after the connection ends) and is reported
 // on /readyz instead.
 func (n *Node) serveValidator(ctx context.Context, cl *cluster.Node, v transport.Validator) {
-	delay := restartMin
+	b := backoff.New(restartMin, restartMax)
 	for restarts := 0; ; restarts++ {
 		err := n.runValidator(ctx, v, n.signer, transport.Options{
 			Logger: n.log,
@@ -48,14 +49,12 @@ func (n *Node) serveValidator(ctx context.Context, cl *cluster.Node, v transport
 				"becomes leader", "chain", v.ChainID, "addr", v.Addr, "err", err)
 			return
 		}
+		delay := b.Next()
 		n.log.Error("validator connection loop ended while leading; restarting it", "chain", v.ChainID, "addr", v.Addr,
 			"err", err, "restarts", restarts+1, "in", delay)
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, delay) {
 			return
-		case <-time.After(delay):
 		}
-		delay = min(2*delay, restartMax)
 	}
 }
 
