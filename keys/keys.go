@@ -1,6 +1,9 @@
-// Package keys defines the one interface every consensus key backend
-// implements. Backends live in sub-packages (keys/file, later pkcs11 and
-// awskms) so that a node links only what it configures.
+// Package keys defines Signer, the one interface every consensus key backend
+// implements, so that the signer and node packages never depend on a
+// backend. The backends are sub-packages: keys/file (a key file held in
+// memory), keys/pkcs11 (a key on a PKCS#11 token or HSM) and keys/awskms
+// (AWS KMS). keys/secp256k1 is the SignerService's key, not a consensus
+// key, and does not implement Signer.
 package keys
 
 import (
