@@ -17,6 +17,7 @@ import (
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // ErrPeerRunning is returned by Bootstrap when a listed peer already runs.
@@ -75,7 +76,7 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 	}
 	req := &clusterpb.JoinRequest{Id: c.Cluster.NodeID, RaftAddr: c.Cluster.AdvertiseAddr, ApiAddr: c.Cluster.APIAddr, Fresh: fresh, Level: fsm.Level}
 	var resp *clusterpb.JoinResponse
-	for {
+	for b := backoff.Constant(500 * time.Millisecond); ; {
 		err = callCtx(ctx, d, memberAPI, 5*time.Second, func(ctx context.Context, cl clusterpb.ClusterClient) error {
 			var err error
 			resp, err = cl.Join(ctx, req)
@@ -88,7 +89,7 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 		if status.Code(err) != codes.Unavailable {
 			return JoinResult{}, fmt.Errorf("node: join via %s: %w", memberAPI, err)
 		}
-		if !sleep(ctx, 500*time.Millisecond) {
+		if !b.Wait(ctx) {
 			return JoinResult{}, fmt.Errorf("node: join via %s: %w; if the cluster has no leader: when it was created with "+
 				"`bootstrap --peers`, every listed node must run that same bootstrap and be started, and a majority of the voters must be up",
 				memberAPI, err)
@@ -102,7 +103,7 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 	}
 	// An admitted node becomes a voter by itself once it runs and has
 	// caught up: wait for that if it runs.
-	for {
+	for b := backoff.Constant(300 * time.Millisecond); ; {
 		if isVoter(ctx, d, memberAPI, c.Cluster.NodeID) {
 			res.Outcome = JoinedVoter
 			return res, nil
@@ -111,7 +112,7 @@ func Join(ctx context.Context, c *config.Config, memberAPI string, log *slog.Log
 			res.Outcome = JoinedNotRunning
 			return res, nil
 		}
-		if !sleep(ctx, 300*time.Millisecond) {
+		if !b.Wait(ctx) {
 			return res, fmt.Errorf("node: %s is admitted but not yet a voter; it is still catching up (see its log and `kms-ha status`)", c.Cluster.NodeID)
 		}
 	}
@@ -169,15 +170,6 @@ func callCtx(ctx context.Context, d grpcapi.Dialer, addr string, timeout time.Du
 		return context.DeadlineExceeded
 	}
 	return d.Call(addr, timeout, fn)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-time.After(d):
-		return true
-	}
 }
 
 // Leave takes the node configured by c out of the cluster: it hands

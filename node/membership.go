@@ -9,6 +9,7 @@ import (
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // A node's membership, from its side, goes through three states; the
@@ -33,6 +34,9 @@ import (
 func (n *Node) awaitAdmission(ctx context.Context) error {
 	cc := ClusterConfig(n.cfg, n.log)
 	warned := false
+	// A poll of the local data dir: no peer to spread the load for, so
+	// no jitter.
+	b := backoff.Constant(250 * time.Millisecond).WithJitter(0)
 	for {
 		st, err := cluster.ReadState(cc, 2*time.Second)
 		if err != nil && !errors.Is(err, cluster.ErrLocked) {
@@ -49,10 +53,8 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 			n.log.Warn("no raft state: not running raft until this node is admitted; run " +
 				"`kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it")
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
@@ -64,12 +66,7 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 func (n *Node) register(ctx context.Context) {
 	cl := n.cluster.Load()
 	self := n.cfg.Cluster.NodeID
-	for delay := 300 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
+	for b := backoff.New(300*time.Millisecond, 5*time.Second); b.Wait(ctx); {
 		if cl.IsLeader() {
 			continue
 		}
@@ -91,7 +88,7 @@ func (n *Node) register(ctx context.Context) {
 			continue // removed, or not yet in the configuration: not ours to fix
 		}
 		if addrOK && m.APIAddr == n.cfg.Cluster.APIAddr && m.Level == fsm.Level {
-			delay = 5 * time.Second // re-check now and then: a leader may change
+			b.JumpToMax() // re-check now and then: a leader may change
 			continue
 		}
 		req := &clusterpb.JoinRequest{Id: self, RaftAddr: n.cfg.Cluster.AdvertiseAddr, ApiAddr: n.cfg.Cluster.APIAddr, Level: fsm.Level}

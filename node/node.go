@@ -1,10 +1,23 @@
 // Package node builds a running kms-ha node from a validated configuration
-// and owns the start and stop order of its parts.
+// and owns the start and stop order of its parts (node.go: New, Run,
+// shutdown). On top of that it owns:
+//
+//   - leading (leader.go): one term's work, that is recording this node's
+//     entry and the chains' public keys, refusing to lead with a key the
+//     cluster did not record, and running and restarting the validator
+//     connection loops, which dial only while this node leads;
+//   - this node's side of membership (membership.go): waiting for
+//     admission, keeping its entry current, and the Bootstrap, Join and
+//     Leave operations behind the CLI commands (admin.go);
+//   - health (health.go): /readyz, the validator connection states and the
+//     metrics read off the cluster;
+//   - opening the configured keys with their backends (keys.go).
+//
+// Every wait and retry goes through internal/backoff.
 package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +33,8 @@ import (
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi"
+	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 	"github.com/kms-ha/kms-ha/internal/logthrottle"
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/metrics"
@@ -247,64 +262,6 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
-// lead runs for one term of leadership: it records this node's API address
-// for followers to forward to, then serves every validator until ctx ends.
-func (n *Node) lead(ctx context.Context) {
-	var wg sync.WaitGroup
-	cl := n.cluster.Load()
-	// This node's own record first (one commit, only when it changed): a
-	// key can be recorded only once every member registered its level, and
-	// followers forward joins to the API address recorded here.
-	if m, _ := cl.FSM().Member(n.cfg.Cluster.NodeID); m.APIAddr != n.cfg.Cluster.APIAddr || m.Level != fsm.Level {
-		if err := cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level); err != nil {
-			n.log.Warn("could not record this node's api address and level; retrying in the background", "err", err)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				n.retry(ctx, "record this node's api address", func() error {
-					return cl.SetMember(ctx, n.cfg.Cluster.NodeID, n.cfg.Cluster.APIAddr, fsm.Level)
-				})
-			}()
-		}
-	}
-	ok, pending := n.checkKeys(ctx, cl)
-	if !ok {
-		// Keep trying to hand over (a transfer fails while no follower is
-		// up to date); meanwhile this node leads without signing.
-		n.retry(ctx, "hand leadership to a node with the recorded key", cl.TransferLeadership)
-		return
-	}
-	if pending {
-		// Some member has not registered a level that knows chain keys
-		// yet: record them as soon as it has, while leading.
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.retry(ctx, "record the chains' public keys", func() error {
-				ok, pending := n.checkKeys(ctx, cl)
-				if !ok || !pending {
-					return nil
-				}
-				return errors.New("a member's level is not registered yet")
-			})
-		}()
-	}
-	for _, ch := range n.cfg.Chains {
-		if _, ok := cl.FSM().Watermark(ch.ID); !ok && !slices.Contains(n.opts.AllowFreshState, ch.ID) {
-			n.log.Warn("the cluster holds no watermark for this chain: every signature is refused until its state is imported "+
-				"(`kms-ha state import`) or a node starts with --allow-fresh-state", "chain", ch.ID)
-		}
-	}
-	for _, v := range n.validators {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.serveValidator(ctx, cl, v)
-		}()
-	}
-	wg.Wait()
-}
-
 // Run serves until ctx is cancelled, then stops: a leader first hands
 // leadership to an up-to-date follower so the validators wait one dial, not
 // an election.
@@ -377,44 +334,28 @@ func (n *Node) shutdown() {
 	n.log.Info("node stopped")
 }
 
-// retry runs fn until it succeeds or ctx ends, backing off to 2 s.
-func (n *Node) retry(ctx context.Context, what string, fn func() error) {
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
+// allowFresh commits the empty watermark for the chains named by
+// --allow-fresh-state that have none, through whichever node leads.
+func (n *Node) allowFresh(ctx context.Context) {
+	cl := n.cluster.Load()
+	for _, id := range n.opts.AllowFreshState {
+		err := backoff.Retry(ctx, backoff.New(200*time.Millisecond, 3*time.Second), func() error {
+			if _, ok := cl.FSM().Watermark(id); ok {
+				return nil
+			}
+			err := n.dialer.Call(n.cfg.Cluster.APIAddr, 5*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+				_, err := c.ImportState(ctx, &clusterpb.ImportStateRequest{ChainId: id, Source: "fresh"})
+				return err
+			})
+			if err == nil {
+				n.log.Warn("chain starts from an empty watermark (--allow-fresh-state): only correct if this validator key has never signed", "chain", id)
+				return nil
+			}
+			n.log.Debug("committing the fresh state", "chain", id, "err", err)
+			return err
+		})
+		if err != nil {
+			return // the node is stopping
 		}
-		err := fn()
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		n.log.Debug("retrying", "what", what, "err", err)
-	}
-}
-
-// awaitQuiet waits, at most 2 s, for a moment between heights: right after
-// a precommit the validator waits timeout_commit before its next request,
-// time the next leader uses to connect, so a handover there misses nothing.
-func (n *Node) awaitQuiet() {
-	if n.signer == nil {
-		return
-	}
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && !n.signer.Quiet(3*time.Second); {
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func (n *Node) closeKeys() {
-	seen := map[keys.Signer]bool{}
-	var errs []error
-	for _, k := range n.keys {
-		if !seen[k] {
-			seen[k] = true
-			errs = append(errs, k.Close())
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		n.log.Warn("closing keys", "err", err)
 	}
 }

@@ -2,19 +2,14 @@ package transport
 
 import (
 	"context"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
-	"github.com/cometbft/cometbft/crypto/ed25519"
 	"github.com/cometbft/cometbft/p2p"
-	p2pconn "github.com/cometbft/cometbft/p2p/conn"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -107,19 +102,6 @@ func LoadIdentity(path string) (crypto.PrivKey, error) {
 	return nk.PrivKey, nil
 }
 
-// NoisePeerID returns the validator peer ID pinned in a
-// "noise://<peer-id>@IP:PORT" address, in its canonical string form.
-func NoisePeerID(addr string) (string, error) {
-	a, err := ParseAddr(addr)
-	if err != nil {
-		return "", err
-	}
-	if a.Scheme != "noise" {
-		return "", fmt.Errorf("transport: address %q is not a noise:// address, want noise://<validator-peer-id>@IP:PORT", addr)
-	}
-	return a.PeerID, nil
-}
-
 func parseTarget(addr string) (target, error) {
 	s, rest, ok := strings.Cut(addr, "://")
 	if !ok {
@@ -138,25 +120,6 @@ func parseTarget(addr string) (target, error) {
 	return t, nil
 }
 
-// nodeIDLen is the length of a CometBFT node id: the hex of the 20-byte
-// address of the ed25519 key (p2p.PubKeyToID).
-const nodeIDLen = 2 * crypto.AddressSize
-
-func parseTCP(addr, rest string) (target, error) {
-	var nodeID string
-	// Split at the last "@" as noise:// does; no host contains one.
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		nodeID, rest = strings.ToLower(rest[:at]), rest[at+1:]
-		if _, err := hex.DecodeString(nodeID); err != nil || len(nodeID) != nodeIDLen {
-			return target{}, fmt.Errorf("transport: tcp address %q: %q is not a node id (%d hex characters: the id of the SecretConnection key the validator's privval listener presents), want tcp://[<validator-node-id>@]host:port", addr, nodeID, nodeIDLen)
-		}
-	}
-	if _, err := checkHostPort(addr, rest); err != nil {
-		return target{}, err
-	}
-	return target{Addr: Addr{HostPort: rest, PeerID: nodeID}}, nil
-}
-
 // checkHostPort validates host:port and returns the host.
 func checkHostPort(addr, hostport string) (string, error) {
 	host, port, err := net.SplitHostPort(hostport)
@@ -173,154 +136,4 @@ func checkHostPort(addr, hostport string) (string, error) {
 		return "", fmt.Errorf("transport: address %q: invalid port %q", addr, port)
 	}
 	return host, nil
-}
-
-func parseNoise(addr, rest string) (target, error) {
-	// The node splits at the last "@" too (privval.ParseNoiseAddr); doing the
-	// same keeps both sides agreeing on what the peer ID is.
-	at := strings.LastIndex(rest, "@")
-	if at <= 0 {
-		return target{}, fmt.Errorf("transport: noise address %q: missing validator peer ID, want noise://<validator-peer-id>@IP:PORT; get it with `cometbft show-node-id --libp2p`", addr)
-	}
-	pidStr, hostport := rest[:at], rest[at+1:]
-	host, err := checkHostPort(addr, hostport)
-	if err != nil {
-		return target{}, err
-	}
-	// The node refuses DNS names in its own noise:// address; requiring an
-	// IP here keeps one address form valid on both sides.
-	if net.ParseIP(host) == nil {
-		return target{}, fmt.Errorf("transport: noise address %q: host %q must be an IP address", addr, host)
-	}
-	pid, err := peer.Decode(pidStr)
-	if err != nil {
-		return target{}, fmt.Errorf("transport: noise address %q: %q is not a libp2p peer ID; get it with `cometbft show-node-id --libp2p`: %w", addr, pidStr, err)
-	}
-	return target{Addr: Addr{HostPort: hostport, PeerID: pid.String()}, peer: pid}, nil
-}
-
-func parseUnix(addr, rest string) (target, error) {
-	if rest == "" {
-		return target{}, fmt.Errorf("transport: unix address %q: missing socket path, want unix:///absolute/path.sock", addr)
-	}
-	// A relative path would depend on the working directory of whoever
-	// starts the process; "unix://run/pv.sock" (two slashes) is the usual
-	// typo and lands here too.
-	if !filepath.IsAbs(rest) {
-		return target{}, fmt.Errorf("transport: unix address %q: socket path %q is not absolute, want unix:///absolute/path.sock", addr, rest)
-	}
-	return target{Addr: Addr{HostPort: rest}}, nil
-}
-
-func checkEd25519(k crypto.PrivKey) error {
-	if k == nil {
-		return errors.New("transport: tcp:// needs an identity key, got none")
-	}
-	ek, ok := k.(ed25519.PrivKey)
-	if !ok {
-		return fmt.Errorf("transport: tcp:// SecretConnection needs an ed25519 identity, got %s", k.Type())
-	}
-	if len(ek) != ed25519.PrivateKeySize {
-		return fmt.Errorf("transport: ed25519 identity has %d bytes, want %d", len(ek), ed25519.PrivateKeySize)
-	}
-	return nil
-}
-
-// checkNoIdentity accepts anything: the node's unix listener authenticates
-// nobody, access is governed by the socket's file permissions.
-func checkNoIdentity(crypto.PrivKey) error { return nil }
-
-// handshakeError marks failures after connect so they can be logged louder
-// than plain connect failures: they usually mean a misconfigured or foreign
-// peer rather than a node that is simply down.
-type handshakeError struct {
-	addr string
-	err  error
-}
-
-func (e *handshakeError) Error() string {
-	return fmt.Sprintf("transport: handshake with %s: %v", e.addr, e.err)
-}
-
-func (e *handshakeError) Unwrap() error { return e.err }
-
-// dialSocket opens the plain connection every scheme starts from.
-func dialSocket(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
-	d := net.Dialer{Timeout: timeout}
-	if network == "tcp" {
-		// Keepalive detects a peer that vanished without FIN (host crash,
-		// cable pull) even if the read deadline is raised one day.
-		d.KeepAliveConfig = net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     15 * time.Second,
-			Interval: 5 * time.Second,
-			Count:    3,
-		}
-	}
-	c, err := d.DialContext(ctx, network, address)
-	if err != nil {
-		return nil, fmt.Errorf("transport: dial %s: %w", address, err)
-	}
-	return c, nil
-}
-
-func dialTCP(ctx context.Context, t target, identity crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
-	hostport := t.HostPort
-	raw, err := dialSocket(ctx, "tcp", hostport, timeout)
-	if err != nil {
-		return nil, err
-	}
-
-	// The handshake blocks in Read on a peer that accepts and stays silent,
-	// so it needs both a deadline and a way to be cut short by ctx.
-	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
-	defer stop()
-	if err := raw.SetDeadline(time.Now().Add(timeout)); err != nil {
-		_ = raw.Close()
-		return nil, fmt.Errorf("transport: dial %s: set handshake deadline: %w", hostport, err)
-	}
-	sc, err := p2pconn.MakeSecretConnection(raw, identity)
-	if err != nil {
-		// Closing here is the whole point of not using privval.DialTCPFn.
-		_ = raw.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("transport: dial %s: %w", hostport, ctx.Err())
-		}
-		return nil, &handshakeError{addr: hostport, err: err}
-	}
-	if t.PeerID != "" {
-		// The handshake proved the peer holds this key; pinning makes that
-		// key the one the operator named, so a host that took over the
-		// validator's address gets no signatures.
-		if got := string(p2p.PubKeyToID(sc.RemotePubKey())); got != t.PeerID {
-			_ = raw.Close()
-			return nil, &handshakeError{addr: hostport, err: &nodeIDMismatchError{expected: t.PeerID, actual: got}}
-		}
-	}
-	if err := raw.SetDeadline(time.Time{}); err != nil {
-		_ = raw.Close()
-		return nil, fmt.Errorf("transport: dial %s: clear handshake deadline: %w", hostport, err)
-	}
-	return sc, nil
-}
-
-// nodeIDMismatchError reports a validator whose SecretConnection key is not
-// the one pinned in its tcp://<node-id>@ address.
-type nodeIDMismatchError struct {
-	expected, actual string
-}
-
-func (e *nodeIDMismatchError) Error() string {
-	// A stock CometBFT node makes a new listener key at every start
-	// (privval.NewSignerListener), so the hint matters more than usual.
-	return fmt.Sprintf("validator node id mismatch: expected %s (from the tcp:// address), got %s; "+
-		"the validator's privval listener must use the key whose id is pinned (a node that makes a new key at every start cannot be pinned: "+
-		"drop the id from the address, or use noise://)", e.expected, e.actual)
-}
-
-// dialUnix connects to the node's unix listener. The node wraps nothing
-// around a unix connection (privval.UnixListener: no SecretConnection), so
-// privval frames go over the socket as they are.
-func dialUnix(ctx context.Context, t target, _ crypto.PrivKey, timeout time.Duration) (net.Conn, error) {
-	return dialSocket(ctx, "unix", t.HostPort, timeout)
 }

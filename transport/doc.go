@@ -15,4 +15,10 @@
 // handshake closes its socket, handshakes are bounded by a deadline, and
 // redials back off quickly enough to fit the 3 s a starting node waits for
 // its signer.
+//
+// Where things are: addr.go is the one parser of validators[].addr and the
+// scheme table; tcp.go, noise.go and unix.go hold each scheme's parse,
+// identity check and dial, and dial.go what they share; frame.go reads
+// privval frames; transport.go is the per-validator loop (Run), its options
+// and its redial backoff (internal/backoff).
 package transport

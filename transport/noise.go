@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
@@ -79,6 +80,43 @@ func libp2pKey(k crypto.PrivKey) (lcrypto.PrivKey, error) {
 	default:
 		return nil, fmt.Errorf("transport: noise:// needs an ed25519 or secp256k1 identity, got %s", k.Type())
 	}
+}
+
+// NoisePeerID returns the validator peer ID pinned in a
+// "noise://<peer-id>@IP:PORT" address, in its canonical string form.
+func NoisePeerID(addr string) (string, error) {
+	a, err := ParseAddr(addr)
+	if err != nil {
+		return "", err
+	}
+	if a.Scheme != "noise" {
+		return "", fmt.Errorf("transport: address %q is not a noise:// address, want noise://<validator-peer-id>@IP:PORT", addr)
+	}
+	return a.PeerID, nil
+}
+
+func parseNoise(addr, rest string) (target, error) {
+	// The node splits at the last "@" too (privval.ParseNoiseAddr); doing the
+	// same keeps both sides agreeing on what the peer ID is.
+	at := strings.LastIndex(rest, "@")
+	if at <= 0 {
+		return target{}, fmt.Errorf("transport: noise address %q: missing validator peer ID, want noise://<validator-peer-id>@IP:PORT; get it with `cometbft show-node-id --libp2p`", addr)
+	}
+	pidStr, hostport := rest[:at], rest[at+1:]
+	host, err := checkHostPort(addr, hostport)
+	if err != nil {
+		return target{}, err
+	}
+	// The node refuses DNS names in its own noise:// address; requiring an
+	// IP here keeps one address form valid on both sides.
+	if net.ParseIP(host) == nil {
+		return target{}, fmt.Errorf("transport: noise address %q: host %q must be an IP address", addr, host)
+	}
+	pid, err := peer.Decode(pidStr)
+	if err != nil {
+		return target{}, fmt.Errorf("transport: noise address %q: %q is not a libp2p peer ID; get it with `cometbft show-node-id --libp2p`: %w", addr, pidStr, err)
+	}
+	return target{Addr: Addr{HostPort: hostport, PeerID: pid.String()}, peer: pid}, nil
 }
 
 func checkNoiseIdentity(k crypto.PrivKey) error {

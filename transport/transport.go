@@ -11,6 +11,8 @@ import (
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/libs/protoio"
 	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // Handler answers one privval request for a chain. It never returns an error:
@@ -128,7 +130,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			o.OnState(v, s)
 		}
 	}
-	b := newBackoff(o.BackoffMin, o.BackoffMax)
+	b := backoff.New(o.BackoffMin, o.BackoffMax)
 	failures := 0
 	notAllowedLogged := false
 
@@ -144,7 +146,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			// Not advancing the schedule: once allowed (e.g. just became
 			// leader) we want to dial within one short step, not after a
 			// backoff inflated by the time spent waiting.
-			if !sleep(ctx, b.jitter(o.BackoffMin)) {
+			if !backoff.Sleep(ctx, b.Initial()) {
 				return nil
 			}
 			continue
@@ -163,7 +165,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 			if !v.Reconnect {
 				return fmt.Errorf("transport: %w: %w", ErrNoReconnect, err)
 			}
-			if !sleep(ctx, b.next()) {
+			if !b.Wait(ctx) {
 				return nil
 			}
 			continue
@@ -186,11 +188,11 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 		// redial at full speed.
 		if served > 0 {
 			failures = 0
-			b.reset()
+			b.Reset()
 		} else {
 			failures++
 		}
-		if !sleep(ctx, b.next()) {
+		if !b.Wait(ctx) {
 			return nil
 		}
 	}
@@ -291,18 +293,5 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 			return served, fmt.Errorf("transport: write response: %w", err)
 		}
 		served++
-	}
-}
-
-// sleep waits for d or until ctx is done; it reports whether the full
-// duration elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

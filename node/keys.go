@@ -1,0 +1,53 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/kms-ha/kms-ha/config"
+	"github.com/kms-ha/kms-ha/keys"
+	"github.com/kms-ha/kms-ha/keys/awskms"
+	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/keys/pkcs11"
+)
+
+// OpenKey opens a kms.yaml key with its backend.
+func OpenKey(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, error) {
+	switch k.Backend {
+	case config.BackendFile:
+		return file.Open(k.KeyFile)
+	case config.BackendPKCS11:
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return pkcs11.Open(ctx, pkcs11.Config{
+			Module: k.Module, TokenLabel: k.TokenLabel, Slot: k.Slot, KeyLabel: k.KeyLabel, KeyID: k.KeyID,
+			Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile, Logger: log.With("component", "pkcs11"),
+		})
+	case config.BackendAWSKMS:
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return awskms.Open(ctx, awskms.Config{
+			KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint, Logger: log.With("component", "awskms"),
+		})
+	}
+	return nil, fmt.Errorf("backend %q is unknown", k.Backend)
+}
+
+// closeKeys closes each opened key once (several chains may share one),
+// reporting failures only in the log: it runs while stopping.
+func (n *Node) closeKeys() {
+	seen := map[keys.Signer]bool{}
+	var errs []error
+	for _, k := range n.keys {
+		if !seen[k] {
+			seen[k] = true
+			errs = append(errs, k.Close())
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		n.log.Warn("closing keys", "err", err)
+	}
+}
