@@ -22,16 +22,15 @@ func OpenKey(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, 
 	case config.BackendPKCS11:
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		return pkcs11.Open(ctx, pkcs11.Config{
-			Module: k.Module, TokenLabel: k.TokenLabel, Slot: k.Slot, KeyLabel: k.KeyLabel, KeyID: k.KeyID,
-			Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile, Logger: log.With("component", "pkcs11"),
-		})
+		c := k.PKCS11()
+		c.Logger = log.With("component", "pkcs11")
+		return pkcs11.Open(ctx, c)
 	case config.BackendAWSKMS:
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		return awskms.Open(ctx, awskms.Config{
-			KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint, Logger: log.With("component", "awskms"),
-		})
+		c := k.AWSKMS()
+		c.Logger = log.With("component", "awskms")
+		return awskms.Open(ctx, c)
 	}
 	return nil, fmt.Errorf("backend %q is unknown", k.Backend)
 }

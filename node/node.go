@@ -159,12 +159,7 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 		n.metrics = metrics.New()
 	}
 	if g := c.GRPC; g != nil {
-		cfg := grpcapi.SignerServiceConfig{Listen: g.Listen, TLSCert: g.TLSCert, TLSKey: g.TLSKey, ClientCA: g.ClientCA,
-			AllowUnauthenticatedClients: g.AllowUnauthenticatedClients}
-		for _, k := range g.Keys {
-			cfg.Keys = append(cfg.Keys, grpcapi.SignerKey{ID: k.ID, KeyFile: k.KeyFile})
-		}
-		if n.signerSvc, err = grpcapi.StartSignerService(cfg, log.With("component", "signerservice")); err != nil {
+		if n.signerSvc, err = grpcapi.StartSignerService(g.SignerService(), log.With("component", "signerservice")); err != nil {
 			return nil, fmt.Errorf("node: grpc: %w", err)
 		}
 	}
