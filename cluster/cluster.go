@@ -455,18 +455,29 @@ func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signByt
 	if err != nil {
 		return fsm.Decision{}, err
 	}
+	d, err := applyAs[fsm.Decision](ctx, n, data)
+	if err != nil {
+		return d, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
+	}
+	return d, nil
+}
+
+// applyAs commits data through raft and returns the FSM's result for it as
+// a T (each command type has one result type, see fsm.FSM.Apply). An
+// entry the FSM refused to decode is an error.
+func applyAs[T any](ctx context.Context, n *Node, data []byte) (T, error) {
+	var zero T
 	res, err := n.apply(ctx, data)
 	if err != nil {
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
+		return zero, err
 	}
-	switch r := res.(type) {
-	case fsm.Decision:
+	if r, ok := res.(T); ok {
 		return r, nil
-	case error:
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, r)
-	default:
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: unexpected result %T", chainID, hrs, res)
 	}
+	if e, ok := res.(error); ok {
+		return zero, e
+	}
+	return zero, fmt.Errorf("unexpected result %T from the state machine", res)
 }
 
 func (n *Node) apply(ctx context.Context, data []byte) (any, error) {

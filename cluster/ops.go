@@ -17,20 +17,24 @@ var ErrLeaderItself = errors.New("that node is the leader")
 
 // SetMember records a member's API address and command level.
 func (n *Node) SetMember(ctx context.Context, id, apiAddr string, level int) error {
-	data, err := fsm.Encode(fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr, Level: level})
-	if err != nil {
-		return err
-	}
-	res, err := n.apply(ctx, data)
-	if err == nil {
-		if e, ok := res.(error); ok {
-			err = e
-		}
-	}
-	if err != nil {
+	if _, err := write[struct{}](ctx, n, fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr, Level: level}); err != nil {
 		return fmt.Errorf("cluster: record member %s: %w", id, err)
 	}
 	return nil
+}
+
+// write commits a command at its type's newest version, once every member
+// can apply that, and returns the FSM's result.
+func write[T any](ctx context.Context, n *Node, t fsm.CommandType, body any) (T, error) {
+	var zero T
+	if err := n.requireLevel(t); err != nil {
+		return zero, err
+	}
+	data, err := fsm.Encode(t, body)
+	if err != nil {
+		return zero, err
+	}
+	return applyAs[T](ctx, n, data)
 }
 
 // requireLevel refuses to write a command type some member cannot apply: a
@@ -77,20 +81,9 @@ func (n *Node) strictReserve() bool {
 // Import raises a chain's watermark through raft; it never lowers one. The
 // result tells whether the watermark moved.
 func (n *Node) Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, error) {
-	if err := n.requireLevel(fsm.CmdImport); err != nil {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
-	}
-	data, err := fsm.Encode(fsm.CmdImport, im)
+	r, err := write[fsm.ImportResult](ctx, n, fsm.CmdImport, im)
 	if err != nil {
-		return fsm.ImportResult{}, err
-	}
-	res, err := n.apply(ctx, data)
-	if err != nil {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
-	}
-	r, ok := res.(fsm.ImportResult)
-	if !ok {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: unexpected result %v", im.ChainID, res)
+		return r, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
 	}
 	return r, nil
 }
@@ -98,20 +91,9 @@ func (n *Node) Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, err
 // SetChainKey records the public key of a chain unless one is recorded
 // already; the result says whether the recorded key is this one.
 func (n *Node) SetChainKey(ctx context.Context, k fsm.SetChainKey) (fsm.KeyResult, error) {
-	if err := n.requireLevel(fsm.CmdSetChainKey); err != nil {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
-	}
-	data, err := fsm.Encode(fsm.CmdSetChainKey, k)
+	r, err := write[fsm.KeyResult](ctx, n, fsm.CmdSetChainKey, k)
 	if err != nil {
-		return fsm.KeyResult{}, err
-	}
-	res, err := n.apply(ctx, data)
-	if err != nil {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
-	}
-	r, ok := res.(fsm.KeyResult)
-	if !ok {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: unexpected result %v", k.ChainID, res)
+		return r, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
 	}
 	return r, nil
 }

@@ -102,7 +102,7 @@ var commands = [...]*command{
 		},
 		apply: (*FSM).applyReserve,
 	}),
-	CmdSetMember: define(spec[SetMember, any]{
+	CmdSetMember: define(spec[SetMember, struct{}]{
 		name:   "set-member",
 		levels: []int{0},
 		check: func(_ uint8, m *SetMember) error {

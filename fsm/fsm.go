@@ -69,8 +69,8 @@ type KeyResult struct {
 
 // Apply applies one committed entry through its type's row of the commands
 // table. For CmdReserve it returns a Decision, for CmdImport an
-// ImportResult, for CmdSetChainKey a KeyResult; for an entry it cannot
-// decode it returns an error and changes nothing.
+// ImportResult, for CmdSetChainKey a KeyResult, for CmdSetMember struct{};
+// for an entry it cannot decode it returns an error and changes nothing.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -99,15 +99,15 @@ func (f *FSM) applyReserve(r Reserve) Decision {
 	return d
 }
 
-// applySetMember records a member, or forgets it when APIAddr is empty. It
-// has no result.
-func (f *FSM) applySetMember(m SetMember) any {
+// applySetMember records a member, or forgets it when APIAddr is empty.
+// There is nothing to report: its result is struct{}{}.
+func (f *FSM) applySetMember(m SetMember) struct{} {
 	if m.APIAddr == "" {
 		delete(f.members, m.ID)
 	} else {
 		f.members[m.ID] = MemberInfo{APIAddr: m.APIAddr, Level: m.Level}
 	}
-	return nil
+	return struct{}{}
 }
 
 func (f *FSM) applyImport(im Import) ImportResult {
