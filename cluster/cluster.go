@@ -444,12 +444,15 @@ var ErrNotLeader = errors.New("not the leader")
 // nothing may be signed.
 func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error) {
 	strict := n.strictReserve()
-	if _, ok := n.fsm.Watermark(chainID); !ok && !strict {
-		// A version 1 entry would sign this chain from zero. The leader's
-		// state is complete (it serves only after its barrier), so the
-		// chain really has no watermark: refuse here, as version 2 would.
-		return fsm.Decision{Outcome: fsm.Refuse, Reason: fsm.ReasonNoState, Detail: fmt.Sprintf(
-			"the cluster holds no watermark for chain %s (and not every member has registered a kms-ha version that can import one yet)", chainID)}, nil
+	if !strict {
+		// A version 1 entry would sign a chain without a watermark from
+		// zero. The leader's state is complete (it serves only after its
+		// barrier), so it applies the FSM's rule itself, as the FSM does
+		// for version 2 entries.
+		if d, refused := n.fsm.StateRefusal(chainID); refused {
+			d.Detail += " (but not every member has registered a kms-ha version that can import one yet: upgrade and start every member first)"
+			return d, nil
+		}
 	}
 	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes, NeedState: strict})
 	if err != nil {

@@ -48,6 +48,27 @@ func New() *FSM {
 // from an empty watermark could repeat what another signer already signed.
 const ReasonNoState = "no_state"
 
+// StateRefusal decides whether a reservation for chainID is refused
+// because the cluster holds no watermark for it, and returns the refusal.
+// It is the one place of that rule: the FSM applies it to version 2
+// reservations, the leader before writing a version 1 one (which would
+// sign the chain from zero), the node when it warns at leadership.
+func (f *FSM) StateRefusal(chainID string) (Decision, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	_, has := f.chains[chainID]
+	return stateRefusal(chainID, has)
+}
+
+func stateRefusal(chainID string, has bool) (Decision, bool) {
+	if has {
+		return Decision{}, false
+	}
+	return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
+		"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
+			"or, for a validator that never signed, start a node with --allow-fresh-state %s", chainID, chainID)}, true
+}
+
 // ImportResult is the result of applying a CmdImport.
 type ImportResult struct {
 	// Applied is false when the import would not raise the watermark.
@@ -87,10 +108,10 @@ func (f *FSM) Apply(l *raft.Log) any {
 
 func (f *FSM) applyReserve(r Reserve) Decision {
 	cur, ok := f.chains[r.ChainID]
-	if !ok && r.NeedState {
-		return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
-			"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
-				"or, for a validator that never signed, start a node with --allow-fresh-state %s", r.ChainID, r.ChainID)}
+	if r.NeedState {
+		if d, refused := stateRefusal(r.ChainID, ok); refused {
+			return d
+		}
 	}
 	d := Decide(cur, r.HRS, r.SignBytes)
 	if d.Outcome == Allow {
