@@ -263,6 +263,8 @@ type Node struct {
 	levelOK atomic.Bool
 	levelAt atomic.Int64
 	started time.Time
+	// applied is what the state machine has applied (see WaitApplied).
+	applied applied
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to
@@ -290,11 +292,12 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
 	snaps := &guardedSnapshots{SnapshotStore: st.snaps, dir: cfg.DataDir}
-	st.snaps = snaps
+	st.snaps = appliedSnapshots{SnapshotStore: snaps, a: &n.applied}
 	var rf raft.FSM = guardedFSM{FSM: f, snaps: snaps, log: cfg.Logger}
 	if cfg.WrapFSM != nil {
 		rf = cfg.WrapFSM(f)
 	}
+	rf = appliedFSM{FSM: rf, a: &n.applied}
 	r, err := raft.NewRaft(rc, rf, st.bolt, st.bolt, st.snaps, trans)
 	if err != nil {
 		st.bolt.Close()

@@ -51,12 +51,14 @@ func (n *Node) Nudge(ctx context.Context) error {
 	return nil
 }
 
-// WaitApplied blocks until the local FSM has applied idx.
+// WaitApplied blocks until the local state machine has applied every entry
+// up to idx (not only raft's AppliedIndex, see applied).
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
-	for delay := 200 * time.Microsecond; n.raft.AppliedIndex() < idx; delay = min(2*delay, 10*time.Millisecond) {
+	for delay := 200 * time.Microsecond; !n.fsmApplied(idx); delay = min(2*delay, 10*time.Millisecond) {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster: applied index %d, waiting for %d: %w", n.raft.AppliedIndex(), idx, ctx.Err())
+			return fmt.Errorf("cluster: applied index %d (state machine %d), waiting for %d: %w",
+				n.raft.AppliedIndex(), n.applied.index.Load(), idx, ctx.Err())
 		case <-time.After(delay):
 		}
 	}
