@@ -36,7 +36,7 @@ func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signByt
 	}
 	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes, NeedState: strict})
 	if err != nil {
-		return fsm.Decision{}, err
+		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
 	}
 	d, err := applyAs[fsm.Decision](ctx, n, data)
 	if err != nil {
