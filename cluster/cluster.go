@@ -260,6 +260,8 @@ type Node struct {
 	levelOK atomic.Bool
 	levelAt atomic.Int64
 	started time.Time
+	// applied is what the state machine has applied (see WaitApplied).
+	applied applied
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to
@@ -287,11 +289,12 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
 	snaps := &guardedSnapshots{SnapshotStore: st.snaps, dir: cfg.DataDir}
-	st.snaps = snaps
+	st.snaps = appliedSnapshots{SnapshotStore: snaps, a: &n.applied}
 	var rf raft.FSM = guardedFSM{FSM: f, snaps: snaps, log: cfg.Logger}
 	if cfg.WrapFSM != nil {
 		rf = cfg.WrapFSM(f)
 	}
+	rf = appliedFSM{FSM: rf, a: &n.applied}
 	r, err := raft.NewRaft(rc, rf, st.bolt, st.bolt, st.snaps, trans)
 	if err != nil {
 		st.bolt.Close()
@@ -434,99 +437,6 @@ func (n *Node) stopLeading() {
 	n.log.Info("lost leadership")
 }
 
-// ErrNotLeader is returned by writes on a node that is not the leader.
-var ErrNotLeader = errors.New("not the leader")
-
-// Reserve commits a reservation of hrs for chainID through raft and returns
-// the FSM's decision once the entry is committed by a quorum and applied.
-// It never waits longer than the apply timeout or ctx allows; on error
-// nothing may be signed.
-func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error) {
-	strict := n.strictReserve()
-	if _, ok := n.fsm.Watermark(chainID); !ok && !strict {
-		// A version 1 entry would sign this chain from zero. The leader's
-		// state is complete (it serves only after its barrier), so the
-		// chain really has no watermark: refuse here, as version 2 would.
-		return fsm.Decision{Outcome: fsm.Refuse, Reason: fsm.ReasonNoState, Detail: fmt.Sprintf(
-			"the cluster holds no watermark for chain %s (and not every member has registered a kms-ha version that can import one yet)", chainID)}, nil
-	}
-	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes, NeedState: strict})
-	if err != nil {
-		return fsm.Decision{}, err
-	}
-	res, err := n.apply(ctx, data)
-	if err != nil {
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
-	}
-	switch r := res.(type) {
-	case fsm.Decision:
-		return r, nil
-	case error:
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, r)
-	default:
-		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: unexpected result %T", chainID, hrs, res)
-	}
-}
-
-func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	timeout := n.cfg.ApplyTimeout
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
-		timeout = time.Until(dl)
-	}
-	if timeout <= 0 {
-		return nil, context.DeadlineExceeded
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		if n.raft.State() != raft.Leader {
-			return nil, ErrNotLeader
-		}
-		res, err := n.applyOnce(ctx, data, time.Until(deadline))
-		// During a leadership transfer raft refuses new entries at once.
-		// The transfer ends within an election timeout, with this node a
-		// follower (then ErrNotLeader) or still leader (then the entry goes
-		// through): wait for either rather than fail the validator's vote.
-		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return res, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Until(deadline) <= 0 {
-			return nil, fmt.Errorf("%w: a leadership transfer is still in progress", ErrNotLeader)
-		}
-	}
-}
-
-func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration) (any, error) {
-	f := n.raft.Apply(data, timeout)
-	errCh := make(chan error, 1)
-	go func() { errCh <- f.Error() }()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case err := <-errCh:
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return f.Response(), nil
-	case <-timer.C:
-		// The entry may still commit later; that only moves the watermark
-		// up, and nothing was signed for it.
-		return nil, fmt.Errorf("not committed within %s (is a quorum reachable?)", timeout)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
 // Shutdown stops raft and closes the stores. On the leader, call
 // TransferLeadership first to hand over without an election timeout.
 func (n *Node) Shutdown() error {
@@ -549,6 +459,3 @@ func (n *Node) shutdown() error {
 	}
 	return nil
 }
-
-// TransferLeadership hands leadership to an up-to-date follower.
-func (n *Node) TransferLeadership() error { return n.TransferLeadershipTo("") }

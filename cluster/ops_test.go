@@ -5,8 +5,11 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/kms-ha/kms-ha/fsm"
 )
@@ -28,7 +31,9 @@ func seed(t *testing.T, leader *Node, members []string, chains ...string) {
 	}
 }
 
-func startThree(t *testing.T) []*memNode {
+// startThree starts a, b and c in memory, a leading; configure, if given,
+// adjusts each node's config first.
+func startThree(t *testing.T, configure ...func(*Config)) []*memNode {
 	t.Helper()
 	dir := t.TempDir()
 	var ms []*memNode
@@ -37,6 +42,9 @@ func startThree(t *testing.T) []*memNode {
 		m := &memNode{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: id, Logger: quiet,
 			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
 			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
+		for _, c := range configure {
+			c(&m.cfg)
+		}
 		ms = append(ms, m)
 		servers = append(servers, Server{ID: id, Address: id})
 	}
@@ -149,6 +157,100 @@ func TestReadIndexOnlyOnConfirmedLeader(t *testing.T) {
 	defer cancel2()
 	if _, err := a.node.ReadIndex(rctx); err == nil {
 		t.Fatal("an isolated leader confirmed a linearizable read")
+	}
+}
+
+// slowFSM delays every apply while slow is set, as a loaded or paused
+// replica does.
+type slowFSM struct {
+	raft.FSM
+	slow *atomic.Bool
+}
+
+func (s slowFSM) Apply(l *raft.Log) any {
+	if s.slow.Load() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return s.FSM.Apply(l)
+}
+
+// TestWaitAppliedWaitsForTheStateMachine: raft counts an entry as applied
+// once it has queued it for the state machine, so a read that waited only
+// for raft's applied index could still miss it (the 1 in 70 failure of
+// TestReadIndexOnlyOnConfirmedLeader). With b's state machine slowed down
+// that race is certain.
+func TestWaitAppliedWaitsForTheStateMachine(t *testing.T) {
+	var slow atomic.Bool
+	ms := startThree(t, func(c *Config) {
+		if c.NodeID == "b" {
+			c.WrapFSM = func(f raft.FSM) raft.FSM { return slowFSM{FSM: f, slow: &slow} }
+		}
+	})
+	a, b := ms[0], ms[1]
+	ctx := context.Background()
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	slow.Store(true)
+	for h := int64(1); h <= 3; h++ {
+		if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: h, Step: fsm.StepPrevote}, []byte{byte(h)}); err != nil || d.Outcome != fsm.Allow {
+			t.Fatalf("reserve %d: %v %v", h, d.Outcome, err)
+		}
+	}
+	idx, err := a.node.ReadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b learns the commit index with the next heartbeat or entry.
+	if err := a.node.Nudge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := b.node.WaitApplied(wctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := b.node.FSM().Watermark("x"); w.Height != 3 {
+		t.Fatalf("b after WaitApplied(%d): %s (raft's applied index %d)", idx, w.HRS, b.node.raft.AppliedIndex())
+	}
+}
+
+// TestWaitAppliedAfterRestoringASnapshot: a node restarted from a
+// snapshot holds everything up to the snapshot's index, though its state
+// machine applied none of those entries one by one.
+func TestWaitAppliedAfterRestoringASnapshot(t *testing.T) {
+	ms := startThree(t)
+	a, b := ms[0], ms[1]
+	ctx := context.Background()
+	seed(t, a.node, []string{"a", "b", "c"}, "x")
+	for h := int64(1); h <= 5; h++ {
+		if d, err := a.node.Reserve(ctx, "x", fsm.HRS{Height: h, Step: fsm.StepPrevote}, []byte{byte(h)}); err != nil || d.Outcome != fsm.Allow {
+			t.Fatalf("reserve %d: %v %v", h, d.Outcome, err)
+		}
+	}
+	idx, err := a.node.ReadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.Nudge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := b.node.WaitApplied(wctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.node.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	b.node.Shutdown()
+	// b restarts alone: it restores its snapshot and hears from no leader.
+	startMem(t, b)
+	if w, _ := b.node.FSM().Watermark("x"); w.Height != 5 {
+		t.Fatalf("b restored %s", w.HRS)
+	}
+	rctx, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if err := b.node.WaitApplied(rctx, b.node.raft.AppliedIndex()); err != nil {
+		t.Fatal(err)
 	}
 }
 

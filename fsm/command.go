@@ -28,38 +28,131 @@ const (
 // version 1 (the first release); 1 adds CmdImport, CmdSetChainKey and
 // CmdReserve version 2. Members record their level; a leader writes an
 // entry only when every member's level covers it, because a member that
-// refuses an entry the others applied diverges from them.
+// refuses an entry the others applied diverges from them. It is the
+// highest level in the commands table (a test checks it), kept a constant
+// because members send it to each other.
 const Level = 1
 
-// levelOf is the level a command type needs at its newest version.
-var levelOf = map[CommandType]int{
-	CmdReserve:     1, // version 2; version 1 needs level 0
-	CmdSetMember:   0,
-	CmdImport:      1,
-	CmdSetChainKey: 1,
+// command is everything the FSM knows about one entry type: one row of
+// the commands table.
+type command struct {
+	name string
+	// levels[v-1] is the member level an entry at version v needs, so the
+	// type's newest version is len(levels). Every older version is still
+	// read, with its own meaning, because raft replays old entries after
+	// an upgrade. A leader only writes a version every member understands;
+	// an entry of an unknown type or version is refused without touching
+	// state, so an old binary can never misread it.
+	levels []int
+	// decode parses and checks the body of an entry at version v.
+	decode func(v uint8, body []byte) (any, error)
+	// apply applies a decoded body under the FSM's write lock and returns
+	// the entry's result.
+	apply func(f *FSM, body any) any
 }
 
-// RequiredLevel returns the member level a command type needs.
-func RequiredLevel(t CommandType) int { return levelOf[t] }
+func (c *command) newest() uint8 { return uint8(len(c.levels)) }
 
-// entryLevel is the level an entry of type t at version v needs.
-func entryLevel(t CommandType, v uint8) int {
-	if t == CmdReserve && v == 1 {
-		return 0
+// level is the member level an entry at version v (known to be read) needs.
+func (c *command) level(v uint8) int { return c.levels[v-1] }
+
+// spec describes a command with its body type T and result type R; define
+// turns it into a table row.
+type spec[T, R any] struct {
+	name   string
+	levels []int
+	// check refuses a body that decoded but is not valid, and fills what
+	// the version carries rather than the body.
+	check func(v uint8, body *T) error
+	apply func(f *FSM, body T) R
+}
+
+func define[T, R any](s spec[T, R]) *command {
+	return &command{
+		name:   s.name,
+		levels: s.levels,
+		decode: func(v uint8, data []byte) (any, error) {
+			var body T
+			if err := json.Unmarshal(data, &body); err != nil {
+				return nil, fmt.Errorf("fsm: decode %s: %w", s.name, err)
+			}
+			if err := s.check(v, &body); err != nil {
+				return nil, fmt.Errorf("fsm: decode %s: %w", s.name, err)
+			}
+			return body, nil
+		},
+		apply: func(f *FSM, body any) any { return s.apply(f, body.(T)) },
 	}
-	return levelOf[t]
 }
 
-// The newest version this FSM understands, per type; every older version
-// is still read, with its own meaning, because raft replays old entries
-// after an upgrade. A leader only writes a version every member
-// understands; an entry of an unknown type or version is refused without
-// touching state, so an old binary can never misread it.
-var supported = map[CommandType]uint8{
-	CmdReserve:     2,
-	CmdSetMember:   1,
-	CmdImport:      1,
-	CmdSetChainKey: 1,
+// commands is the command table, indexed by type: the one place that says
+// what each type's versions need, how it is read and how it applies.
+var commands = [...]*command{
+	CmdReserve: define(spec[Reserve, Decision]{
+		name: "reserve",
+		// Version 1 needs level 0 (the first release); version 2 refuses a
+		// chain without a watermark and needs level 1.
+		levels: []int{0, 1},
+		check: func(v uint8, r *Reserve) error {
+			if r.ChainID == "" {
+				return errors.New("empty chain id")
+			}
+			r.NeedState = v >= 2
+			return nil
+		},
+		apply: (*FSM).applyReserve,
+	}),
+	CmdSetMember: define(spec[SetMember, struct{}]{
+		name:   "set-member",
+		levels: []int{0},
+		check: func(_ uint8, m *SetMember) error {
+			if m.ID == "" {
+				return errors.New("empty id")
+			}
+			return nil
+		},
+		apply: (*FSM).applySetMember,
+	}),
+	CmdImport: define(spec[Import, ImportResult]{
+		name:   "import",
+		levels: []int{1},
+		check: func(_ uint8, im *Import) error {
+			if im.ChainID == "" {
+				return errors.New("empty chain id")
+			}
+			return nil
+		},
+		apply: (*FSM).applyImport,
+	}),
+	CmdSetChainKey: define(spec[SetChainKey, KeyResult]{
+		name:   "set-chain-key",
+		levels: []int{1},
+		check: func(_ uint8, k *SetChainKey) error {
+			if k.ChainID == "" || len(k.PubKey) == 0 {
+				return errors.New("empty chain id or key")
+			}
+			return nil
+		},
+		apply: (*FSM).applySetChainKey,
+	}),
+}
+
+// lookup returns the table row of a type, nil for a type this binary does
+// not know.
+func lookup(t CommandType) *command {
+	if int(t) < len(commands) {
+		return commands[t]
+	}
+	return nil
+}
+
+// RequiredLevel returns the member level a command type needs at its
+// newest version.
+func RequiredLevel(t CommandType) int {
+	if c := lookup(t); c != nil {
+		return c.level(c.newest())
+	}
+	return 0
 }
 
 // ErrUnknownCommand is returned (as the apply result) for an entry this
@@ -107,12 +200,27 @@ type SetChainKey struct {
 	KeyType string `json:"key_type"`
 }
 
-// Encode frames a command: one byte of type, one of version, then the body.
+// Encode frames a command at its type's newest version: one byte of type,
+// one of version, then the body.
 func Encode(t CommandType, body any) ([]byte, error) {
-	v, ok := supported[t]
-	if !ok {
+	c := lookup(t)
+	if c == nil {
 		return nil, fmt.Errorf("fsm: encode: %w: type %d", ErrUnknownCommand, t)
 	}
+	return encode(t, c.newest(), body)
+}
+
+// EncodeReserve is Encode for the hot path's one command, at version 2
+// when r.NeedState, else at version 1.
+func EncodeReserve(r Reserve) ([]byte, error) {
+	v := uint8(1)
+	if r.NeedState {
+		v = 2
+	}
+	return encode(CmdReserve, v, r)
+}
+
+func encode(t CommandType, v uint8, body any) ([]byte, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return nil, fmt.Errorf("fsm: encode type %d: %w", t, err)
@@ -120,70 +228,29 @@ func Encode(t CommandType, body any) ([]byte, error) {
 	return append([]byte{byte(t), v}, b...), nil
 }
 
-// EncodeReserve is Encode for the hot path's one command, at version 2
-// when r.NeedState, else at version 1.
-func EncodeReserve(r Reserve) ([]byte, error) {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("fsm: encode reserve: %w", err)
+// Decode parses an entry into its type and body. It never panics on
+// arbitrary input.
+func Decode(data []byte) (CommandType, any, error) {
+	_, _, body, err := decode(data)
+	if len(data) < 2 {
+		return 0, nil, err
 	}
-	v := uint8(1)
-	if r.NeedState {
-		v = 2
-	}
-	return append([]byte{byte(CmdReserve), v}, b...), nil
+	return CommandType(data[0]), body, err
 }
 
-// Decode parses an entry into its type and body. It never panics on
-// arbitrary input. Versions other than a type's newest are read only for
-// CmdReserve (1 and 2); every other type has a single version so far.
-func Decode(data []byte) (CommandType, any, error) {
+// decode parses an entry into the row of its type, its version and body.
+func decode(data []byte) (*command, uint8, any, error) {
 	if len(data) < 2 {
-		return 0, nil, fmt.Errorf("fsm: decode: entry of %d bytes is too short", len(data))
+		return nil, 0, nil, fmt.Errorf("fsm: decode: entry of %d bytes is too short", len(data))
 	}
 	t, v := CommandType(data[0]), data[1]
-	if newest, ok := supported[t]; !ok || v == 0 || v > newest {
-		return t, nil, fmt.Errorf("fsm: decode type %d version %d: %w", t, v, ErrUnknownCommand)
+	c := lookup(t)
+	if c == nil || v == 0 || v > c.newest() {
+		return nil, v, nil, fmt.Errorf("fsm: decode type %d version %d: %w", t, v, ErrUnknownCommand)
 	}
-	var body any
-	switch t {
-	case CmdReserve:
-		var r Reserve
-		if err := json.Unmarshal(data[2:], &r); err != nil {
-			return t, nil, fmt.Errorf("fsm: decode reserve: %w", err)
-		}
-		if r.ChainID == "" {
-			return t, nil, errors.New("fsm: decode reserve: empty chain id")
-		}
-		r.NeedState = v >= 2
-		body = r
-	case CmdSetMember:
-		var m SetMember
-		if err := json.Unmarshal(data[2:], &m); err != nil {
-			return t, nil, fmt.Errorf("fsm: decode set-member: %w", err)
-		}
-		if m.ID == "" {
-			return t, nil, errors.New("fsm: decode set-member: empty id")
-		}
-		body = m
-	case CmdImport:
-		var im Import
-		if err := json.Unmarshal(data[2:], &im); err != nil {
-			return t, nil, fmt.Errorf("fsm: decode import: %w", err)
-		}
-		if im.ChainID == "" {
-			return t, nil, errors.New("fsm: decode import: empty chain id")
-		}
-		body = im
-	case CmdSetChainKey:
-		var k SetChainKey
-		if err := json.Unmarshal(data[2:], &k); err != nil {
-			return t, nil, fmt.Errorf("fsm: decode set-chain-key: %w", err)
-		}
-		if k.ChainID == "" || len(k.PubKey) == 0 {
-			return t, nil, errors.New("fsm: decode set-chain-key: empty chain id or key")
-		}
-		body = k
+	body, err := c.decode(v, data[2:])
+	if err != nil {
+		return nil, v, nil, err
 	}
-	return t, body, nil
+	return c, v, body, nil
 }

@@ -48,6 +48,27 @@ func New() *FSM {
 // from an empty watermark could repeat what another signer already signed.
 const ReasonNoState = "no_state"
 
+// StateRefusal decides whether a reservation for chainID is refused
+// because the cluster holds no watermark for it, and returns the refusal.
+// It is the one place of that rule: the FSM applies it to version 2
+// reservations, the leader before writing a version 1 one (which would
+// sign the chain from zero), the node when it warns at leadership.
+func (f *FSM) StateRefusal(chainID string) (Decision, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	_, has := f.chains[chainID]
+	return stateRefusal(chainID, has)
+}
+
+func stateRefusal(chainID string, has bool) (Decision, bool) {
+	if has {
+		return Decision{}, false
+	}
+	return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
+		"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
+			"or, for a validator that never signed, start a node with --allow-fresh-state %s", chainID, chainID)}, true
+}
+
 // ImportResult is the result of applying a CmdImport.
 type ImportResult struct {
 	// Applied is false when the import would not raise the watermark.
@@ -67,73 +88,70 @@ type KeyResult struct {
 	Matches  bool
 }
 
-// Apply applies one committed entry. For CmdReserve it returns a Decision,
-// for CmdImport an ImportResult, for CmdSetChainKey a KeyResult; for an
-// entry it cannot decode it returns an error and changes nothing.
+// Apply applies one committed entry through its type's row of the commands
+// table. For CmdReserve it returns a Decision, for CmdImport an
+// ImportResult, for CmdSetChainKey a KeyResult, for CmdSetMember struct{};
+// for an entry it cannot decode it returns an error and changes nothing.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	t, body, err := Decode(l.Data)
+	c, v, body, err := decode(l.Data)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if lv := bodyLevel(t, body); lv > f.maxLevel {
-		f.maxLevel = lv
-	}
-	switch t {
-	case CmdReserve:
-		r := body.(Reserve)
-		cur, ok := f.chains[r.ChainID]
-		if !ok && r.NeedState {
-			return Decision{Outcome: Refuse, Reason: ReasonNoState, Detail: fmt.Sprintf(
-				"the cluster holds no watermark for chain %s: import the validator's last state with `kms-ha state import`, "+
-					"or, for a validator that never signed, start a node with --allow-fresh-state %s", r.ChainID, r.ChainID)}
-		}
-		d := Decide(cur, r.HRS, r.SignBytes)
-		if d.Outcome == Allow {
-			f.chains[r.ChainID] = d.Watermark
-		}
-		return d
-	case CmdSetMember:
-		m := body.(SetMember)
-		if m.APIAddr == "" {
-			delete(f.members, m.ID)
-		} else {
-			f.members[m.ID] = MemberInfo{APIAddr: m.APIAddr, Level: m.Level}
-		}
-	case CmdImport:
-		im := body.(Import)
-		cur, had := f.chains[im.ChainID]
-		res := ImportResult{Previous: cur, Had: had, Current: cur}
-		if im.HRS.Height < 0 || im.HRS.Round < 0 || im.HRS.Step < StepNone || im.HRS.Step > StepPrecommit {
-			return res
-		}
-		if !had || im.HRS.Compare(cur.HRS) > 0 {
-			next := Watermark{HRS: im.HRS, SignBytes: bytes.Clone(im.SignBytes)}
-			f.chains[im.ChainID] = next
-			res.Applied, res.Current = true, next
-		}
-		return res
-	case CmdSetChainKey:
-		k := body.(SetChainKey)
-		cur, ok := f.keys[k.ChainID]
-		if !ok {
-			cur = ChainKey{PubKey: bytes.Clone(k.PubKey), KeyType: k.KeyType}
-			f.keys[k.ChainID] = cur
-		}
-		return KeyResult{Recorded: cur, Matches: bytes.Equal(cur.PubKey, k.PubKey) && cur.KeyType == k.KeyType}
-	}
-	return nil
+	f.maxLevel = max(f.maxLevel, c.level(v))
+	return c.apply(f, body)
 }
 
-func bodyLevel(t CommandType, body any) int {
-	if r, ok := body.(Reserve); ok && !r.NeedState {
-		return 0
+func (f *FSM) applyReserve(r Reserve) Decision {
+	cur, ok := f.chains[r.ChainID]
+	if r.NeedState {
+		if d, refused := stateRefusal(r.ChainID, ok); refused {
+			return d
+		}
 	}
-	return levelOf[t]
+	d := Decide(cur, r.HRS, r.SignBytes)
+	if d.Outcome == Allow {
+		f.chains[r.ChainID] = d.Watermark
+	}
+	return d
+}
+
+// applySetMember records a member, or forgets it when APIAddr is empty.
+// There is nothing to report: its result is struct{}{}.
+func (f *FSM) applySetMember(m SetMember) struct{} {
+	if m.APIAddr == "" {
+		delete(f.members, m.ID)
+	} else {
+		f.members[m.ID] = MemberInfo{APIAddr: m.APIAddr, Level: m.Level}
+	}
+	return struct{}{}
+}
+
+func (f *FSM) applyImport(im Import) ImportResult {
+	cur, had := f.chains[im.ChainID]
+	res := ImportResult{Previous: cur, Had: had, Current: cur}
+	if im.HRS.Height < 0 || im.HRS.Round < 0 || im.HRS.Step < StepNone || im.HRS.Step > StepPrecommit {
+		return res
+	}
+	if !had || im.HRS.Compare(cur.HRS) > 0 {
+		next := Watermark{HRS: im.HRS, SignBytes: bytes.Clone(im.SignBytes)}
+		f.chains[im.ChainID] = next
+		res.Applied, res.Current = true, next
+	}
+	return res
+}
+
+func (f *FSM) applySetChainKey(k SetChainKey) KeyResult {
+	cur, ok := f.keys[k.ChainID]
+	if !ok {
+		cur = ChainKey{PubKey: bytes.Clone(k.PubKey), KeyType: k.KeyType}
+		f.keys[k.ChainID] = cur
+	}
+	return KeyResult{Recorded: cur, Matches: bytes.Equal(cur.PubKey, k.PubKey) && cur.KeyType == k.KeyType}
 }
 
 // MaxLevel is the highest level an applied entry needed.

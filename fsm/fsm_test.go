@@ -335,3 +335,23 @@ func TestRestoreRefusesToLowerOrForgetAWatermark(t *testing.T) {
 		t.Fatalf("b at %s after restore, want 51", w.HRS)
 	}
 }
+
+// TestLevelIsTheTablesHighest: Level is what this binary registers, so it
+// must cover every version of every type in the commands table.
+func TestLevelIsTheTablesHighest(t *testing.T) {
+	highest := 0
+	for typ, c := range commands {
+		if c == nil {
+			continue
+		}
+		if c.name == "" || len(c.levels) == 0 || c.decode == nil || c.apply == nil {
+			t.Fatalf("type %d: incomplete table row %+v", typ, c)
+		}
+		for _, lv := range c.levels {
+			highest = max(highest, lv)
+		}
+	}
+	if highest != Level {
+		t.Fatalf("the table's highest level is %d, Level is %d", highest, Level)
+	}
+}

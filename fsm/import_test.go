@@ -144,3 +144,19 @@ func TestReserveVersion1ReplaysAsItWasApplied(t *testing.T) {
 		t.Fatalf("max level lost in snapshot: %v %d", err, g.MaxLevel())
 	}
 }
+
+// TestStateRefusalIsTheRuleApplyUses: the refusal the leader and the node
+// ask for is the one a version 2 reservation gets from Apply.
+func TestStateRefusalIsTheRuleApplyUses(t *testing.T) {
+	f := newWith(t, "known")
+	if _, refused := f.StateRefusal("known"); refused {
+		t.Fatal("a chain with a watermark is refused")
+	}
+	d, refused := f.StateRefusal(chain)
+	if !refused || d.Outcome != Refuse || d.Reason != ReasonNoState || d.Err() == nil {
+		t.Fatalf("chain without a watermark: %v %+v", refused, d)
+	}
+	if got := apply(t, f, 1, Reserve{ChainID: chain, HRS: HRS{1, 0, StepPropose}, SignBytes: []byte{1}}); got.Reason != d.Reason || got.Detail != d.Detail {
+		t.Fatalf("Apply refuses with %q/%q, StateRefusal with %q/%q", got.Reason, got.Detail, d.Reason, d.Detail)
+	}
+}

@@ -58,7 +58,7 @@ func (n *Node) lead(ctx context.Context) {
 		}()
 	}
 	for _, ch := range n.cfg.Chains {
-		if _, ok := cl.FSM().Watermark(ch.ID); !ok && !slices.Contains(n.opts.AllowFreshState, ch.ID) {
+		if _, refused := cl.FSM().StateRefusal(ch.ID); refused && !slices.Contains(n.opts.AllowFreshState, ch.ID) {
 			n.log.Warn("the cluster holds no watermark for this chain: every signature is refused until its state is imported "+
 				"(`kms-ha state import`) or a node starts with --allow-fresh-state", "chain", ch.ID)
 		}

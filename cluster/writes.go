@@ -15,22 +15,133 @@ import (
 // leader: hand leadership over first.
 var ErrLeaderItself = errors.New("that node is the leader")
 
-// SetMember records a member's API address and command level.
-func (n *Node) SetMember(ctx context.Context, id, apiAddr string, level int) error {
-	data, err := fsm.Encode(fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr, Level: level})
-	if err != nil {
-		return err
-	}
-	res, err := n.apply(ctx, data)
-	if err == nil {
-		if e, ok := res.(error); ok {
-			err = e
+// ErrNotLeader is returned by writes on a node that is not the leader.
+var ErrNotLeader = errors.New("not the leader")
+
+// Reserve commits a reservation of hrs for chainID through raft and returns
+// the FSM's decision once the entry is committed by a quorum and applied.
+// It never waits longer than the apply timeout or ctx allows; on error
+// nothing may be signed.
+func (n *Node) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error) {
+	strict := n.strictReserve()
+	if !strict {
+		// A version 1 entry would sign a chain without a watermark from
+		// zero. The leader's state is complete (it serves only after its
+		// barrier), so it applies the FSM's rule itself, as the FSM does
+		// for version 2 entries.
+		if d, refused := n.fsm.StateRefusal(chainID); refused {
+			d.Detail += " (but not every member has registered a kms-ha version that can import one yet: upgrade and start every member first)"
+			return d, nil
 		}
 	}
+	data, err := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: signBytes, NeedState: strict})
 	if err != nil {
+		return fsm.Decision{}, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
+	}
+	d, err := applyAs[fsm.Decision](ctx, n, data)
+	if err != nil {
+		return d, fmt.Errorf("cluster: reserve %s %s: %w", chainID, hrs, err)
+	}
+	return d, nil
+}
+
+// applyAs commits data through raft and returns the FSM's result for it as
+// a T (each command type has one result type, see fsm.FSM.Apply). An
+// entry the FSM refused to decode is an error.
+func applyAs[T any](ctx context.Context, n *Node, data []byte) (T, error) {
+	var zero T
+	res, err := n.apply(ctx, data)
+	if err != nil {
+		return zero, err
+	}
+	if r, ok := res.(T); ok {
+		return r, nil
+	}
+	if e, ok := res.(error); ok {
+		return zero, e
+	}
+	return zero, fmt.Errorf("unexpected result %T from the state machine", res)
+}
+
+func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if n.raft.State() != raft.Leader {
+			return nil, ErrNotLeader
+		}
+		res, err := n.applyOnce(ctx, data, time.Until(deadline))
+		// During a leadership transfer raft refuses new entries at once.
+		// The transfer ends within an election timeout, with this node a
+		// follower (then ErrNotLeader) or still leader (then the entry goes
+		// through): wait for either rather than fail the validator's vote.
+		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Until(deadline) <= 0 {
+			return nil, fmt.Errorf("%w: a leadership transfer is still in progress", ErrNotLeader)
+		}
+	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration) (any, error) {
+	f := n.raft.Apply(data, timeout)
+	errCh := make(chan error, 1)
+	go func() { errCh <- f.Error() }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-errCh:
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return f.Response(), nil
+	case <-timer.C:
+		// The entry may still commit later; that only moves the watermark
+		// up, and nothing was signed for it.
+		return nil, fmt.Errorf("not committed within %s (is a quorum reachable?)", timeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// SetMember records a member's API address and command level.
+func (n *Node) SetMember(ctx context.Context, id, apiAddr string, level int) error {
+	if _, err := write[struct{}](ctx, n, fsm.CmdSetMember, fsm.SetMember{ID: id, APIAddr: apiAddr, Level: level}); err != nil {
 		return fmt.Errorf("cluster: record member %s: %w", id, err)
 	}
 	return nil
+}
+
+// write commits a command at its type's newest version, once every member
+// can apply that, and returns the FSM's result.
+func write[T any](ctx context.Context, n *Node, t fsm.CommandType, body any) (T, error) {
+	var zero T
+	if err := n.requireLevel(t); err != nil {
+		return zero, err
+	}
+	data, err := fsm.Encode(t, body)
+	if err != nil {
+		return zero, err
+	}
+	return applyAs[T](ctx, n, data)
 }
 
 // requireLevel refuses to write a command type some member cannot apply: a
@@ -77,20 +188,9 @@ func (n *Node) strictReserve() bool {
 // Import raises a chain's watermark through raft; it never lowers one. The
 // result tells whether the watermark moved.
 func (n *Node) Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, error) {
-	if err := n.requireLevel(fsm.CmdImport); err != nil {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
-	}
-	data, err := fsm.Encode(fsm.CmdImport, im)
+	r, err := write[fsm.ImportResult](ctx, n, fsm.CmdImport, im)
 	if err != nil {
-		return fsm.ImportResult{}, err
-	}
-	res, err := n.apply(ctx, data)
-	if err != nil {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
-	}
-	r, ok := res.(fsm.ImportResult)
-	if !ok {
-		return fsm.ImportResult{}, fmt.Errorf("cluster: import %s: unexpected result %v", im.ChainID, res)
+		return r, fmt.Errorf("cluster: import %s: %w", im.ChainID, err)
 	}
 	return r, nil
 }
@@ -98,20 +198,9 @@ func (n *Node) Import(ctx context.Context, im fsm.Import) (fsm.ImportResult, err
 // SetChainKey records the public key of a chain unless one is recorded
 // already; the result says whether the recorded key is this one.
 func (n *Node) SetChainKey(ctx context.Context, k fsm.SetChainKey) (fsm.KeyResult, error) {
-	if err := n.requireLevel(fsm.CmdSetChainKey); err != nil {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
-	}
-	data, err := fsm.Encode(fsm.CmdSetChainKey, k)
+	r, err := write[fsm.KeyResult](ctx, n, fsm.CmdSetChainKey, k)
 	if err != nil {
-		return fsm.KeyResult{}, err
-	}
-	res, err := n.apply(ctx, data)
-	if err != nil {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
-	}
-	r, ok := res.(fsm.KeyResult)
-	if !ok {
-		return fsm.KeyResult{}, fmt.Errorf("cluster: record key of %s: unexpected result %v", k.ChainID, res)
+		return r, fmt.Errorf("cluster: record key of %s: %w", k.ChainID, err)
 	}
 	return r, nil
 }
@@ -198,98 +287,5 @@ func (n *Node) TransferLeadershipTo(id string) error {
 	return nil
 }
 
-// ErrNotReady is returned by a linearizable read on a leader that has not
-// yet committed an entry of its own term.
-var ErrNotReady = errors.New("the leader has not yet committed an entry of its term")
-
-// ReadIndex returns an index that a linearizable read must wait for: the
-// leader's commit index, read before it confirms with a quorum that it is
-// still leader. Only a leader answers.
-func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
-	if !n.IsLeader() {
-		return 0, ErrNotLeader
-	}
-	if !n.termReady.Load() {
-		return 0, ErrNotReady
-	}
-	idx := n.raft.CommitIndex()
-	done := make(chan error, 1)
-	go func() { done <- n.raft.VerifyLeader().Error() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
-		}
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	return idx, nil
-}
-
-// Nudge commits an empty entry, so followers that missed the latest commit
-// index (raft pipelines it with the next entry) learn it.
-func (n *Node) Nudge(ctx context.Context) error {
-	if !n.IsLeader() {
-		return ErrNotLeader
-	}
-	if err := n.raft.Barrier(n.timeout(ctx)).Error(); err != nil {
-		return fmt.Errorf("cluster: nudge: %w", err)
-	}
-	return nil
-}
-
-// WaitApplied blocks until the local FSM has applied idx.
-func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
-	for delay := 200 * time.Microsecond; n.raft.AppliedIndex() < idx; delay = min(2*delay, 10*time.Millisecond) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster: applied index %d, waiting for %d: %w", n.raft.AppliedIndex(), idx, ctx.Err())
-		case <-time.After(delay):
-		}
-	}
-	return nil
-}
-
-// LastContact is how long ago this node heard from the leader: zero on the
-// leader, and since start when it never did.
-func (n *Node) LastContact() time.Duration {
-	if n.IsLeader() {
-		return 0
-	}
-	lc := n.raft.LastContact()
-	if lc.IsZero() {
-		return time.Since(n.started)
-	}
-	return time.Since(lc)
-}
-
-// LogMemberAPIs returns the API addresses recorded in this node's own log
-// and state, committed or not. A restarted node applies its log only once
-// a leader tells it the commit index, so a node the leader cannot reach
-// (it moved to a new address) finds the others here to ask for its update.
-func (n *Node) LogMemberAPIs() map[string]string {
-	out := map[string]string{}
-	for id, m := range n.fsm.Members() {
-		out[id] = m.APIAddr
-	}
-	first, err1 := n.st.bolt.FirstIndex()
-	last, err2 := n.st.bolt.LastIndex()
-	if err1 != nil || err2 != nil {
-		return out
-	}
-	for i := max(first, 1); i <= last; i++ {
-		var l raft.Log
-		if n.st.bolt.GetLog(i, &l) != nil || l.Type != raft.LogCommand {
-			continue
-		}
-		if t, body, err := fsm.Decode(l.Data); err == nil && t == fsm.CmdSetMember {
-			m := body.(fsm.SetMember)
-			if m.APIAddr == "" {
-				delete(out, m.ID)
-			} else {
-				out[m.ID] = m.APIAddr
-			}
-		}
-	}
-	return out
-}
+// TransferLeadership hands leadership to an up-to-date follower.
+func (n *Node) TransferLeadership() error { return n.TransferLeadershipTo("") }
