@@ -99,8 +99,8 @@ func startVictim(t *testing.T, p *authPKI) (*Node, *refusalLog) {
 	addr := ln.Addr().String()
 	ln.Close()
 	cfg := Config{NodeID: "L", DataDir: filepath.Join(t.TempDir(), "L"), BindAddr: addr, Logger: quiet,
-		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-		LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: time.Second,
+		HeartbeatTimeout: 250 * time.Millisecond, ElectionTimeout: 250 * time.Millisecond,
+		LeaderLeaseTimeout: 125 * time.Millisecond, ApplyTimeout: time.Second,
 		TLS: p.tls(t, p.files(t, "L", "")), OnPeerRefused: refused.add}
 	if err := Bootstrap(cfg, nil); err != nil {
 		t.Fatal(err)

@@ -198,19 +198,21 @@ func TestFailoverDuringHandshakeFlood(t *testing.T) {
 		time.Since(killed).Round(time.Millisecond), flood.dials.Load(), drops[0].Load(), drops[1].Load(), drops[2].Load())
 
 	// Idle sockets that hold a handshake slot are closed by the first-byte
-	// timeout (1 s by default), not the 5 s handshake timeout.
+	// timeout (1 s by default), not the 5 s handshake timeout. The bound
+	// leaves room for a loaded machine and still tells the two apart.
 	flood.halt()
 	held := flood.stillOpen()
 	if held == 0 {
 		t.Fatal("no flood socket was holding a handshake slot; the test floods nothing")
 	}
-	waitFor(t, 3*time.Second, "the server closes every idle flood socket", func() bool {
+	const closeBound = 4500 * time.Millisecond
+	waitFor(t, closeBound, "the server closes every idle flood socket", func() bool {
 		return flood.stillOpen() == 0
 	})
 	flood.mu.Lock()
 	longest := flood.longest
 	flood.mu.Unlock()
-	if longest > 3*time.Second {
+	if longest > closeBound {
 		t.Errorf("a flood socket stayed open %v; want it closed after the first-byte timeout", longest)
 	}
 	t.Logf("%d idle flood sockets held slots when the flood stopped; the longest-lived flood socket lasted %v", held, longest.Round(time.Millisecond))

@@ -40,8 +40,8 @@ func startThree(t *testing.T, configure ...func(*Config)) []*memNode {
 	var servers []Server
 	for _, id := range []string{"a", "b", "c"} {
 		m := &memNode{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: id, Logger: quiet,
-			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
+			HeartbeatTimeout: 250 * time.Millisecond, ElectionTimeout: 250 * time.Millisecond,
+			LeaderLeaseTimeout: 125 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
 		for _, c := range configure {
 			c(&m.cfg)
 		}

@@ -63,8 +63,8 @@ func TestStaleMemberCatchesUpOnceVouched(t *testing.T) {
 	var servers []Server
 	for _, id := range []string{"A", "B", "C", "D"} {
 		m := &tlsMember{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: freeTCP(t), Logger: quiet,
-			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: time.Second,
+			HeartbeatTimeout: 250 * time.Millisecond, ElectionTimeout: 250 * time.Millisecond,
+			LeaderLeaseTimeout: 125 * time.Millisecond, ApplyTimeout: time.Second,
 			TLS: p.tls(t, p.files(t, id, ""))}}
 		ms[id] = m
 		if id != "D" {
