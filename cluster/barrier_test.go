@@ -81,8 +81,11 @@ func TestNewLeaderServesOnlyAfterBarrier(t *testing.T) {
 	var servers []Server
 	for _, id := range []string{"a", "b", "c"} {
 		m := &memNode{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: id, Logger: quiet,
-			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-			LeaderLeaseTimeout: 50 * time.Millisecond, ApplyTimeout: 500 * time.Millisecond}}
+			// Slower than the other tests' timings: leadership must stay
+			// put while the test watches c (under -race on a busy machine
+			// 100 ms elections flap).
+			HeartbeatTimeout: 400 * time.Millisecond, ElectionTimeout: 400 * time.Millisecond,
+			LeaderLeaseTimeout: 200 * time.Millisecond, ApplyTimeout: time.Second}}
 		ms = append(ms, m)
 		servers = append(servers, Server{ID: id, Address: id})
 	}
