@@ -22,9 +22,7 @@ import (
 // v0.38 ignores SIGTERM while its signer is gone, so the harness stops it
 // with SIGKILL (Cluster.Close).
 func TestCometBFT038(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall    = 20 * time.Second
 		progress = 5
@@ -35,17 +33,11 @@ func TestCometBFT038(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	c, err := harness.New(ctx, harness.Config{
-		Dir:   workDir(t),
+	c := newCluster(ctx, t, harness.Config{
 		Bin:   harness.Binaries{KMSHA: bins.KMSHA, CometBFT: cometBin},
 		Nodes: 3,
 		Comet: harness.CometOptions{ChainID: "e2e-v038"},
-		Logf:  logf(t),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +92,7 @@ func TestCometBFT038(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	} else {
-		t.Logf("no evidence in blocks 1..%d", latest)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
 	rep := checkCommits(ctx, t, c.Comet, scan, latest)
 	if want := int(rep.To - rep.From + 1); rep.Present != want {

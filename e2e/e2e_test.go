@@ -87,27 +87,6 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// workDir returns a fresh directory that is removed after a passing test and
-// kept, with its logs, after a failing one.
-func workDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "kms-ha-e2e-"+t.Name()+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	workDirsMu.Lock()
-	workDirs = append(workDirs, dir)
-	workDirsMu.Unlock()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("KMSHA_E2E_KEEP") != "" {
-			t.Logf("working directory kept: %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
-	return dir
-}
-
 // TestCometBFTAlone checks the harness's cometbft setup on its own, with the
 // node signing through its own key file: when this fails, the failure of
 // TestFailover says nothing about kms-ha.
@@ -141,9 +120,7 @@ func TestCometBFTAlone(t *testing.T) {
 // TestFailover is the acceptance test: the chain keeps going through
 // repeated crashes of the signing leader, and nothing is ever double-signed.
 func TestFailover(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		failovers = 3
 		// The definition of a stall: a failover takes seconds at most, so a
@@ -160,11 +137,7 @@ func TestFailover(t *testing.T) {
 	defer cancel()
 
 	dir := workDir(t)
-	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3})
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -229,147 +202,10 @@ func TestFailover(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	} else {
-		t.Logf("no evidence in blocks 1..%d", latest)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, len(results))
 	checkCommits(ctx, t, c.Comet, scan, latest)
 	report(t, results)
-}
-
-// logf timestamps the harness's progress messages in the test log.
-func logf(t *testing.T) func(string, ...any) {
-	return func(f string, a ...any) {
-		t.Logf("%s  "+f, append([]any{time.Now().Format("15:04:05.000")}, a...)...)
-	}
-}
-
-// closeOnCleanup stops every process of c after the test and, when it
-// failed, quotes the end of every log.
-func closeOnCleanup(t *testing.T, c *harness.Cluster) {
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			paths := c.LogPaths()
-			for _, n := range c.Comets {
-				paths = append(paths, n.Proc.LogPath)
-			}
-			for _, p := range paths {
-				t.Logf("end of %s:\n%s", p, c.LogTail(p, 25))
-			}
-		}
-	})
-}
-
-// checkSafety applies the safety invariant to every signature of every chain
-// in every log, and returns what the logs hold for the checks that follow.
-func checkSafety(t *testing.T, c *harness.Cluster) harness.Scan {
-	t.Helper()
-	scan, err := c.Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range scan.Errors {
-		t.Error(e)
-	}
-	if err := harness.CheckNoRace(c.LogPaths()...); err != nil {
-		t.Error(err)
-	} else if os.Getenv(harness.RaceEnv) == "1" {
-		t.Logf("race detector: no data race reported by any kms-ha process")
-	}
-	connects, err := harness.CheckLeaderOnly(c.LogPaths()...)
-	if err != nil {
-		t.Errorf("invariant 3: %v", err)
-	} else if connects == 0 {
-		t.Error("invariant 3: no validator connection in any log; the check proves nothing")
-	} else {
-		t.Logf("invariant 3: all %d validator connections and every signature fall inside the node's own leadership", connects)
-	}
-	if err := harness.CheckNoDoubleSign(scan.Signed); err != nil {
-		t.Error(err)
-	} else {
-		t.Logf("safety: no (chain, height, round, step) signed twice with different bytes across %d signatures in %d logs",
-			len(scan.Signed), len(c.LogPaths()))
-	}
-	return scan
-}
-
-// checkPrecommitsLogged checks that the logs really cover the chain, so that
-// the safety invariant cannot pass vacuously on missing or unparsable lines.
-func checkPrecommitsLogged(t *testing.T, scan harness.Scan, chainID string, latest int64, failovers int) {
-	t.Helper()
-	var missing []string
-	signers := map[string]bool{}
-	for h := int64(1); h <= latest; h++ {
-		node, _, ok := harness.PrecommitSigner(scan.Signed, chainID, h)
-		if !ok {
-			missing = append(missing, fmt.Sprint(h))
-			continue
-		}
-		signers[node] = true
-	}
-	if len(missing) > 0 {
-		t.Errorf("chain %s: committed heights without a logged precommit signature: %s", chainID, strings.Join(missing, " "))
-	}
-	if failovers > 0 && len(signers) < 2 {
-		t.Errorf("chain %s: after %d failovers only %v signed precommits", chainID, failovers, signers)
-	}
-	t.Logf("chain %s: %s", chainID, harness.Summary(chainRecords(scan.Signed, chainID)))
-}
-
-// checkCommits reads every block's last_commit up to latest: the validator's
-// own precommit must be in each (a single-validator chain cannot commit
-// without it), its signature must verify under the validator's key, and the
-// audit log must hold the same sign bytes for that slot under this chain's
-// id.
-func checkCommits(ctx context.Context, t *testing.T, n *harness.CometNode, scan harness.Scan, latest int64) *harness.CommitReport {
-	t.Helper()
-	key, err := harness.LoadValidatorKey(n.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Block latest is the last one known to exist; its last_commit is the
-	// commit of latest-1.
-	rep, err := n.CheckCommits(ctx, key, 1, latest-1, scan.Signed)
-	if err != nil {
-		t.Fatalf("chain %s: reading commits: %v", n.ChainID, err)
-	}
-	if err := rep.Err(); err != nil {
-		t.Error(err)
-	}
-	t.Logf("chain %s: validator %X's precommit present and verified in %d of %d commits (heights %d..%d), missing from %d; %d not in the audit log, %d with other bytes there",
-		n.ChainID, key.Address, rep.Present, rep.To-rep.From+1, rep.From, rep.To, len(rep.Missing), len(rep.NotLogged), len(rep.LogMismatch))
-	return rep
-}
-
-func chainRecords(recs []harness.SignRecord, chainID string) []harness.SignRecord {
-	var out []harness.SignRecord
-	for _, r := range recs {
-		if r.Chain == chainID {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// waitPrecommitSigner waits briefly for the log line of height h, which the
-// signer may write just after cometbft commits the block.
-func waitPrecommitSigner(ctx context.Context, c *harness.Cluster, chainID string, h int64) string {
-	for deadline := time.Now().Add(3 * time.Second); ; {
-		scan, err := c.Scan()
-		if err == nil {
-			if node, _, ok := harness.PrecommitSigner(scan.Signed, chainID, h); ok {
-				return node
-			}
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return ""
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func report(t *testing.T, results []*harness.Failover) {
@@ -405,18 +241,4 @@ func report(t *testing.T, results []*harness.Failover) {
 			t.Errorf("write report: %v", err)
 		}
 	}
-}
-
-func ms(d time.Duration) string {
-	if d == 0 {
-		return "?"
-	}
-	return d.Round(time.Millisecond).String()
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "(not found in the logs)"
-	}
-	return s
 }

@@ -40,9 +40,7 @@ import (
 // connections and signatures only inside leadership; the PIN appears in no
 // process's log and in no file the run wrote.
 func TestPKCS11Chain(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall    = 20 * time.Second
 		progress = 5
@@ -65,9 +63,8 @@ func TestPKCS11Chain(t *testing.T) {
 		tokenLabel, module, strings.Join(hsmEnv, " "), keyLabel, []byte(pub))
 
 	dir := workDir(t)
-	c, err := harness.New(ctx, harness.Config{
-		Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t),
-		Setup: func(n *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
+	c := newCluster(ctx, t, harness.Config{
+		Dir: dir, Nodes: 3, Setup: func(n *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
 			// The token directory (SOFTHSM2_CONF) and the PIN reach kms-ha
 			// only through its environment.
 			n.Proc.Env = append(append([]string(nil), hsmEnv...), pinEnv+"="+pin)
@@ -79,10 +76,6 @@ func TestPKCS11Chain(t *testing.T) {
 			return chains
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
 	val, decoy, err := c.Comet.UseValidatorKey(pub)
 	if err != nil {
 		t.Fatal(err)
@@ -169,10 +162,7 @@ func TestPKCS11Chain(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
 	rep, err := c.Comet.CheckCommits(ctx, val, 1, latest-1, scan.Signed)
 	if err != nil {
@@ -224,9 +214,7 @@ func TestPKCS11Chain(t *testing.T) {
 // the right key, and report the problem on /readyz (503) while the chain
 // keeps making blocks.
 func TestKeyMismatchRefusesToLead(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall         = 20 * time.Second
 		progress      = 5
@@ -238,8 +226,8 @@ func TestKeyMismatchRefusesToLead(t *testing.T) {
 	defer cancel()
 
 	var wrong harness.ValidatorKey
-	c, err := harness.New(ctx, harness.Config{
-		Dir: workDir(t), Bin: bins, Nodes: 3, Logf: logf(t), Metrics: true,
+	c := newCluster(ctx, t, harness.Config{
+		Nodes: 3, Metrics: true,
 		Setup: func(n *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
 			if n.ID != "node3" {
 				return chains
@@ -255,10 +243,6 @@ func TestKeyMismatchRefusesToLead(t *testing.T) {
 			return chains
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
 	right, err := harness.LoadValidatorKey(c.Comet.KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -444,10 +428,7 @@ func TestKeyMismatchRefusesToLead(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
 

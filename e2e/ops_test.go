@@ -25,9 +25,7 @@ import (
 // precommit is a block missed by the restarts: there must be none.
 // KMSHA_E2E_ROLLING sets the number of rolling restarts (default 2).
 func TestRollingRestart(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	rounds := 2
 	if v, err := strconv.Atoi(os.Getenv("KMSHA_E2E_ROLLING")); err == nil && v > 0 {
 		rounds = v
@@ -43,16 +41,10 @@ func TestRollingRestart(t *testing.T) {
 	const stall = 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(3+2*rounds)*time.Minute)
 	defer cancel()
-	c, tn, err := harness.NewTestnetCluster(ctx, harness.TestnetClusterConfig{
-		Dir: workDir(t), Bin: bins, Nodes: 3,
-		Testnet: harness.TestnetOptions{ChainID: "e2e-rolling", Powers: []int64{10, 10, 10, 10}, TimeoutCommit: commit},
-		Logf:    logf(t),
+	c := newCluster(ctx, t, harness.Config{Nodes: 3,
+		Testnet: &harness.TestnetOptions{ChainID: "e2e-rolling", Powers: []int64{10, 10, 10, 10}, TimeoutCommit: commit},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tn.Close)
-	closeOnCleanup(t, c)
+	tn := c.Testnet
 	if err := c.StartSigners(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -124,16 +116,13 @@ func TestRollingRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{observer, latest})
 	rep, err := observer.CheckCommits(ctx, tn.RemoteKey, from, latest-1, scan.Signed)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := rep.Err(); err != nil {
 		t.Errorf("rolling restarts missed blocks: %v", err)
-	}
-	if err := observer.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
 	}
 	gap, after := mon.MaxGap()
 	t.Logf("ROLLING RESTART FIGURES (timeout_commit %s): %d rounds, missed blocks per round %v, heights %d..%d all carry validator 4's verified precommit: %d of %d; longest block gap %s after height %d",
@@ -161,18 +150,12 @@ func kmsha(ctx context.Context, t *testing.T, args ...string) (string, error) {
 // the loss and restores it afterwards (which must change nothing), and
 // checks the metrics and health endpoints of a live node.
 func TestLostQuorumRecovery(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const stall = 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := workDir(t)
-	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t), Metrics: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3, Metrics: true})
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -272,10 +255,7 @@ func TestLostQuorumRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
 
@@ -330,17 +310,11 @@ func checkMetrics(ctx context.Context, t *testing.T, c *harness.Cluster, leader 
 // move to another address: it updates its own entry in the cluster through
 // the cluster API, without anyone wiping raft data, and catches up.
 func TestAddressChange(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const stall = 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := harness.New(ctx, harness.Config{Dir: workDir(t), Bin: bins, Nodes: 3, Logf: logf(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Nodes: 3})
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +382,7 @@ func TestAddressChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
 
@@ -418,20 +392,14 @@ func TestAddressChange(t *testing.T) {
 // entries while a transfer runs; CometBFT never retries a signer error, and
 // a one-validator chain whose own prevote is lost waits forever.
 func TestTransferToAStalledNode(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const stall = 20 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := harness.New(ctx, harness.Config{Dir: workDir(t), Bin: bins, Nodes: 3, Logf: logf(t),
+	c := newCluster(ctx, t, harness.Config{Nodes: 3,
 		// Short consensus timeouts, so that the proposal and the prevote of a
 		// height both fall inside the transfer window (an election timeout).
 		Comet: harness.CometOptions{TimeoutCommit: 50 * time.Millisecond, TimeoutPropose: 100 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -477,6 +445,6 @@ func TestTransferToAStalledNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }

@@ -29,18 +29,12 @@ import (
 //   - node3's own certificate then may neither read nor manage, and the chain
 //     goes on with the two remaining signers.
 func TestCertificateRoles(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const stall = 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := workDir(t)
-	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3})
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -272,10 +266,7 @@ func TestCertificateRoles(t *testing.T) {
 		t.Fatalf("final status: %v %+v", err, final)
 	}
 	t.Logf("chain went from %d to %d with node1 and node2 (leader %s, term %d)", h2, latest, final.LeaderID, final.Term)
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
 

@@ -42,9 +42,7 @@ func TestBlocksPerSecond(t *testing.T) {
 	if os.Getenv(benchEnv) != "1" {
 		t.Skipf("a measurement, not a test: set %s=1 to run it", benchEnv)
 	}
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	window := envDuration(t, "KMSHA_E2E_BENCH_DURATION", 20*time.Second)
 	warmup := envDuration(t, "KMSHA_E2E_BENCH_WARMUP", 5*time.Second)
 	opts := harness.CometOptions{
@@ -55,6 +53,8 @@ func TestBlocksPerSecond(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*(window+warmup+90*time.Second))
 	defer cancel()
 
+	// The figures are the output: no progress lines in between.
+	quiet := func(string, ...any) {}
 	cases := []struct {
 		name  string
 		setup func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster)
@@ -73,11 +73,7 @@ func TestBlocksPerSecond(t *testing.T) {
 			return n, nil
 		}},
 		{"kms-ha tcp://", func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster) {
-			c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Comet: opts})
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeOnCleanup(t, c)
+			c := newCluster(ctx, t, harness.Config{Dir: dir, Logf: quiet, Comet: opts})
 			if err := c.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -85,11 +81,7 @@ func TestBlocksPerSecond(t *testing.T) {
 		}},
 		{"kms-ha noise://", func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster) {
 			noise := &harness.Noise{CometBFT: bins.CometBFT}
-			c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Comet: opts, Setup: noise.Setup})
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeOnCleanup(t, c)
+			c := newCluster(ctx, t, harness.Config{Dir: dir, Logf: quiet, Comet: opts, Setup: noise.Setup})
 			if err := noise.Finish(ctx, c); err != nil {
 				t.Fatal(err)
 			}
@@ -105,11 +97,7 @@ func TestBlocksPerSecond(t *testing.T) {
 			}
 			t.Cleanup(func() { os.RemoveAll(sockDir) })
 			ux := &harness.Unix{Dir: sockDir}
-			c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Comet: opts, Setup: ux.Setup})
-			if err != nil {
-				t.Fatal(err)
-			}
-			closeOnCleanup(t, c)
+			c := newCluster(ctx, t, harness.Config{Dir: dir, Logf: quiet, Comet: opts, Setup: ux.Setup})
 			if err := ux.Finish(c); err != nil {
 				t.Fatal(err)
 			}
@@ -142,7 +130,7 @@ func TestBlocksPerSecond(t *testing.T) {
 			if _, err := n.WaitHeight(ctx, 1, 60*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			if err := sleepCtx(ctx, warmup); err != nil {
+			if err := harness.Sleep(ctx, warmup); err != nil {
 				t.Fatal(err)
 			}
 			s0, err := n.Status(ctx)
@@ -150,7 +138,7 @@ func TestBlocksPerSecond(t *testing.T) {
 				t.Fatal(err)
 			}
 			t0 := time.Now()
-			if err := sleepCtx(ctx, window); err != nil {
+			if err := harness.Sleep(ctx, window); err != nil {
 				t.Fatal(err)
 			}
 			s1, err := n.Status(ctx)

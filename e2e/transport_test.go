@@ -40,9 +40,7 @@ import (
 //     than redialling in a hot loop, nothing is signed, and the chain waits;
 //     leadership back on an allow-listed node, the chain resumes.
 func TestNoiseTransport(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall    = 20 * time.Second
 		progress = 5
@@ -57,11 +55,7 @@ func TestNoiseTransport(t *testing.T) {
 	dir := workDir(t)
 
 	noise := &harness.Noise{CometBFT: bins.CometBFT}
-	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t), Setup: noise.Setup})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3, Setup: noise.Setup})
 	if err := noise.Finish(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +125,7 @@ func TestNoiseTransport(t *testing.T) {
 	}
 	strayStart := time.Now()
 	t.Logf("stray signer (peer ID %s, not allow-listed) leads its own one-node cluster and dials the validator", strayPeer)
-	if err := sleepCtx(ctx, strayWindow); err != nil {
+	if err := harness.Sleep(ctx, strayWindow); err != nil {
 		t.Fatal(err)
 	}
 	h1, err := c.Comet.Height(ctx)
@@ -167,7 +161,7 @@ func TestNoiseTransport(t *testing.T) {
 		if err := waitNewDialFailure(ctx, stray.Proc.LogPath, time.Now(), 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		if err := sleepCtx(ctx, 1050*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 1050*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
 		f, err := c.KillLeader(ctx, harness.FailoverOptions{Stall: stall})
@@ -258,7 +252,7 @@ func TestNoiseTransport(t *testing.T) {
 	if err := c.Comet.Proc.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	if err := sleepCtx(ctx, 300*time.Millisecond); err != nil {
+	if err := harness.Sleep(ctx, 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	next, err := leader.TransferLeadership(ctx, leader.APIAddr, odd.ID)
@@ -269,7 +263,7 @@ func TestNoiseTransport(t *testing.T) {
 		t.Fatalf("transfer leadership to %s: new leader %q, %v", odd.ID, next, err)
 	}
 	refusedFrom := time.Now()
-	if err := sleepCtx(ctx, refusedWindow); err != nil {
+	if err := harness.Sleep(ctx, refusedWindow); err != nil {
 		t.Fatal(err)
 	}
 	refusedTo := time.Now()
@@ -331,12 +325,7 @@ func TestNoiseTransport(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d; includes the %s with a refused leader)", ms(gap), after, refusedWindow)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	} else {
-		t.Logf("no evidence in blocks 1..%d", latest)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, chain, latest, failovers)
 	checkCommits(ctx, t, c.Comet, scan, latest)
 	if n := signedAfter(t, odd.Proc.LogPath, refusedFrom, backAt); n > 0 {
@@ -350,9 +339,7 @@ func TestNoiseTransport(t *testing.T) {
 // recommendation): blocks are signed, and a leader crash hands the socket
 // to the new leader.
 func TestUnixTransport(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall    = 20 * time.Second
 		progress = 5
@@ -367,11 +354,7 @@ func TestUnixTransport(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	ux := &harness.Unix{Dir: sockDir}
-	c, err := harness.New(ctx, harness.Config{Dir: dir, Bin: bins, Nodes: 3, Logf: logf(t), Setup: ux.Setup})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeOnCleanup(t, c)
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3, Setup: ux.Setup})
 	if err := ux.Finish(c); err != nil {
 		t.Fatal(err)
 	}
@@ -406,11 +389,6 @@ func TestUnixTransport(t *testing.T) {
 	} else {
 		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	} else {
-		t.Logf("no evidence in blocks 1..%d", latest)
-	}
 	audit, err := harness.ScanAudit(c.LogPaths()...)
 	if err != nil {
 		t.Fatal(err)
@@ -420,7 +398,7 @@ func TestUnixTransport(t *testing.T) {
 			t.Errorf("connection to %q, want only unix://%s: %s", e.Addr, ux.SocketPath(0), e)
 		}
 	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
 	checkCommits(ctx, t, c.Comet, scan, latest)
 }
@@ -520,7 +498,7 @@ func waitNewDialFailure(ctx context.Context, path string, since time.Time, timeo
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: no failed dial within %s", path, timeout)
 		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -568,13 +546,4 @@ func signedAfter(t *testing.T, path string, from, to time.Time) int {
 		}
 	}
 	return n
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }

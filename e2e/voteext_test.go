@@ -27,9 +27,7 @@ import (
 // VoteExtensionSignBytes and records the result, line by line, for the test.
 // Both views must hold before and after a SIGKILL of the signing leader.
 func TestVoteExtensions(t *testing.T) {
-	if kmsBuildErr != nil {
-		t.Fatalf("kms-ha does not build: %v", kmsBuildErr)
-	}
+	requireBins(t)
 	const (
 		stall = 20 * time.Second
 		// Extensions are on from height 2: height 1 shows the switch.
@@ -42,16 +40,10 @@ func TestVoteExtensions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	c, err := harness.New(ctx, harness.Config{
-		Dir:   workDir(t),
-		Bin:   bins,
+	c := newCluster(ctx, t, harness.Config{
 		Nodes: 3,
 		Comet: harness.CometOptions{ChainID: "e2e-voteext"},
-		Logf:  logf(t),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Comet.SetVoteExtensionsEnableHeight(enableHeight); err != nil {
 		t.Fatal(err)
 	}
@@ -64,10 +56,12 @@ func TestVoteExtensions(t *testing.T) {
 	if err := c.Comet.UseABCIApp(app.Addr); err != nil {
 		t.Fatal(err)
 	}
-	// Cleanups run last-in first-out: the chain and the signers stop before
-	// the app they depend on.
-	t.Cleanup(func() { _ = app.Proc.Kill() })
-	closeOnCleanup(t, c)
+	// The chain and the signers stop before the app they depend on (this
+	// cleanup runs before newCluster's, which then finds them stopped).
+	t.Cleanup(func() {
+		c.Close()
+		_ = app.Proc.Kill()
+	})
 	if err := app.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -131,10 +125,7 @@ func TestVoteExtensions(t *testing.T) {
 			t.Errorf("cometbft: %s", line)
 		}
 	}
-	if err := c.Comet.ScanEvidence(ctx, 1, latest); err != nil {
-		t.Error(err)
-	}
-	scan := checkSafety(t, c)
+	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
 	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
 	rep := checkCommits(ctx, t, c.Comet, scan, latest)
 	if want := int(rep.To - rep.From + 1); rep.Present != want {

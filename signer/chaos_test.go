@@ -37,6 +37,44 @@ type history struct {
 	releases []signer.Release
 	// violations found while running (leadership invariant).
 	violations []string
+	// reserved are the reservations each node's raft committed while it
+	// led: a release must be backed by one of its own node.
+	reserved map[reservation]bool
+}
+
+// reservation is one committed and allowed Reserve, keyed by the node
+// whose raft committed it.
+type reservation struct {
+	node, chain string
+	hrs         fsm.HRS
+	signBytes   string
+}
+
+func (h *history) reserve(r reservation) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reserved == nil {
+		h.reserved = map[reservation]bool{}
+	}
+	h.reserved[r] = true
+}
+
+// leaderReserver records every reservation the node's cluster.Reserve
+// allowed. cluster.Reserve returns a decision only once raft committed the
+// entry on this node, which only a leader does: a release without a
+// matching record came from a node that answered without leading.
+type leaderReserver struct {
+	signer.Reserver
+	node string
+	h    *history
+}
+
+func (l leaderReserver) Reserve(ctx context.Context, chainID string, hrs fsm.HRS, sb []byte) (fsm.Decision, error) {
+	d, err := l.Reserver.Reserve(ctx, chainID, hrs, sb)
+	if err == nil && d.Outcome != fsm.Refuse {
+		l.h.reserve(reservation{node: l.node, chain: chainID, hrs: hrs, signBytes: string(d.SignBytes)})
+	}
+	return d, err
 }
 
 func (h *history) release(r signer.Release) {
@@ -134,7 +172,7 @@ func (c *testCluster) start(n *testNode) {
 		c.t.Fatalf("open %s: %v", n.id, err)
 	}
 	n.signer, err = signer.New(signer.Config{
-		NodeID: n.id, Reserver: n.node, State: n.fsm,
+		NodeID: n.id, Reserver: leaderReserver{Reserver: n.node, node: n.id, h: c.h}, State: n.fsm,
 		Keys:      map[string]keys.Signer{chains[0]: c.key, chains[1]: c.key},
 		Logger:    c.log.With("node_id", n.id),
 		OnRelease: c.h.release,
@@ -449,11 +487,19 @@ func waitConverged(t *testing.T, c *testCluster) {
 
 func checkInvariants(t *testing.T, c *testCluster, h *history) {
 	t.Helper()
+	for _, p := range historyProblems(c, h) {
+		t.Error(p)
+	}
+}
+
+// historyProblems checks DESIGN.md's invariants 1 to 3 over a run's
+// history and the nodes' final state, and lists every breach.
+func historyProblems(c *testCluster, h *history) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, v := range h.violations {
-		t.Error(v)
-	}
+	var problems []string
+	errorf := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	problems = append(problems, h.violations...)
 	type pos struct {
 		chain string
 		hrs   fsm.HRS
@@ -465,11 +511,17 @@ func checkInvariants(t *testing.T, c *testCluster, h *history) {
 		// Invariant 1: one message per position, whoever signed it. AllowStored
 		// signs the stored bytes, so even a timestamp-only retry repeats them.
 		if prev, ok := byPos[p]; ok && !bytes.Equal(prev, r.SignBytes) {
-			t.Errorf("DOUBLE SIGN: %s %s signed over two different messages", r.ChainID, r.HRS)
+			errorf("DOUBLE SIGN: %s %s signed over two different messages", r.ChainID, r.HRS)
 		}
 		byPos[p] = r.SignBytes
+		// Invariant 2 and 3: released only by the node whose raft committed
+		// the reservation, as leader; a follower, or a leader that lost its
+		// lease, never answers from its local state.
+		if !h.reserved[reservation{node: r.NodeID, chain: r.ChainID, hrs: r.HRS, signBytes: string(r.SignBytes)}] {
+			errorf("%s released %s %s without a reservation it committed as leader", r.NodeID, r.ChainID, r.HRS)
+		}
 		if !ed25519.PubKey(c.key.PubKey().Bytes()).VerifySignature(r.SignBytes, r.Signature) {
-			t.Errorf("%s %s: released signature does not verify", r.ChainID, r.HRS)
+			errorf("%s %s: released signature does not verify", r.ChainID, r.HRS)
 		}
 		if r.HRS.Compare(maxHRS[r.ChainID]) > 0 {
 			maxHRS[r.ChainID] = r.HRS
@@ -482,11 +534,12 @@ func checkInvariants(t *testing.T, c *testCluster, h *history) {
 		for _, ch := range chains {
 			w, _ := n.fsm.Watermark(ch)
 			if w.HRS.Compare(maxHRS[ch]) < 0 {
-				t.Errorf("%s: watermark of %s is %s, below the released %s", n.id, ch, w.HRS, maxHRS[ch])
+				errorf("%s: watermark of %s is %s, below the released %s", n.id, ch, w.HRS, maxHRS[ch])
 			}
 			if b, ok := byPos[pos{ch, w.HRS}]; ok && !bytes.Equal(b, w.SignBytes) {
-				t.Errorf("%s: watermark bytes of %s at %s differ from the released signature's", n.id, ch, w.HRS)
+				errorf("%s: watermark bytes of %s at %s differ from the released signature's", n.id, ch, w.HRS)
 			}
 		}
 	}
+	return problems
 }

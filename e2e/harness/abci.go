@@ -78,7 +78,7 @@ func (a *ABCIApp) Start(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s does not accept connections on %s: %w", a.Proc.Name, a.Addr, err)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}

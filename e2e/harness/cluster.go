@@ -6,125 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 )
-
-// Config describes a kms-ha cluster and the chains it signs for.
-type Config struct {
-	// Dir holds every home directory and log; created if missing.
-	Dir   string
-	Bin   Binaries
-	Nodes int // default 3
-	// Comet shapes the one chain of a single-chain cluster.
-	Comet CometOptions
-	// Chains, if set, replaces Comet: one single-validator chain per entry,
-	// each with its own key, all signed for by the same kms-ha cluster.
-	// Chain ids must differ; Name defaults to "cometbft-<chain id>".
-	Chains []CometOptions
-	Raft   RaftTimings
-	// Logf receives progress messages; nil discards them.
-	Logf func(format string, args ...any)
-	// Metrics gives every node a /metrics, /healthz and /readyz address.
-	Metrics bool
-	// Setup, if set, adjusts each node (Proc.Env, ...) and its chain
-	// entries (transport addresses, key backend) before its kms.yaml is
-	// written.
-	Setup func(n *KMSNode, chains []ChainConfig) []ChainConfig
-}
-
-// Cluster is N kms-ha nodes plus the cometbft validators they sign for, one
-// per chain.
-type Cluster struct {
-	Dir    string
-	LogDir string
-	Bin    Binaries
-	Nodes  []*KMSNode
-	// Comets are the validators, one per chain, in Config order.
-	Comets []*CometNode
-	// Comet is Comets[0]: the chain of a single-chain cluster, and the one
-	// whose blocks time a failover's headline figures.
-	Comet *CometNode
-
-	logf func(format string, args ...any)
-}
-
-// New prepares every home directory (cometbft init, kms-ha init, kms.yaml)
-// without starting anything.
-func New(ctx context.Context, cfg Config) (*Cluster, error) {
-	if cfg.Nodes == 0 {
-		cfg.Nodes = 3
-	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
-	}
-	dir, err := filepath.Abs(cfg.Dir)
-	if err != nil {
-		return nil, err
-	}
-	c := &Cluster{Dir: dir, LogDir: filepath.Join(dir, "logs"), Bin: cfg.Bin, logf: cfg.Logf}
-	if err := os.MkdirAll(c.LogDir, 0o755); err != nil {
-		return nil, err
-	}
-	chainOpts := []CometOptions{cfg.Comet}
-	if len(cfg.Chains) > 0 {
-		if cfg.Comet != (CometOptions{}) {
-			return nil, errors.New("harness: set Config.Comet or Config.Chains, not both")
-		}
-		chainOpts = append([]CometOptions(nil), cfg.Chains...)
-		for i := range chainOpts {
-			if chainOpts[i].Name == "" && len(chainOpts) > 1 {
-				chainOpts[i].Name = "cometbft-" + chainOpts[i].ChainID
-			}
-		}
-	}
-	seenID, seenName := map[string]bool{}, map[string]bool{}
-	var chains []ChainConfig
-	for _, o := range chainOpts {
-		o.defaults()
-		if seenID[o.ChainID] || seenName[o.Name] {
-			return nil, fmt.Errorf("harness: two chains with chain id %q or name %q", o.ChainID, o.Name)
-		}
-		seenID[o.ChainID], seenName[o.Name] = true, true
-		n, err := NewComet(ctx, cfg.Bin.CometBFT, dir, o)
-		if err != nil {
-			return nil, err
-		}
-		c.logf("%s: validator home %s, chain %q, waits for its signer on %s, RPC on %s",
-			n.Name, n.Home, n.ChainID, n.PrivvalAddr, n.RPCAddr)
-		c.Comets = append(c.Comets, n)
-		chains = append(chains, n.ChainConfig())
-	}
-	c.Comet = c.Comets[0]
-	ports, err := FreePorts(3 * cfg.Nodes)
-	if err != nil {
-		return nil, err
-	}
-	for i := 0; i < cfg.Nodes; i++ {
-		id := fmt.Sprintf("node%d", i+1)
-		n := newKMSNode(cfg.Bin.KMSHA, id, filepath.Join(dir, id), filepath.Join(c.LogDir, id+".log"),
-			ports[3*i], ports[3*i+1])
-		if cfg.Metrics {
-			n.MetricsAddr = loopback(ports[3*i+2])
-		}
-		if err := n.Init(ctx); err != nil {
-			return nil, err
-		}
-		nodeChains := append([]ChainConfig(nil), chains...)
-		if cfg.Setup != nil {
-			nodeChains = cfg.Setup(n, nodeChains)
-		}
-		if err := n.WriteConfig(nodeChains, cfg.Raft); err != nil {
-			return nil, err
-		}
-		c.logf("%s: home %s, Raft on %s, cluster API on %s", id, n.Home, n.RaftAddr, n.APIAddr)
-		c.Nodes = append(c.Nodes, n)
-	}
-	return c, nil
-}
 
 // Start forms the signer cluster, then starts the chains. The order matters:
 // cometbft gives up after waiting 3 s for a signer at startup.
@@ -196,7 +82,7 @@ func (c *Cluster) join(ctx context.Context, n *KMSNode, api string, timeout time
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("%s could not join via %s: %w", n.ID, api, err)
 		}
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -225,7 +111,7 @@ func (c *Cluster) waitStatus(ctx context.Context, n *KMSNode, timeout time.Durat
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("%s did not %s within %s (last status %+v, last error %v)", n.ID, what, timeout, last, lastErr)
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -255,7 +141,7 @@ func (c *Cluster) StartChain(ctx context.Context) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s made no block within 60s; end of its log:\n%s", n.Name, c.LogTail(n.Proc.LogPath, 30))
 			}
-			if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			if err := Sleep(ctx, 100*time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -319,7 +205,7 @@ func (c *Cluster) WaitLeader(ctx context.Context, timeout time.Duration, except 
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("no leader other than %q within %s", except, timeout)
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 100*time.Millisecond); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -365,7 +251,7 @@ func (c *Cluster) WaitCaughtUp(ctx context.Context, n *KMSNode, timeout time.Dur
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, nil, fmt.Errorf("%s did not catch up as a follower within %s: %s", n.ID, timeout, why)
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -509,7 +395,7 @@ func (c *Cluster) KillLeader(ctx context.Context, opt FailoverOptions) (*Failove
 		if (signersKnown && f.Elected != 0) || time.Now().After(deadline) {
 			break
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 100*time.Millisecond); err != nil {
 			return f, err
 		}
 	}
@@ -530,7 +416,7 @@ func (c *Cluster) waitHeightFast(ctx context.Context, n *CometNode, target int64
 		if !n.Proc.Running() {
 			return 0, fmt.Errorf("%s exited (%v); end of its log:\n%s", n.Name, n.Proc.ExitErr(), c.LogTail(n.Proc.LogPath, 30))
 		}
-		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 10*time.Millisecond); err != nil {
 			return 0, err
 		}
 	}
@@ -555,7 +441,7 @@ func (c *Cluster) LogPaths() []string {
 func (c *Cluster) Scan() (Scan, error) { return ScanLogs(c.LogPaths()...) }
 
 // Close SIGKILLs the chains first, so they stop asking for signatures, then
-// every signer.
+// every signer, then the testnet's validators that sign for themselves.
 func (c *Cluster) Close() {
 	for _, n := range c.Comets {
 		if n != nil && n.Proc != nil {
@@ -564,6 +450,9 @@ func (c *Cluster) Close() {
 	}
 	for _, n := range c.Nodes {
 		_ = n.Proc.Kill()
+	}
+	if c.Testnet != nil {
+		c.Testnet.Close()
 	}
 }
 
@@ -603,7 +492,9 @@ func Summary(recs []SignRecord) string {
 	return b.String()
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+// Sleep waits for d, or less if ctx ends first (then it returns ctx's
+// error).
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
