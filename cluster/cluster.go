@@ -22,6 +22,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // Config is what a raft node needs; node builds it from kms.yaml.
@@ -320,6 +321,10 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 // configuration (and names resolved) for the handshake priority.
 const memberHostsInterval = 5 * time.Second
 
+// barrierRetry is the wait before a new leader retries its term's barrier
+// (raft refuses at once during a leadership transfer).
+const barrierRetry = 50 * time.Millisecond
+
 // openTransport listens on the raft address with mutual TLS, bound to
 // membership (see authTransport).
 func openTransport(cfg *Config, gate *peerGate, hosts *MemberHosts) (raft.Transport, error) {
@@ -404,10 +409,8 @@ func (n *Node) startLeading() {
 			// During a leadership transfer raft refuses at once: wait a
 			// little rather than spin.
 			n.log.Warn("leadership: barrier not committed yet; not serving validators until it is", "err", err)
-			select {
-			case <-ctx.Done():
+			if !backoff.Sleep(ctx, barrierRetry) {
 				return
-			case <-time.After(50 * time.Millisecond):
 			}
 		}
 		n.termReady.Store(true)

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // ErrNotReady is returned by a linearizable read on a leader that has not
@@ -54,12 +55,13 @@ func (n *Node) Nudge(ctx context.Context) error {
 // WaitApplied blocks until the local state machine has applied every entry
 // up to idx (not only raft's AppliedIndex, see applied).
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
-	for delay := 200 * time.Microsecond; !n.fsmApplied(idx); delay = min(2*delay, 10*time.Millisecond) {
-		select {
-		case <-ctx.Done():
+	// A poll of local state: no jitter, short first steps (the entry is
+	// usually a few hundred microseconds from applied).
+	b := backoff.New(200*time.Microsecond, 10*time.Millisecond).WithJitter(0)
+	for !n.fsmApplied(idx) {
+		if !b.Wait(ctx) {
 			return fmt.Errorf("cluster: applied index %d (state machine %d), waiting for %d: %w",
 				n.raft.AppliedIndex(), n.applied.index.Load(), idx, ctx.Err())
-		case <-time.After(delay):
 		}
 	}
 	return nil

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // TLSStreamOption tunes NewTLSStreamLayer.
@@ -145,24 +147,21 @@ func NewTLSStreamLayer(bind string, advertise net.Addr, server, client *tls.Conf
 
 func (s *tlsStream) acceptLoop() {
 	defer s.wg.Done()
-	var delay time.Duration
+	// Out of file descriptors and the like: back off as net/http does
+	// instead of spinning.
+	retry := backoff.New(5*time.Millisecond, time.Second).WithJitter(0)
 	for {
 		raw, err := s.ln.Accept()
 		if err != nil {
 			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of file descriptors and the like: back off as
-			// net/http does instead of spinning.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			select {
-			case <-time.After(delay):
-			case <-s.ctx.Done():
+			if !retry.Wait(s.ctx) {
 				return
 			}
 			continue
 		}
-		delay = 0
+		retry.Reset()
 		// Dropping at once, rather than queueing, keeps a flood from
 		// delaying the connections that do get a slot.
 		release, err := s.admit(raw.RemoteAddr())

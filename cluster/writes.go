@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 // ErrLeaderItself is returned when an operation would remove or demote the
@@ -87,10 +88,8 @@ func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
 		if !errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			return res, err
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, 10*time.Millisecond) {
 			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Until(deadline) <= 0 {
 			return nil, fmt.Errorf("%w: a leadership transfer is still in progress", ErrNotLeader)

@@ -14,6 +14,7 @@ import (
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
+	"github.com/kms-ha/kms-ha/internal/backoff"
 )
 
 func leaderCode(err error) codes.Code {
@@ -125,10 +126,8 @@ func (s *ClusterServer) transfer(ctx context.Context, node Raft, to string) (str
 				continue
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, 20*time.Millisecond) {
 			return "", status.FromContextError(ctx.Err()).Err()
-		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return "", status.Errorf(codes.Unavailable, "%s stepped down but no new leader is known yet; check `kms-ha status`", node.ID())
