@@ -2,7 +2,6 @@ package configimport
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -200,7 +199,9 @@ func TestTMKMSNotesWhatItLeavesOut(t *testing.T) {
 // A key file that exists on this host and is not a key (a tmkms expanded
 // key, a shard) is refused with the backend's own reason.
 func TestTMKMSKeyThatDoesNotLoadIsRefused(t *testing.T) {
-	check := func(path string) error { return errors.New("base64 key of 64 bytes is not an Ed25519 seed followed by its public key") }
+	check := func(path string) error {
+		return errors.New("base64 key of 64 bytes is not an Ed25519 seed followed by its public key")
+	}
 	r, _ := mustTMKMS(t, tmkmsTOML, Options{CheckKey: check})
 	if len(r.Refused) != 1 || r.Refused[0].Where != "providers.softsign[0] (cosmoshub-4, osmosis-1)" ||
 		!strings.Contains(r.Refused[0].Reason, "/var/lib/tmkms/secrets/consensus.key cannot be used as key_file: base64 key of 64 bytes") {
@@ -232,4 +233,3 @@ func contains(items []Item, s string) bool {
 	return false
 }
 
-func TestMain(m *testing.M) { os.Exit(m.Run()) }
