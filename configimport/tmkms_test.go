@@ -232,4 +232,3 @@ func contains(items []Item, s string) bool {
 	}
 	return false
 }
-
