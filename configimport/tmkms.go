@@ -2,6 +2,7 @@ package configimport
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -34,7 +35,12 @@ type tmkmsConfig struct {
 func TMKMS(data []byte, source string, opts Options) (*Result, error) {
 	var top map[string]any
 	if err := toml.Unmarshal(data, &top); err != nil {
-		return nil, fmt.Errorf("configimport: %s is not TOML: %w", source, err)
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("configimport: %s is not a tmkms.toml: not TOML at line %d column %d: %w", source, row, col, err)
+		}
+		return nil, fmt.Errorf("configimport: %s is not a tmkms.toml: not TOML: %w", source, err)
 	}
 	var c tmkmsConfig
 	if err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c); err != nil {
