@@ -174,7 +174,7 @@ func writeItems(out *bytes.Buffer, title string, items []Item) {
 		return
 	}
 	out.WriteString("#\n# " + title + "\n")
-	for _, it := range items {
+	for _, it := range merged(items) {
 		for i, line := range wrap(it.String(), 88) {
 			prefix := "#   - "
 			if i > 0 {
@@ -183,6 +183,22 @@ func writeItems(out *bytes.Buffer, title string, items []Item) {
 			out.WriteString(prefix + line + "\n")
 		}
 	}
+}
+
+// merged lists items with the same reason once, naming every place (the
+// same secret_key on every validator entry, say).
+func merged(items []Item) []Item {
+	var out []Item
+	at := map[string]int{}
+	for _, it := range items {
+		if i, ok := at[it.Reason]; ok {
+			out[i].Where += ", " + it.Where
+			continue
+		}
+		at[it.Reason] = len(out)
+		out = append(out, it)
+	}
+	return out
 }
 
 // wrap breaks s into lines of at most width characters at spaces (a word

@@ -116,8 +116,8 @@ func TestTMKMSSoftsignTranslatesAndLoads(t *testing.T) {
 	}
 	for _, want := range []string{
 		"# kms.yaml sections translated from tmkms.toml (kms-ha config import --from tmkms).",
-		"#   - validator[0].secret_key: /var/lib/tmkms/secrets/kms-identity.key is tmkms's",
-		"#   - validator[1].protocol_version: v0.34",
+		"#   - validator[0].secret_key, validator[1].secret_key:\n#     /var/lib/tmkms/secrets/kms-identity.key is tmkms's",
+		"#   - validator[0].protocol_version, validator[1].protocol_version: v0.34",
 		"kms-ha state import --home ~/.kms-ha --chain cosmoshub-4 --format tmkms /var/lib/tmkms/state/cosmoshub-4-consensus.json",
 		"kms-ha state import --home ~/.kms-ha --chain osmosis-1 --format tmkms /var/lib/tmkms/state/osmosis-1-consensus.json",
 		"chain_ids: [cosmoshub-4, osmosis-1]",
