@@ -67,7 +67,7 @@ func main() {
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			initCmd(), certsCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), stateCmd(),
-			transferCmd(), removeCmd(), leaveCmd(), snapshotCmd(), recoverCmd(), peerIDCmd(), versionCmd(),
+			transferCmd(), removeCmd(), leaveCmd(), snapshotCmd(), recoverCmd(), peerIDCmd(), versionCmd(), configCmd(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
