@@ -53,7 +53,7 @@ func TestStatusShowsMemberHealth(t *testing.T) {
 
 	follower := &clusterpb.StatusResponse{NodeId: "node2", State: "Follower", LeaderId: "node1",
 		HealthNote: "only the leader knows whether it hears from each member: ask node1 (kms-ha status --cluster 10.0.0.1:9001)",
-		Members: []*clusterpb.Member{{Id: "node1", Role: "leader", Suffrage: "Voter"}, {Id: "node2", Role: "follower", Suffrage: "Voter"}}}
+		Members:    []*clusterpb.Member{{Id: "node1", Role: "leader", Suffrage: "Voter"}, {Id: "node2", Role: "follower", Suffrage: "Voter"}}}
 	b.Reset()
 	printStatus(&b, statusOut(follower))
 	text = b.String()
