@@ -111,21 +111,7 @@ func TestHealthTellsTheTruth(t *testing.T) {
 			got[`kmsha_cluster_members{state="healthy"}`], got[`kmsha_cluster_fault_tolerance`])
 	}
 
-	// Every member heard from, with its last contact and applied index.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		st, heard := statusOf(t, leader), 0
-		for _, m := range st.GetMembers() {
-			if m.GetHeard() && m.GetHealth() == "healthy" && m.GetLastContactMs() < 2000 && m.GetAppliedIndex() > 0 {
-				heard++
-			}
-		}
-		if heard == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leader status after 10s: %v", st.GetMembers())
-		}
-	}
+	waitAllHeard(t, leader, 3)
 
 	var down, other *member
 	for _, m := range ms {
@@ -171,6 +157,26 @@ func TestHealthTellsTheTruth(t *testing.T) {
 	fst := statusOf(t, other)
 	if fst.GetHealthKnown() || !strings.Contains(fst.GetHealthNote(), "ask "+leader.id) {
 		t.Errorf("follower status: health known %v, note %q; want unknown, pointing to %s", fst.GetHealthKnown(), fst.GetHealthNote(), leader.id)
+	}
+}
+
+// waitAllHeard waits until the leader's status shows n members heard from
+// recently, each with its applied index.
+func waitAllHeard(t *testing.T, leader *member, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		st, heard := statusOf(t, leader), 0
+		for _, m := range st.GetMembers() {
+			if m.GetHeard() && m.GetHealth() == "healthy" && m.GetLastContactMs() < 2000 && m.GetAppliedIndex() > 0 {
+				heard++
+			}
+		}
+		if heard == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leader status after 10s: %v", st.GetMembers())
+		}
 	}
 }
 
