@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -228,9 +229,14 @@ func TestHealthAndReadiness(t *testing.T) {
 		body != "not ready: leader, but validator tcp://10.0.0.5:26659 not connected" {
 		t.Fatalf("/readyz = %d %q", code, body)
 	}
+	// Degraded: still serving (200, a load balancer keeps it), and says why.
+	ready = fmt.Errorf("node: %w", Degraded("2 of 3 voters reachable; node3 unreachable"))
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "degraded: 2 of 3 voters reachable; node3 unreachable" {
+		t.Fatalf("/readyz = %d %q while degraded, want 200 with the reason", code, body)
+	}
 	ready = nil
-	if code, _ := get(t, base+"/readyz"); code != http.StatusOK {
-		t.Fatalf("/readyz = %d once ready, want 200", code)
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "ready" {
+		t.Fatalf("/readyz = %d %q once ready, want 200 ready", code, body)
 	}
 
 	resp, err := http.Post(base+"/readyz", "text/plain", nil)
