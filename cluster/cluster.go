@@ -263,6 +263,10 @@ type Node struct {
 	started time.Time
 	// applied is what the state machine has applied (see WaitApplied).
 	applied applied
+	// health is the leader's latest contact with each member (health.go).
+	health memberTracker
+	// elections counts this node's transitions to candidate.
+	elections atomic.Uint64
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to
@@ -306,6 +310,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	n.raft = r
 	gate.raft.Store(r)
+	n.countElections(r)
 	n.wg.Add(2)
 	go n.watchLeadership()
 	go func() {
@@ -416,8 +421,9 @@ func (n *Node) startLeading() {
 		n.termReady.Store(true)
 		n.log.Info("became leader", "barrier", time.Since(start).Round(time.Microsecond))
 		var wg sync.WaitGroup
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); n.promoteCaughtUp(ctx) }()
+		go func() { defer wg.Done(); n.trackMembers(ctx) }()
 		for _, fn := range fns {
 			wg.Add(1)
 			go func() { defer wg.Done(); fn(ctx) }()

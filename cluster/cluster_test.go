@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,6 +59,9 @@ type memNode struct {
 	cfg   Config
 	trans *raft.InmemTransport
 	node  *Node
+	// live is node for other goroutines (a leader's probes), which must
+	// not read node while the test replaces it.
+	live atomic.Pointer[Node]
 }
 
 func startMem(t *testing.T, m *memNode) {
@@ -68,6 +72,7 @@ func startMem(t *testing.T, m *memNode) {
 	if m.node, err = Open(m.cfg, fsm.New()); err != nil {
 		t.Fatal(err)
 	}
+	m.live.Store(m.node)
 }
 
 func link(ms ...*memNode) {
@@ -111,8 +116,8 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 	for _, m := range ms {
 		m.cfg.Probe = func(_ context.Context, id, _ string) (PeerReport, error) {
 			for _, o := range ms {
-				if o.cfg.NodeID == id && o.node != nil {
-					return PeerReport{Running: true, LastIndex: o.node.Stats().LastIndex}, nil
+				if n := o.live.Load(); o.cfg.NodeID == id && n != nil {
+					return PeerReport{Running: true, LastIndex: n.Stats().LastIndex}, nil
 				}
 			}
 			return PeerReport{}, errors.New("not running")
@@ -153,6 +158,7 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 		t.Fatalf("reserve: %v %v", d.Outcome, err)
 	}
 	// Y loses its disk.
+	Y.live.Store(nil)
 	Y.node.Shutdown()
 	Y.node = nil
 	os.RemoveAll(Y.cfg.DataDir)
@@ -211,6 +217,7 @@ func TestWipedMemberCannotRejoinWithoutQuorumOfTheRest(t *testing.T) {
 			m.node.TransferLeadership()
 		}
 	}
+	L.live.Store(nil)
 	L.node.Shutdown()
 	L.node = nil
 	var nl *memNode

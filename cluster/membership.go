@@ -90,6 +90,12 @@ type PeerReport struct {
 	// LastIndex is the last raft index in its log (or its snapshot): the
 	// entries a voter would hold for a quorum.
 	LastIndex uint64
+	// AppliedIndex is the last index its state machine applied.
+	AppliedIndex uint64
+	// Leader is the leader it follows, and LeaderContact how long ago it
+	// last heard from it over raft.
+	Leader        string
+	LeaderContact time.Duration
 }
 
 // ProbeFunc asks the node id at its API address how it is doing; package

@@ -34,12 +34,13 @@ func (f *fakeRaft) IsMember(id string) bool {
 	}
 	return false
 }
-func (f *fakeRaft) Trusts(id string) bool              { return f.IsMember(id) }
-func (f *fakeRaft) Leader() (string, string)           { return f.id, "" }
-func (f *fakeRaft) Members() ([]cluster.Member, error) { return nil, nil }
-func (f *fakeRaft) Stats() cluster.Stats               { return cluster.Stats{State: "Leader"} }
-func (f *fakeRaft) LastContact() time.Duration         { return 0 }
-func (f *fakeRaft) FSM() *fsm.FSM                      { return fsm.New() }
+func (f *fakeRaft) Trusts(id string) bool                 { return f.IsMember(id) }
+func (f *fakeRaft) Leader() (string, string)              { return f.id, "" }
+func (f *fakeRaft) Members() ([]cluster.Member, error)    { return nil, nil }
+func (f *fakeRaft) Stats() cluster.Stats                  { return cluster.Stats{State: "Leader"} }
+func (f *fakeRaft) Health() (cluster.ClusterHealth, bool) { return cluster.ClusterHealth{}, false }
+func (f *fakeRaft) LastContact() time.Duration            { return 0 }
+func (f *fakeRaft) FSM() *fsm.FSM                         { return fsm.New() }
 func (f *fakeRaft) ReadIndex(context.Context) (uint64, error) {
 	return 0, nil
 }

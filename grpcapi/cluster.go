@@ -38,6 +38,8 @@ type Raft interface {
 	Members() ([]cluster.Member, error)
 	Stats() cluster.Stats
 	LastContact() time.Duration
+	// Health is the leader's view of the members; ok is false elsewhere.
+	Health() (h cluster.ClusterHealth, ok bool)
 	// FSM is the local replica, for reads.
 	FSM() *fsm.FSM
 
@@ -171,15 +173,12 @@ func (s *ClusterServer) Status(ctx context.Context, req *clusterpb.StatusRequest
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "read membership: %v", err)
 	}
-	for _, m := range members {
-		role := "follower"
-		if m.Leader {
-			role = "leader"
-		}
-		info, _ := node.FSM().Member(m.ID)
-		resp.Members = append(resp.Members, &clusterpb.Member{
-			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage, Level: int32(info.Level),
-		})
+	resp.Members = membersPB(node, members)
+	health, known := node.Health()
+	if known {
+		setHealth(resp, health)
+	} else {
+		resp.HealthNote = healthNote(leaderID, leaderAPI, node.IsLeader())
 	}
 	for id, w := range node.FSM().Watermarks() {
 		resp.Chains = append(resp.Chains, watermarkPB(id, w))
@@ -190,6 +189,59 @@ func (s *ClusterServer) Status(ctx context.Context, req *clusterpb.StatusRequest
 	}
 	sort.Slice(resp.Keys, func(i, j int) bool { return resp.Keys[i].ChainId < resp.Keys[j].ChainId })
 	return resp, nil
+}
+
+func membersPB(node Raft, members []cluster.Member) []*clusterpb.Member {
+	var out []*clusterpb.Member
+	for _, m := range members {
+		role := "follower"
+		if m.Leader {
+			role = "leader"
+		}
+		info, _ := node.FSM().Member(m.ID)
+		out = append(out, &clusterpb.Member{
+			Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Role: role, Suffrage: m.Suffrage, Level: int32(info.Level),
+			Health: "unknown",
+		})
+	}
+	return out
+}
+
+// setHealth fills the leader's knowledge of each member into its answer.
+func setHealth(resp *clusterpb.StatusResponse, h cluster.ClusterHealth) {
+	resp.HealthKnown = true
+	resp.FaultTolerance = int32(h.Tolerance())
+	resp.UnreachableAfterMs = h.UnreachableAfter.Milliseconds()
+	byID := map[string]cluster.MemberHealth{}
+	for _, m := range h.Members {
+		byID[m.ID] = m
+	}
+	for _, m := range resp.Members {
+		mh, ok := byID[m.Id]
+		if !ok {
+			continue
+		}
+		m.Health = "unreachable"
+		if mh.Reachable {
+			m.Health = "healthy"
+		}
+		m.Heard, m.AppliedIndex, m.AppliedLag = mh.Heard, mh.AppliedIndex, mh.AppliedLag
+		m.LastContactMs = -1
+		if mh.Heard {
+			m.LastContactMs = mh.LastContact.Milliseconds()
+		}
+	}
+}
+
+// healthNote is a non-leader's answer about its members' health.
+func healthNote(leaderID, leaderAPI string, leading bool) string {
+	switch {
+	case leading:
+		return "this node just became leader and has not asked the members yet: ask again in a second"
+	case leaderID == "":
+		return "only the leader knows whether it hears from each member, and no leader is known"
+	}
+	return fmt.Sprintf("only the leader knows whether it hears from each member: ask %s (kms-ha status --cluster %s)", leaderID, leaderAPI)
 }
 
 func watermarkPB(chainID string, w fsm.Watermark) *clusterpb.ChainWatermark {
@@ -371,7 +423,9 @@ func (d Dialer) Probe(ctx context.Context, id, apiAddr string) (cluster.PeerRepo
 	if st.GetNodeId() != id {
 		return cluster.PeerReport{}, fmt.Errorf("grpcapi: %s answers as %q, not %s", apiAddr, st.GetNodeId(), id)
 	}
-	return cluster.PeerReport{Running: st.GetState() != StateAwaitingJoin, LastIndex: st.GetLastLogIndex()}, nil
+	return cluster.PeerReport{Running: st.GetState() != StateAwaitingJoin, LastIndex: st.GetLastLogIndex(),
+		AppliedIndex: st.GetAppliedIndex(), Leader: st.GetLeaderId(),
+		LeaderContact: time.Duration(st.GetLastContactMs()) * time.Millisecond}, nil
 }
 
 // CallError is a failed call as the command line shows it. It wraps the

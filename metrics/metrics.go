@@ -12,7 +12,6 @@ package metrics
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -50,16 +49,9 @@ type Metrics struct {
 	reg     *prometheus.Registry
 	handler http.Handler
 
-	signDuration    *prometheus.HistogramVec
-	reserveDuration *prometheus.HistogramVec
-	keySignDuration *prometheus.HistogramVec
-	refusals        *prometheus.CounterVec
-	signatures      *prometheus.CounterVec
-
-	leaderChanges prometheus.Counter
-	isLeader      prometheus.Gauge
-	raftTerm      prometheus.Gauge
-	raftApplied   prometheus.Gauge
+	sign
+	raftM
+	clusterM
 
 	wmHeight *prometheus.GaugeVec
 	wmRound  *prometheus.GaugeVec
@@ -67,6 +59,8 @@ type Metrics struct {
 
 	validatorConnected *prometheus.GaugeVec
 	validatorAttempts  *prometheus.CounterVec
+
+	buildInfo *prometheus.GaugeVec
 }
 
 // New builds the instruments on a fresh registry that also carries the Go
@@ -74,90 +68,28 @@ type Metrics struct {
 func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
-		reg: reg,
-		signDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace,
-			Name:      "sign_duration_seconds",
-			Help:      "Time to answer a validator's sign request, from receipt to signature.",
-			Buckets:   Buckets,
-		}, []string{"chain", "step"}),
-		reserveDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace,
-			Name:      "reserve_duration_seconds",
-			Help:      "Time for a height/round/step reservation to commit through Raft.",
-			Buckets:   Buckets,
-		}, []string{"chain"}),
-		keySignDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace,
-			Name:      "key_sign_duration_seconds",
-			Help:      "Time the key backend took to produce a signature.",
-			Buckets:   Buckets,
-		}, []string{"chain", "backend"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace,
-			Name:      "sign_refusals_total",
-			Help:      "Sign requests refused, by reason (regression, conflict, unavailable, invalid, no_state, key, ...).",
-		}, []string{"chain", "reason"}),
-		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace,
-			Name:      "signatures_total",
-			Help:      "Signatures returned to a validator.",
-		}, []string{"chain", "step"}),
-		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace,
-			Name:      "leader_changes_total",
-			Help:      "Raft leadership changes observed by this node.",
-		}),
-		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "is_leader",
-			Help:      "1 while this node is the Raft leader (the only node that signs).",
-		}),
-		raftTerm: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "raft_term",
-			Help:      "Current Raft term seen by this node.",
-		}),
-		raftApplied: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "raft_applied_index",
-			Help:      "Last Raft log index applied to this node's state machine.",
-		}),
-		wmHeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "watermark_height",
-			Help:      "Height of the chain's double-sign watermark on this node.",
-		}, []string{"chain"}),
-		wmRound: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "watermark_round",
-			Help:      "Round of the chain's double-sign watermark on this node.",
-		}, []string{"chain"}),
-		wmStep: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "watermark_step",
-			Help:      "Step of the chain's double-sign watermark (1 proposal, 2 prevote, 3 precommit).",
-		}, []string{"chain"}),
-		validatorConnected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace,
-			Name:      "validator_connected",
-			Help:      "1 while the connection to the validator at addr is up.",
-		}, []string{"chain", "addr"}),
-		validatorAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace,
-			Name:      "validator_connection_attempts_total",
-			Help:      "Attempts to connect to the validator at addr.",
-		}, []string{"chain", "addr"}),
+		reg:      reg,
+		sign:     newSign(),
+		raftM:    newRaft(),
+		clusterM: newCluster(),
+		wmHeight: gaugeVec("watermark_height",
+			"Height of the chain's double-sign watermark on this node.", "chain"),
+		wmRound: gaugeVec("watermark_round",
+			"Round of the chain's double-sign watermark on this node.", "chain"),
+		wmStep: gaugeVec("watermark_step",
+			"Step of the chain's double-sign watermark (1 proposal, 2 prevote, 3 precommit).", "chain"),
+		validatorConnected: gaugeVec("validator_connected",
+			"1 while the connection to the validator at addr is up.", "chain", "addr"),
+		validatorAttempts: counterVec("validator_connection_attempts_total",
+			"Attempts to connect to the validator at addr.", "chain", "addr"),
+		buildInfo: gaugeVec("build_info",
+			"Always 1; the version label is the kms-ha version this node runs.", "version"),
 	}
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.signDuration, m.reserveDuration, m.keySignDuration,
-		m.refusals, m.signatures,
-		m.leaderChanges, m.isLeader, m.raftTerm, m.raftApplied,
-		m.wmHeight, m.wmRound, m.wmStep,
-		m.validatorConnected, m.validatorAttempts,
-	)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.sign.collectors()...)
+	reg.MustRegister(m.raftM.collectors()...)
+	reg.MustRegister(m.clusterM.collectors()...)
+	reg.MustRegister(m.wmHeight, m.wmRound, m.wmStep, m.validatorConnected, m.validatorAttempts, m.buildInfo)
 	// Built once: promhttp registers its own error counter on the registry,
 	// and a second registration would be refused.
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -165,6 +97,27 @@ func New() *Metrics {
 		ErrorHandling: promhttp.ContinueOnError,
 	})
 	return m
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+}
+
+func histogramVec(name, help string, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: Buckets}, labels)
+}
+
+// SetBuildInfo exports kmsha_build_info{version} = 1.
+func (m *Metrics) SetBuildInfo(version string) {
+	if m == nil {
+		return
+	}
+	m.buildInfo.Reset()
+	m.buildInfo.WithLabelValues(version).Set(1)
 }
 
 // Registry returns the registry, for callers that add instruments of their
@@ -186,68 +139,6 @@ func (m *Metrics) Handler() http.Handler {
 		})
 	}
 	return m.handler
-}
-
-// ObserveSign records the end-to-end time of a sign request at step
-// ("proposal", "prevote" or "precommit").
-func (m *Metrics) ObserveSign(chain, step string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.signDuration.WithLabelValues(chain, step).Observe(d.Seconds())
-}
-
-// ObserveReserve records how long a reservation took to commit through Raft.
-func (m *Metrics) ObserveReserve(chain string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.reserveDuration.WithLabelValues(chain).Observe(d.Seconds())
-}
-
-// ObserveKeySign records the key backend's signing time.
-func (m *Metrics) ObserveKeySign(chain, backend string, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.keySignDuration.WithLabelValues(chain, backend).Observe(d.Seconds())
-}
-
-// Refused counts a refused sign request. Reasons should be the stable
-// strings of the fsm package (regression, conflict, invalid, ...) or the
-// signer's own (unavailable, key), so dashboards can alert on them.
-func (m *Metrics) Refused(chain, reason string) {
-	if m == nil {
-		return
-	}
-	m.refusals.WithLabelValues(chain, reason).Inc()
-}
-
-// Signed counts a signature returned to the validator at step.
-func (m *Metrics) Signed(chain, step string) {
-	if m == nil {
-		return
-	}
-	m.signatures.WithLabelValues(chain, step).Inc()
-}
-
-// LeaderChanged records an observed leadership change and whether this node
-// is now the leader.
-func (m *Metrics) LeaderChanged(isLeader bool) {
-	if m == nil {
-		return
-	}
-	m.leaderChanges.Inc()
-	m.isLeader.Set(boolFloat(isLeader))
-}
-
-// SetRaft records the current Raft term and applied index.
-func (m *Metrics) SetRaft(term, applied uint64) {
-	if m == nil {
-		return
-	}
-	m.raftTerm.Set(float64(term))
-	m.raftApplied.Set(float64(applied))
 }
 
 // SetWatermark records a chain's watermark. Heights beyond 2^53 lose

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -83,7 +84,7 @@ func TestScrapeShowsObservations(t *testing.T) {
 	m.Refused("chain-a", "regression")
 	m.Refused("chain-a", "regression")
 	m.Refused("chain-b", "unavailable")
-	m.Signed("chain-a", "prevote")
+	m.Signed("chain-a", "prevote", 41, 2)
 	m.LeaderChanged(false)
 	m.LeaderChanged(true)
 	m.SetRaft(7, 1234)
@@ -114,17 +115,20 @@ func TestScrapeShowsObservations(t *testing.T) {
 		`kmsha_sign_refusals_total{chain="chain-a",reason="regression"}`:                          2,
 		`kmsha_sign_refusals_total{chain="chain-b",reason="unavailable"}`:                         1,
 		`kmsha_signatures_total{chain="chain-a",step="prevote"}`:                                  1,
-		`kmsha_leader_changes_total`:              2,
-		`kmsha_is_leader`:                         1,
-		`kmsha_raft_term`:                         7,
-		`kmsha_raft_applied_index`:                1234,
-		`kmsha_watermark_height{chain="chain-a"}`: 1_000_001,
-		`kmsha_watermark_round{chain="chain-a"}`:  2,
-		`kmsha_watermark_step{chain="chain-a"}`:   3,
-		`kmsha_validator_connected{addr="tcp://10.0.0.5:26659",chain="chain-a"}`:                 1,
-		`kmsha_validator_connected{addr="tcp://10.0.0.6:26659",chain="chain-a"}`:                 0,
-		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.5:26659",chain="chain-a"}`: 1,
-		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.6:26659",chain="chain-a"}`: 2,
+		`kmsha_last_signed_height{chain="chain-a",step="prevote"}`:                                41,
+		`kmsha_last_signed_round{chain="chain-a",step="prevote"}`:                                 2,
+		`kmsha_missed_votes_total{chain="chain-a",step="prevote"}`:                                0,
+		`kmsha_leader_changes_total`:                                                              2,
+		`kmsha_is_leader`:                                                                         1,
+		`kmsha_raft_term`:                                                                         7,
+		`kmsha_raft_applied_index`:                                                                1234,
+		`kmsha_watermark_height{chain="chain-a"}`:                                                 1_000_001,
+		`kmsha_watermark_round{chain="chain-a"}`:                                                  2,
+		`kmsha_watermark_step{chain="chain-a"}`:                                                   3,
+		`kmsha_validator_connected{addr="tcp://10.0.0.5:26659",chain="chain-a"}`:                  1,
+		`kmsha_validator_connected{addr="tcp://10.0.0.6:26659",chain="chain-a"}`:                  0,
+		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.5:26659",chain="chain-a"}`:  1,
+		`kmsha_validator_connection_attempts_total{addr="tcp://10.0.0.6:26659",chain="chain-a"}`:  2,
 	}
 	for series, v := range want {
 		g, ok := got[series]
@@ -149,7 +153,7 @@ func TestTwoInstancesDoNotCollide(t *testing.T) {
 	// Several nodes in one test process each build their own Metrics; a
 	// shared (global) registry would panic on the second registration.
 	a, b := New(), New()
-	a.Signed("c", "prevote")
+	a.Signed("c", "prevote", 1, 0)
 	if a.Registry() == b.Registry() {
 		t.Fatal("instances share a registry")
 	}
@@ -170,7 +174,7 @@ func TestNilMetricsIsSafe(t *testing.T) {
 	m.ObserveReserve("c", time.Millisecond)
 	m.ObserveKeySign("c", "softsign", time.Millisecond)
 	m.Refused("c", "conflict")
-	m.Signed("c", "prevote")
+	m.Signed("c", "prevote", 1, 0)
 	m.LeaderChanged(true)
 	m.SetRaft(1, 2)
 	m.SetWatermark("c", 1, 0, 1)
@@ -225,9 +229,14 @@ func TestHealthAndReadiness(t *testing.T) {
 		body != "not ready: leader, but validator tcp://10.0.0.5:26659 not connected" {
 		t.Fatalf("/readyz = %d %q", code, body)
 	}
+	// Degraded: still serving (200, a load balancer keeps it), and says why.
+	ready = fmt.Errorf("node: %w", Degraded("2 of 3 voters reachable; node3 unreachable"))
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "degraded: 2 of 3 voters reachable; node3 unreachable" {
+		t.Fatalf("/readyz = %d %q while degraded, want 200 with the reason", code, body)
+	}
 	ready = nil
-	if code, _ := get(t, base+"/readyz"); code != http.StatusOK {
-		t.Fatalf("/readyz = %d once ready, want 200", code)
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || body != "ready" {
+		t.Fatalf("/readyz = %d %q once ready, want 200 ready", code, body)
 	}
 
 	resp, err := http.Post(base+"/readyz", "text/plain", nil)
@@ -280,6 +289,67 @@ func BenchmarkObserveSign(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.ObserveSign("chain-a", "prevote", time.Millisecond)
-		m.Signed("chain-a", "prevote")
+		m.Signed("chain-a", "prevote", 41, 2)
+	}
+}
+
+// TestOperatorMetrics scrapes what the dashboard and alerts read: the
+// latest signature per chain and step and its age, missed votes,
+// elections, the leader's view of the members and the build.
+func TestOperatorMetrics(t *testing.T) {
+	m := New()
+	before := float64(time.Now().Unix())
+	m.Signed("c", "precommit", 10, 0)
+	m.Signed("c", "precommit", 14, 1)
+	m.Missed("c", "precommit", 3)
+	m.Missed("c", "prevote", 0) // nothing to count
+	m.SetElections(2)
+	m.SetElections(5)
+	m.SetElections(5)
+	m.SetBuildInfo("v1.2.3")
+	m.SetClusterHealth([]MemberHealth{
+		{ID: "node1", State: MemberHealthy, LastContactSeconds: 0},
+		{ID: "node2", State: MemberHealthy, LastContactSeconds: 0.2, AppliedLag: 1},
+		{ID: "node3", State: MemberUnreachable, LastContactSeconds: 12.5, AppliedLag: 40},
+		{ID: "node4", State: MemberNonvoter, LastContactSeconds: -1},
+	}, 0)
+	s := startServer(t, m, nil)
+	got := scrape(t, "http://"+s.Addr()+"/metrics")
+	want := map[string]float64{
+		`kmsha_last_signed_height{chain="c",step="precommit"}`:   14,
+		`kmsha_last_signed_round{chain="c",step="precommit"}`:    1,
+		`kmsha_missed_votes_total{chain="c",step="precommit"}`:   3,
+		`kmsha_raft_elections_total`:                             5,
+		`kmsha_build_info{version="v1.2.3"}`:                     1,
+		`kmsha_cluster_members{state="healthy"}`:                 2,
+		`kmsha_cluster_members{state="unreachable"}`:             1,
+		`kmsha_cluster_members{state="nonvoter"}`:                1,
+		`kmsha_cluster_fault_tolerance`:                          0,
+		`kmsha_raft_member_last_contact_seconds{member="node3"}`: 12.5,
+		`kmsha_raft_member_applied_lag{member="node3"}`:          40,
+	}
+	for series, v := range want {
+		if g, ok := got[series]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", series, g, ok, v)
+		}
+	}
+	if _, ok := got[`kmsha_missed_votes_total{chain="c",step="prevote"}`]; ok {
+		t.Errorf("a prevote miss series exists without a prevote signed or missed")
+	}
+	if _, ok := got[`kmsha_raft_member_last_contact_seconds{member="node4"}`]; ok {
+		t.Errorf("a member never heard from has a last contact")
+	}
+	ts := got[`kmsha_last_signature_timestamp_seconds{chain="c",step="precommit"}`]
+	if ts < before || ts > float64(time.Now().Unix())+1 {
+		t.Errorf("last signature timestamp %v, want now (%v)", ts, before)
+	}
+
+	// Leadership lost: a follower cannot know, so the series go away.
+	m.SetClusterHealth(nil, 0)
+	got = scrape(t, "http://"+s.Addr()+"/metrics")
+	for series := range got {
+		if strings.HasPrefix(series, "kmsha_cluster_") || strings.HasPrefix(series, "kmsha_raft_member_") {
+			t.Errorf("series %s still exported by a follower", series)
+		}
 	}
 }

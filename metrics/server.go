@@ -14,12 +14,25 @@ import (
 )
 
 // Health reports whether this node can do its job. Ready returns nil when
-// it can, or an error whose text tells an operator why not (for example
-// "no known leader" or "leader, but validator tcp://10.0.0.5:26659 not
-// connected"); /readyz serves it as "not ready: <text>".
+// it can, a *DegradedError when it can but the cluster cannot lose another
+// member (/readyz: 200 "degraded: <text>"), or an error whose text tells an
+// operator why not (for example "no known leader" or "leader, but
+// validator tcp://10.0.0.5:26659 not connected"); /readyz serves it as 503
+// "not ready: <text>".
 type Health interface {
 	Ready() error
 }
+
+// DegradedError is a Ready answer for a node that does its job while the
+// cluster has lost its margin (one more fault stops signing). /readyz
+// serves it with 200, so a load balancer or orchestrator keeps the node in
+// service, and the body "degraded: <reason>" for people and alerts.
+type DegradedError struct{ Reason string }
+
+func (e *DegradedError) Error() string { return "degraded: " + e.Reason }
+
+// Degraded returns a *DegradedError for reason.
+func Degraded(reason string) error { return &DegradedError{Reason: reason} }
 
 // HealthFunc adapts a function to Health.
 type HealthFunc func() error
@@ -42,6 +55,11 @@ func Handler(m *Metrics, health Health) http.Handler {
 		var err error
 		if health != nil {
 			err = health.Ready()
+		}
+		var degraded *DegradedError
+		if errors.As(err, &degraded) {
+			writeText(w, r, http.StatusOK, degraded.Error())
+			return
 		}
 		if err != nil {
 			msg := err.Error()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/metrics"
 	"github.com/kms-ha/kms-ha/transport"
 )
 
@@ -29,7 +32,56 @@ func (n *Node) Ready() error {
 	if !cl.IsLeader() {
 		return nil
 	}
-	return n.validatorsReady()
+	if err := n.validatorsReady(); err != nil {
+		return err
+	}
+	if h, ok := cl.Health(); ok && h.Tolerance() == 0 {
+		return metrics.Degraded(degradedReason(h))
+	}
+	return nil
+}
+
+// degradedReason names what the leader sees: how many voters it reaches
+// and which members it does not hear from.
+func degradedReason(h cluster.ClusterHealth) string {
+	var down []string
+	for _, m := range h.Unreachable() {
+		when := "not heard from this term"
+		if m.Heard {
+			when = "last heard " + m.LastContact.Round(100*time.Millisecond).String() + " ago"
+		}
+		down = append(down, fmt.Sprintf("%s unreachable (%s, %s)", m.ID, strings.ToLower(m.Suffrage), when))
+	}
+	msg := fmt.Sprintf("%d of %d voters reachable, quorum %d: the cluster cannot lose another voter", h.ReachableVoters, h.Voters, h.Quorum)
+	if len(down) == 0 {
+		return msg + " (add members for fault tolerance)"
+	}
+	return msg + "; " + strings.Join(down, "; ")
+}
+
+// clusterHealthMetrics exports the leader's view of the members; a
+// follower exports none (it cannot know).
+func (n *Node) clusterHealthMetrics(cl *cluster.Node) {
+	h, ok := cl.Health()
+	if !ok {
+		n.metrics.SetClusterHealth(nil, 0)
+		return
+	}
+	var ms []metrics.MemberHealth
+	for _, m := range h.Members {
+		mh := metrics.MemberHealth{ID: m.ID, State: metrics.MemberHealthy, LastContactSeconds: -1, AppliedLag: m.AppliedLag}
+		switch {
+		case !m.Reachable:
+			mh.State = metrics.MemberUnreachable
+		case m.Suffrage != "Voter":
+			mh.State = metrics.MemberNonvoter
+		}
+		if m.Heard {
+			mh.LastContactSeconds = m.LastContact.Seconds()
+		}
+		ms = append(ms, mh)
+	}
+	n.metrics.SetClusterHealth(ms, h.Tolerance())
 }
 
 // watch feeds the metrics that are read off the cluster rather than
@@ -51,6 +103,8 @@ func (n *Node) watch(ctx context.Context) {
 		}
 		st := cl.Stats()
 		n.metrics.SetRaft(st.Term, st.AppliedIndex)
+		n.metrics.SetElections(cl.Elections())
+		n.clusterHealthMetrics(cl)
 		if lead := cl.IsLeader(); lead != wasLeader || first {
 			if !first || lead {
 				n.metrics.LeaderChanged(lead)

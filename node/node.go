@@ -17,6 +17,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,8 @@ type Options struct {
 	// AllowFreshState lists chains that may start signing from an empty
 	// watermark: the validator has never signed with this key.
 	AllowFreshState []string
+	// Version is this binary's version, for kmsha_build_info.
+	Version string
 }
 
 // Node is a running kms-ha node.
@@ -157,6 +160,7 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	}
 	if c.Metrics.Listen != "" {
 		n.metrics = metrics.New()
+		n.metrics.SetBuildInfo(cmp.Or(opts.Version, "dev"))
 	}
 	if g := c.GRPC; g != nil {
 		if n.signerSvc, err = grpcapi.StartSignerService(g.SignerService(), log.With("component", "signerservice")); err != nil {

@@ -77,7 +77,8 @@ func (r *reserveTimes) ObserveReserve(chain string, d time.Duration) {
 }
 func (r *reserveTimes) ObserveKeySign(string, string, time.Duration) {}
 func (r *reserveTimes) Refused(string, string)                       {}
-func (r *reserveTimes) Signed(string, string)                        {}
+func (r *reserveTimes) Signed(string, string, int64, int32)          {}
+func (r *reserveTimes) Missed(string, string, int64)                 {}
 
 func (r *reserveTimes) take(chain string) []time.Duration {
 	r.mu.Lock()

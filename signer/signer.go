@@ -71,7 +71,12 @@ type Observer interface {
 	ObserveReserve(chain string, d time.Duration)
 	ObserveKeySign(chain, backend string, d time.Duration)
 	Refused(chain, reason string)
-	Signed(chain, step string)
+	// Signed reports a signature returned at step ("proposal", "prevote"
+	// or "precommit"), height and round.
+	Signed(chain, step string, height int64, round int32)
+	// Missed reports n prevotes or precommits (step) that the validator
+	// never asked for: heights it skipped since the chain's watermark.
+	Missed(chain, step string, n int64)
 }
 
 type noObserver struct{}
@@ -80,7 +85,8 @@ func (noObserver) ObserveSign(string, string, time.Duration)    {}
 func (noObserver) ObserveReserve(string, time.Duration)         {}
 func (noObserver) ObserveKeySign(string, string, time.Duration) {}
 func (noObserver) Refused(string, string)                       {}
-func (noObserver) Signed(string, string)                        {}
+func (noObserver) Signed(string, string, int64, int32)          {}
+func (noObserver) Missed(string, string, int64)                 {}
 
 // Signer serves every configured chain. Requests of one chain are
 // serialised; different chains proceed concurrently.
@@ -194,7 +200,7 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	case *privvalproto.Message_SignVoteRequest:
 		vote := r.SignVoteRequest.GetVote()
 		err := s.signVote(ctx, connChainID, r.SignVoteRequest.GetChainId(), vote)
-		if s.lostLeadership(connChainID, err) {
+		if s.dropForRetry(connChainID, err) {
 			return privvalproto.Message{}
 		}
 		if err != nil {
@@ -205,7 +211,7 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	case *privvalproto.Message_SignProposalRequest:
 		p := r.SignProposalRequest.GetProposal()
 		err := s.signProposal(ctx, connChainID, r.SignProposalRequest.GetChainId(), p)
-		if s.lostLeadership(connChainID, err) {
+		if s.dropForRetry(connChainID, err) {
 			return privvalproto.Message{}
 		}
 		if err != nil {
@@ -219,21 +225,33 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 	return privvalproto.Message{}
 }
 
-// lostLeadership reports a request that failed because this node stopped
-// leading while it waited for the commit. It is answered with nothing: the
-// transport drops the connection, CometBFT's signer client retries a
-// connection error (it never retries a RemoteSignerError, and a lost vote
-// can stall a chain whose other validators cannot outvote it), and the
-// retry reaches the new leader. Nothing was signed; if the reservation
-// commits after all, the new leader signs the same bytes.
-func (s *Signer) lostLeadership(chainID string, err error) bool {
-	if err == nil || !errors.Is(err, cluster.ErrNotLeader) {
+// dropForRetry reports a request that failed for a reason the validator
+// should retry: this node stopped leading while it waited for the commit,
+// or the cluster holds no watermark for the chain yet. It is answered with
+// nothing: the transport drops the connection, and CometBFT's signer
+// client retries a connection error (it never retries a
+// RemoteSignerError, and a lost vote can stall a chain whose other
+// validators cannot outvote it). The retry reaches the new leader, or
+// finds the state the operator imported meanwhile. Nothing was signed; if
+// a reservation commits after all, the next leader signs the same bytes.
+func (s *Signer) dropForRetry(chainID string, err error) bool {
+	if err == nil {
 		return false
 	}
-	s.log.Warn("leadership lost during a request: dropping the connection so the validator retries with the new leader",
-		"chain", chainID, "err", err)
-	s.cfg.Observer.Refused(chainID, "not_leader")
-	return true
+	if errors.Is(err, cluster.ErrNotLeader) {
+		s.log.Warn("leadership lost during a request: dropping the connection so the validator retries with the new leader",
+			"chain", chainID, "err", err)
+		s.cfg.Observer.Refused(chainID, "not_leader")
+		return true
+	}
+	var re *requestError
+	if errors.As(err, &re) && re.reason == fsm.ReasonNoState {
+		s.log.Warn("no watermark for the chain yet: dropping the connection so the validator retries "+
+			"(it retries for about a minute, then gives up on this vote)", "chain", chainID, "err", err)
+		s.cfg.Observer.Refused(chainID, fsm.ReasonNoState)
+		return true
+	}
+	return false
 }
 
 func (s *Signer) chainFor(connChainID, reqChainID string) (*chain, error) {
@@ -349,20 +367,9 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	// A chain with no local watermark is not refused here: this replica
-	// may lag; the FSM refuses on every replica if the cluster has none.
-	cur, _ := s.cfg.State.Watermark(c.id)
-	if d := fsm.Decide(cur, hrs, signBytes); d.Outcome == fsm.Refuse {
-		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
-	}
-	reserveStart := time.Now()
-	d, err := s.cfg.Reserver.Reserve(ctx, c.id, hrs, signBytes)
-	s.cfg.Observer.ObserveReserve(c.id, time.Since(reserveStart))
+	d, prev, err := s.reserve(ctx, c, hrs, signBytes)
 	if err != nil {
-		return &requestError{code: CodeUnavailable, reason: "unavailable", err: err}
-	}
-	if d.Outcome == fsm.Refuse {
-		return &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
+		return err
 	}
 	keyStart := time.Now()
 	sig, err := c.key.Sign(ctx, d.SignBytes)
@@ -374,8 +381,11 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 		return err
 	}
 	step := fsm.StepName(hrs.Step)
+	prevotes, precommits := missedVotes(prev, hrs)
+	s.cfg.Observer.Missed(c.id, fsm.StepName(fsm.StepPrevote), prevotes)
+	s.cfg.Observer.Missed(c.id, fsm.StepName(fsm.StepPrecommit), precommits)
 	s.cfg.Observer.ObserveSign(c.id, step, time.Since(start))
-	s.cfg.Observer.Signed(c.id, step)
+	s.cfg.Observer.Signed(c.id, step, hrs.Height, hrs.Round)
 	c.lastStep.Store(int32(hrs.Step))
 	c.lastAt.Store(time.Now().UnixNano())
 	sum := sha256.Sum256(d.SignBytes)
@@ -387,6 +397,78 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 			SignBytes: d.SignBytes, Signature: sig, Outcome: d.Outcome})
 	}
 	return nil
+}
+
+// reserve pre-checks hrs against the local replica and commits the
+// reservation. A chain with no watermark yet is held for most of the
+// request's time in case the operator imports one meanwhile (then the
+// request is signed as if nothing happened), and otherwise refused with
+// ReasonNoState, which Handle answers by dropping the connection. It
+// returns the allowed decision and the watermark before it.
+func (s *Signer) reserve(ctx context.Context, c *chain, hrs fsm.HRS, signBytes []byte) (fsm.Decision, fsm.Watermark, error) {
+	for held := false; ; held = true {
+		// A chain with no local watermark is not refused here: this
+		// replica may lag; the FSM refuses on every replica if the
+		// cluster has none.
+		cur, _ := s.cfg.State.Watermark(c.id)
+		if d := fsm.Decide(cur, hrs, signBytes); d.Outcome == fsm.Refuse {
+			return d, cur, &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
+		}
+		reserveStart := time.Now()
+		d, err := s.cfg.Reserver.Reserve(ctx, c.id, hrs, signBytes)
+		s.cfg.Observer.ObserveReserve(c.id, time.Since(reserveStart))
+		if err != nil {
+			return d, cur, &requestError{code: CodeUnavailable, reason: "unavailable", err: err}
+		}
+		if d.Outcome != fsm.Refuse {
+			return d, cur, nil
+		}
+		if d.Reason != fsm.ReasonNoState || held || !s.awaitState(ctx, c.id) {
+			return d, cur, &requestError{code: CodeRefused, reason: d.Reason, err: d.Err()}
+		}
+	}
+}
+
+// awaitState waits until the local replica holds a watermark for chainID,
+// leaving a third of the sign timeout to reserve and sign.
+func (s *Signer) awaitState(ctx context.Context, chainID string) bool {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(s.cfg.SignTimeout)
+	}
+	until := dl.Add(-s.cfg.SignTimeout / 3)
+	for {
+		if _, ok := s.cfg.State.Watermark(chainID); ok {
+			return true
+		}
+		if time.Now().After(until) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// missedVotes counts the prevotes and precommits the validator skipped
+// between the chain's watermark prev and a request at hrs: every height in
+// between, and the rest of the watermark's own height. A chain that
+// starts (no watermark, or the empty one) has missed nothing.
+func missedVotes(prev fsm.Watermark, hrs fsm.HRS) (prevotes, precommits int64) {
+	if prev.Height <= 0 || hrs.Height <= prev.Height {
+		return 0, 0
+	}
+	gap := hrs.Height - prev.Height - 1
+	prevotes, precommits = gap, gap
+	if prev.Step < fsm.StepPrevote {
+		prevotes++
+	}
+	if prev.Step < fsm.StepPrecommit {
+		precommits++
+	}
+	return prevotes, precommits
 }
 
 func (s *Signer) remoteError(chainID string, err error) *privvalproto.RemoteSignerError {

@@ -53,7 +53,7 @@ func (f *fakeReserver) Reserve(ctx context.Context, chainID string, hrs fsm.HRS,
 	cur, _ := f.state.Watermark(chainID)
 	d := fsm.Decide(cur, hrs, sb)
 	if d.Outcome == fsm.Allow {
-		data, _ := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: sb})
+		data, _ := fsm.EncodeReserve(fsm.Reserve{ChainID: chainID, HRS: hrs, SignBytes: sb, NeedState: true})
 		return f.state.Apply(applyLog(data)).(fsm.Decision), nil
 	}
 	return d, nil

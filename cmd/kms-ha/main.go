@@ -281,7 +281,7 @@ func startCmd() *cli.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() { <-ctx.Done(); stop() }()
-			n, err := node.New(cfg, node.Options{AllowFreshState: c.StringSlice("allow-fresh-state")}, log.With("node_id", cfg.Cluster.NodeID))
+			n, err := node.New(cfg, node.Options{AllowFreshState: c.StringSlice("allow-fresh-state"), Version: versionString()}, log.With("node_id", cfg.Cluster.NodeID))
 			if err != nil {
 				return err
 			}
@@ -347,19 +347,24 @@ func joinCmd() *cli.Command {
 
 // statusJSON is the stable shape of `status --json`.
 type statusJSON struct {
-	NodeID        string         `json:"node_id"`
-	State         string         `json:"state"`
-	LeaderID      string         `json:"leader_id"`
-	LeaderAPIAddr string         `json:"leader_api_addr"`
-	Term          uint64         `json:"term"`
-	CommitIndex   uint64         `json:"commit_index"`
-	AppliedIndex  uint64         `json:"applied_index"`
-	LastContact   string         `json:"last_contact"`
-	LastContactMs int64          `json:"last_contact_ms"`
-	Linearizable  bool           `json:"linearizable"`
-	Members       []memberJSON   `json:"members"`
-	Chains        []watermarkOut `json:"chains"`
-	Keys          []keyOut       `json:"keys"`
+	NodeID        string `json:"node_id"`
+	State         string `json:"state"`
+	LeaderID      string `json:"leader_id"`
+	LeaderAPIAddr string `json:"leader_api_addr"`
+	Term          uint64 `json:"term"`
+	CommitIndex   uint64 `json:"commit_index"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	LastContact   string `json:"last_contact"`
+	LastContactMs int64  `json:"last_contact_ms"`
+	Linearizable  bool   `json:"linearizable"`
+	// HealthKnown: the answer is the leader's, and the members' health
+	// fields are its knowledge; otherwise HealthNote says where to ask.
+	HealthKnown    bool           `json:"health_known"`
+	HealthNote     string         `json:"health_note,omitempty"`
+	FaultTolerance *int32         `json:"fault_tolerance"`
+	Members        []memberJSON   `json:"members"`
+	Chains         []watermarkOut `json:"chains"`
+	Keys           []keyOut       `json:"keys"`
 }
 
 type memberJSON struct {
@@ -369,6 +374,12 @@ type memberJSON struct {
 	Role     string `json:"role"`
 	Suffrage string `json:"suffrage"`
 	Level    int32  `json:"level"`
+	// Health is "healthy", "unreachable" or "unknown" (a follower's
+	// answer); the pointers are null when the answering node cannot know.
+	Health        string  `json:"health"`
+	LastContactMs *int64  `json:"last_contact_ms"`
+	AppliedIndex  *uint64 `json:"applied_index"`
+	AppliedLag    *uint64 `json:"applied_lag"`
 }
 
 type watermarkOut struct {
@@ -420,9 +431,7 @@ func statusCmd() *cli.Command {
 				LastContactMs: r.GetLastContactMs(), Linearizable: r.GetLinearizable(),
 				Members: []memberJSON{}, Chains: []watermarkOut{}, Keys: []keyOut{},
 			}
-			for _, m := range r.GetMembers() {
-				out.Members = append(out.Members, memberJSON{m.GetId(), m.GetRaftAddr(), m.GetApiAddr(), m.GetRole(), strings.ToLower(m.GetSuffrage()), m.GetLevel()})
-			}
+			setHealthJSON(&out, r)
 			for _, w := range r.GetChains() {
 				out.Chains = append(out.Chains, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
 			}
@@ -460,18 +469,13 @@ func printStatus(w io.Writer, s statusJSON) {
 			"it does not vote or sign. Stop it; to bring it back, move its data_dir away and run kms-ha join\n", s.NodeID)
 	}
 	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tROLE\tSUFFRAGE\tRAFT ADDR\tAPI ADDR")
-	for _, m := range s.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.ID, m.Role, m.Suffrage, m.RaftAddr, m.APIAddr)
-	}
-	tw.Flush()
+	printMembers(w, s)
 	fmt.Fprintln(w)
 	if len(s.Chains) == 0 {
 		fmt.Fprintln(w, "no chain has a watermark yet")
 		return
 	}
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	keys := map[string]string{}
 	for _, k := range s.Keys {
 		keys[k.ChainID] = k.KeyType + " " + k.PubKey

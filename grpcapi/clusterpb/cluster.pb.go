@@ -80,7 +80,21 @@ type Member struct {
 	// "voter", "nonvoter" or "staging".
 	Suffrage string `protobuf:"bytes,5,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
 	// The command level the member registered (see fsm.Level).
-	Level         int32 `protobuf:"varint,6,opt,name=level,proto3" json:"level,omitempty"`
+	Level int32 `protobuf:"varint,6,opt,name=level,proto3" json:"level,omitempty"`
+	// The fields below are the leader's knowledge (StatusResponse.health_known);
+	// a follower cannot know them and leaves them unset.
+	// "healthy", "unreachable" (the leader has not heard from it within
+	// StatusResponse.unreachable_after_ms) or "unknown" (not the leader's answer).
+	Health string `protobuf:"bytes,7,opt,name=health,proto3" json:"health,omitempty"`
+	// Whether the leader heard from the member this term, and how long ago
+	// (raft contact: the member's own last contact with this leader, as of
+	// the leader's latest probe of its API).
+	Heard         bool  `protobuf:"varint,8,opt,name=heard,proto3" json:"heard,omitempty"`
+	LastContactMs int64 `protobuf:"varint,9,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// The member's applied index, and how many entries it had yet to apply
+	// compared with the leader when it last answered.
+	AppliedIndex  uint64 `protobuf:"varint,10,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedLag    uint64 `protobuf:"varint,11,opt,name=applied_lag,json=appliedLag,proto3" json:"applied_lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +167,41 @@ func (x *Member) GetSuffrage() string {
 func (x *Member) GetLevel() int32 {
 	if x != nil {
 		return x.Level
+	}
+	return 0
+}
+
+func (x *Member) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *Member) GetHeard() bool {
+	if x != nil {
+		return x.Heard
+	}
+	return false
+}
+
+func (x *Member) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *Member) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *Member) GetAppliedLag() uint64 {
+	if x != nil {
+		return x.AppliedLag
 	}
 	return 0
 }
@@ -316,9 +365,19 @@ type StatusResponse struct {
 	// Set when the answer is linearizable (StatusRequest.linearizable).
 	Linearizable bool `protobuf:"varint,13,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
 	// The last raft index in this node's log (or its latest snapshot).
-	LastLogIndex  uint64 `protobuf:"varint,14,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastLogIndex uint64 `protobuf:"varint,14,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
+	// Set on the leader's answer: the members' health fields are its
+	// knowledge. A follower's answer leaves it unset and says, in
+	// health_note, that only the leader knows and where to ask.
+	HealthKnown bool   `protobuf:"varint,15,opt,name=health_known,json=healthKnown,proto3" json:"health_known,omitempty"`
+	HealthNote  string `protobuf:"bytes,16,opt,name=health_note,json=healthNote,proto3" json:"health_note,omitempty"`
+	// Leader only: voters that can still be lost with a quorum left (0: the
+	// cluster is degraded, one more fault stops signing).
+	FaultTolerance int32 `protobuf:"varint,17,opt,name=fault_tolerance,json=faultTolerance,proto3" json:"fault_tolerance,omitempty"`
+	// Leader only: how long without contact makes a member unreachable.
+	UnreachableAfterMs int64 `protobuf:"varint,18,opt,name=unreachable_after_ms,json=unreachableAfterMs,proto3" json:"unreachable_after_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -445,6 +504,34 @@ func (x *StatusResponse) GetLinearizable() bool {
 func (x *StatusResponse) GetLastLogIndex() uint64 {
 	if x != nil {
 		return x.LastLogIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetHealthKnown() bool {
+	if x != nil {
+		return x.HealthKnown
+	}
+	return false
+}
+
+func (x *StatusResponse) GetHealthNote() string {
+	if x != nil {
+		return x.HealthNote
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetFaultTolerance() int32 {
+	if x != nil {
+		return x.FaultTolerance
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetUnreachableAfterMs() int64 {
+	if x != nil {
+		return x.UnreachableAfterMs
 	}
 	return 0
 }
@@ -1173,14 +1260,21 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x1ekmsha/cluster/v1/cluster.proto\x12\x10kmsha.cluster.v1\"3\n" +
 	"\rStatusRequest\x12\"\n" +
-	"\flinearizable\x18\x01 \x01(\bR\flinearizable\"\x96\x01\n" +
+	"\flinearizable\x18\x01 \x01(\bR\flinearizable\"\xb2\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x12\n" +
 	"\x04role\x18\x04 \x01(\tR\x04role\x12\x1a\n" +
 	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\x12\x14\n" +
-	"\x05level\x18\x06 \x01(\x05R\x05level\"\x93\x01\n" +
+	"\x05level\x18\x06 \x01(\x05R\x05level\x12\x16\n" +
+	"\x06health\x18\a \x01(\tR\x06health\x12\x14\n" +
+	"\x05heard\x18\b \x01(\bR\x05heard\x12&\n" +
+	"\x0flast_contact_ms\x18\t \x01(\x03R\rlastContactMs\x12#\n" +
+	"\rapplied_index\x18\n" +
+	" \x01(\x04R\fappliedIndex\x12\x1f\n" +
+	"\vapplied_lag\x18\v \x01(\x04R\n" +
+	"appliedLag\"\x93\x01\n" +
 	"\x0eChainWatermark\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x16\n" +
 	"\x06height\x18\x02 \x01(\x03R\x06height\x12\x14\n" +
@@ -1190,7 +1284,7 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\bChainKey\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x17\n" +
-	"\apub_key\x18\x03 \x01(\fR\x06pubKey\"\x93\x04\n" +
+	"\apub_key\x18\x03 \x01(\fR\x06pubKey\"\xb2\x05\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -1206,7 +1300,12 @@ const file_kmsha_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12.\n" +
 	"\x04keys\x18\f \x03(\v2\x1a.kmsha.cluster.v1.ChainKeyR\x04keys\x12\"\n" +
 	"\flinearizable\x18\r \x01(\bR\flinearizable\x12$\n" +
-	"\x0elast_log_index\x18\x0e \x01(\x04R\flastLogIndex\"\xbd\x01\n" +
+	"\x0elast_log_index\x18\x0e \x01(\x04R\flastLogIndex\x12!\n" +
+	"\fhealth_known\x18\x0f \x01(\bR\vhealthKnown\x12\x1f\n" +
+	"\vhealth_note\x18\x10 \x01(\tR\n" +
+	"healthNote\x12'\n" +
+	"\x0ffault_tolerance\x18\x11 \x01(\x05R\x0efaultTolerance\x120\n" +
+	"\x14unreachable_after_ms\x18\x12 \x01(\x03R\x12unreachableAfterMs\"\xbd\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
