@@ -323,6 +323,9 @@ func joinCmd() *cli.Command {
 			if err := need(c, "cluster"); err != nil {
 				return err
 			}
+			if err := checkClusterAddr(c); err != nil {
+				return err
+			}
 			cfg, err := loadConfig(c)
 			if err != nil {
 				return err
@@ -435,6 +438,9 @@ func statusCmd() *cli.Command {
 				return enc.Encode(out)
 			}
 			printStatus(os.Stdout, out)
+			if out.State != grpcapi.StateAwaitingJoin {
+				printMissingWatermarks(os.Stdout, configuredChains(c), out.Chains, c.String("home"))
+			}
 			return nil
 		},
 	}

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +60,9 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 	if addr == "" {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: --cluster HOST:PORT is required (or --home of a node, to use its own API address)", c.Command.HelpName), 2)
 	}
+	if err := checkClusterAddr(c); err != nil {
+		return grpcapi.Dialer{}, "", err
+	}
 	if files.CA == "" || files.Cert == "" || files.Key == "" {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: the cluster API needs a client certificate: give --home of a node, "+
 			"or --tls-ca, --tls-cert and --tls-key", c.Command.HelpName), 2)
@@ -67,6 +72,29 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: %v", c.Command.HelpName, err), 2)
 	}
 	return grpcapi.Dialer{TLS: tc}, addr, nil
+}
+
+// checkClusterAddr refuses a --cluster without a port: gRPC would dial
+// port 443 and report a timeout or a handshake failure.
+func checkClusterAddr(c *cli.Context) error {
+	addr := c.String("cluster")
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && host != "" {
+		if _, perr := strconv.ParseUint(port, 10, 16); perr == nil {
+			return nil
+		}
+	}
+	if err != nil {
+		host = strings.Trim(strings.TrimSuffix(addr, ":"), "[]")
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return cli.Exit(fmt.Sprintf("%s: --cluster %q is not HOST:PORT: give a member's cluster API address "+
+		"(cluster.api_addr in its kms.yaml, default port 7101), e.g. %s", c.Command.HelpName, addr, net.JoinHostPort(host, "7101")), 2)
 }
 
 func cmp(a, b string) string {
@@ -350,18 +378,25 @@ func stateShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var out []watermarkOut
+	all := []watermarkOut{}
 	for _, w := range r.GetChains() {
-		if c.String("chain") == "" || c.String("chain") == w.GetChainId() {
-			out = append(out, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
-		}
+		all = append(all, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
 	}
-	if c.String("chain") != "" && len(out) == 0 {
-		return cli.Exit(fmt.Sprintf("kms-ha state show: the cluster holds no watermark for chain %s "+
-			"(import one with `kms-ha state import`, or start with --allow-fresh-state)", c.String("chain")), 1)
+	out := all
+	if chain := c.String("chain"); chain != "" {
+		out = slices.DeleteFunc(slices.Clone(all), func(w watermarkOut) bool { return w.ChainID != chain })
+		if len(out) == 0 {
+			return cli.Exit("kms-ha state show: "+noWatermarkFor(chain, all), 1)
+		}
 	}
 	if c.Bool("json") {
 		return json.NewEncoder(os.Stdout).Encode(out)
+	}
+	if len(out) == 0 {
+		// On stderr: a script reading the CHAIN<TAB>HRS lines gets none.
+		fmt.Fprintln(os.Stderr, "no chain has a watermark yet")
+		printMissingWatermarks(os.Stderr, configuredChains(c), out, c.String("home"))
+		return nil
 	}
 	for _, w := range out {
 		fmt.Printf("%s\t%s\n", w.ChainID, hrsText(&clusterpb.ChainWatermark{Height: w.Height, Round: w.Round, Step: w.Step}))
