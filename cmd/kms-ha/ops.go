@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -72,29 +70,6 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: %v", c.Command.HelpName, err), 2)
 	}
 	return grpcapi.Dialer{TLS: tc}, addr, nil
-}
-
-// checkClusterAddr refuses a --cluster without a port: gRPC would dial
-// port 443 and report a timeout or a handshake failure.
-func checkClusterAddr(c *cli.Context) error {
-	addr := c.String("cluster")
-	if addr == "" {
-		return nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err == nil && host != "" {
-		if _, perr := strconv.ParseUint(port, 10, 16); perr == nil {
-			return nil
-		}
-	}
-	if err != nil {
-		host = strings.Trim(strings.TrimSuffix(addr, ":"), "[]")
-	}
-	if host == "" {
-		host = "127.0.0.1"
-	}
-	return cli.Exit(fmt.Sprintf("%s: --cluster %q is not HOST:PORT: give a member's cluster API address "+
-		"(cluster.api_addr in its kms.yaml, default port 7101), e.g. %s", c.Command.HelpName, addr, net.JoinHostPort(host, "7101")), 2)
 }
 
 func cmp(a, b string) string {
