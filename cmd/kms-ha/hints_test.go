@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +126,65 @@ func TestHintsOfARunningNode(t *testing.T) {
 			t.Fatalf("exit %d, %q", code, stderr)
 		}
 	})
+}
+
+// TestUnbootstrappedNodeNamesBothWaysOut: a first node started without
+// `kms-ha bootstrap` waits for admission like a joining node; it cannot
+// tell which it is, so its log and its status name both fixes.
+func TestUnbootstrappedNodeNamesBothWaysOut(t *testing.T) {
+	dir := t.TempDir()
+	home := filepath.Join(dir, "n1")
+	for _, args := range [][]string{
+		{"init", "--home", home, "--node-id", "n1", "--raft-addr", freePort(t), "--api-addr", freePort(t)},
+		{"certs", "ca", "--out", filepath.Join(dir, "ca")},
+		{"certs", "issue", "--ca", filepath.Join(dir, "ca"), "--node-id", "n1", "--host", "127.0.0.1", "--out", filepath.Join(home, "tls")},
+	} {
+		if _, stderr, code := run(t, args...); code != 0 {
+			t.Fatalf("%v: %s", args, stderr)
+		}
+	}
+	cmd := exec.Command(bin, "start", "--home", home)
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	both := []string{"If this is the first node of a new cluster, stop it and run `kms-ha bootstrap --home ",
+		"then start it; otherwise run `kms-ha join --home ", "--cluster MEMBER_API_ADDR` from another shell"}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), both[2]); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no admission hint in the log within 10s: %q", logs.String())
+		}
+	}
+	for _, s := range both {
+		if !strings.Contains(logs.String(), s) || !strings.Contains(logs.String(), "--home "+home) {
+			t.Errorf("the log does not say %q for %s: %q", s, home, logs.String())
+		}
+	}
+	out, stderr, code := run(t, "status", "--home", home)
+	for _, s := range both {
+		if code != 0 || !strings.Contains(out, s) {
+			t.Errorf("status: exit %d, %q, %q; want %q", code, out, stderr, s)
+		}
+	}
+}
+
+// syncBuffer is a strings.Builder a child process writes while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -448,7 +448,7 @@ func statusCmd() *cli.Command {
 
 func printStatus(w io.Writer, s statusJSON) {
 	if s.State == grpcapi.StateAwaitingJoin {
-		fmt.Fprintf(w, "node %s has no raft state and is waiting to be admitted: run `kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it\n", s.NodeID)
+		fmt.Fprintf(w, "node %s: %s\n", s.NodeID, node.AwaitingJoinHint(""))
 		return
 	}
 	leader := s.LeaderID
