@@ -246,6 +246,8 @@ func (n *Node) startRaft() error {
 		Logger:   n.log,
 		Observer: obs,
 		Backends: n.backends,
+
+		ChainFields: n.cfg.ChainFields(),
 	})
 	if err != nil {
 		cl.Shutdown()
