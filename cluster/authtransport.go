@@ -43,6 +43,8 @@ type authTransport struct {
 	log       *slog.Logger
 	onRefused func(err error)
 	timeout   time.Duration
+	// reached, if set, hears of each peer that answered an append.
+	reached func(raft.ServerAddress)
 
 	out     *raft.NetworkTransport
 	consume chan raft.RPC
@@ -246,7 +248,11 @@ func (t *authTransport) AppendEntriesPipeline(id raft.ServerID, target raft.Serv
 }
 
 func (t *authTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return t.out.AppendEntries(id, target, args, resp)
+	err := t.out.AppendEntries(id, target, args, resp)
+	if err == nil && t.reached != nil {
+		t.reached(target)
+	}
+	return err
 }
 
 func (t *authTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {

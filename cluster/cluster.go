@@ -242,6 +242,7 @@ type Node struct {
 	trans raft.Transport
 	gate  *peerGate
 	log   *slog.Logger
+	joins *joinLog
 
 	notifyCh chan bool
 	done     chan struct{}
@@ -282,15 +283,17 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	gate := newPeerGate(readJoinPeers(st))
 	hosts := &MemberHosts{}
+	joins := newJoinLog()
 	trans := cfg.Transport
 	if trans == nil {
-		if trans, err = openTransport(&cfg, gate, hosts); err != nil {
+		if trans, err = openTransport(&cfg, gate, hosts, joins.reach); err != nil {
 			st.bolt.Close()
 			return nil, err
 		}
 	}
 	rc := cfg.raftConfig()
-	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, gate: gate, log: cfg.Logger,
+	rc.Logger = raftLogger{Logger: rc.Logger, j: joins}
+	n := &Node{cfg: cfg, fsm: f, st: st, trans: trans, gate: gate, log: cfg.Logger, joins: joins,
 		notifyCh: make(chan bool, 16), done: make(chan struct{}), started: time.Now()}
 	rc.NotifyCh = n.notifyCh
 	snaps := &guardedSnapshots{SnapshotStore: st.snaps, dir: cfg.DataDir}
@@ -311,6 +314,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	n.raft = r
 	gate.raft.Store(r)
 	n.countElections(r)
+	joins.raft.Store(r)
 	n.wg.Add(2)
 	go n.watchLeadership()
 	go func() {
@@ -331,8 +335,9 @@ const memberHostsInterval = 5 * time.Second
 const barrierRetry = 50 * time.Millisecond
 
 // openTransport listens on the raft address with mutual TLS, bound to
-// membership (see authTransport).
-func openTransport(cfg *Config, gate *peerGate, hosts *MemberHosts) (raft.Transport, error) {
+// membership (see authTransport). reached hears of every peer that
+// answered an append (see joinLog).
+func openTransport(cfg *Config, gate *peerGate, hosts *MemberHosts, reached func(raft.ServerAddress)) (raft.Transport, error) {
 	if cfg.TLS == nil || cfg.TLS.PeerID == nil {
 		return nil, errors.New("cluster: raft needs the cluster TLS configuration and a peer identity check (there is no plaintext mode)")
 	}
@@ -350,7 +355,9 @@ func openTransport(cfg *Config, gate *peerGate, hosts *MemberHosts) (raft.Transp
 	if err != nil {
 		return nil, fmt.Errorf("cluster: listen on raft address %s: %w", cfg.BindAddr, err)
 	}
-	return newAuthTransport(stream, gate, cfg.TLS.PeerID, cfg.Logger, cfg.OnPeerRefused), nil
+	t := newAuthTransport(stream, gate, cfg.TLS.PeerID, cfg.Logger, cfg.OnPeerRefused)
+	t.reached = reached
+	return t, nil
 }
 
 // FSM returns the node's state machine, for local reads.

@@ -209,6 +209,7 @@ func (n *Node) admit(id, raftAddr string, fresh bool) error {
 	}
 	switch {
 	case cur == nil || (cur.Suffrage != raft.Voter && string(cur.Address) != raftAddr):
+		n.joins.forget(raft.ServerAddress(raftAddr))
 		if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, timeout).Error(); err != nil {
 			return fmt.Errorf("cluster: admit %s at %s as non-voter: %w", id, raftAddr, err)
 		}

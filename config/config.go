@@ -309,3 +309,27 @@ func (c *Config) resolvePaths() {
 		}
 	}
 }
+
+// ChainFields names, for each configured chain id, the fields of kms.yaml
+// that spell it (e.g. "validators[0].chain_id, chains[0].id, keys[0].chain_ids
+// in /home/kms.yaml"): a message about a chain id that does not match the
+// validator's genesis says where to change it.
+func (c *Config) ChainFields() map[string]string {
+	fields := map[string][]string{}
+	for i, v := range c.Validators {
+		fields[v.ChainID] = append(fields[v.ChainID], fmt.Sprintf("validators[%d].chain_id", i))
+	}
+	for i, ch := range c.Chains {
+		fields[ch.ID] = append(fields[ch.ID], fmt.Sprintf("chains[%d].id", i))
+	}
+	for i, k := range c.Keys {
+		for _, id := range k.ChainIDs {
+			fields[id] = append(fields[id], fmt.Sprintf("keys[%d].chain_ids", i))
+		}
+	}
+	out := make(map[string]string, len(fields))
+	for id, f := range fields {
+		out[id] = strings.Join(f, ", ") + " in " + filepath.Join(c.Home, FileName)
+	}
+	return out
+}

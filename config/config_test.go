@@ -261,3 +261,13 @@ func TestIdentityKeyMustLoad(t *testing.T) {
 		t.Fatalf("unix:// without identity_key: %v", err)
 	}
 }
+
+func TestChainFieldsNameWhereKmsYAMLSpellsAChain(t *testing.T) {
+	c := &Config{Home: "/h", Chains: []Chain{{ID: "a"}, {ID: "b"}},
+		Validators: []Validator{{ChainID: "b"}, {ChainID: "a"}, {ChainID: "b"}},
+		Keys:       []Key{{ChainIDs: []string{"a", "b"}}}}
+	got := c.ChainFields()
+	if want := "validators[0].chain_id, validators[2].chain_id, chains[1].id, keys[0].chain_ids in /h/kms.yaml"; got["b"] != want {
+		t.Fatalf("b: %q, want %q", got["b"], want)
+	}
+}

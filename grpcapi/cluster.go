@@ -429,14 +429,21 @@ func (d Dialer) Probe(ctx context.Context, id, apiAddr string) (cluster.PeerRepo
 }
 
 // CallError is a failed call as the command line shows it. It wraps the
-// gRPC status, so callers test status.Code(err), never the message.
+// gRPC status, so callers test status.Code(err), never the message, and
+// ErrNotClusterAPI when the address answered as something else.
 type CallError struct {
-	msg string
-	err error
+	msg   string
+	err   error
+	cause error
 }
 
 func (e *CallError) Error() string { return e.msg }
-func (e *CallError) Unwrap() error { return e.err }
+func (e *CallError) Unwrap() []error {
+	if e.cause != nil {
+		return []error{e.err, e.cause}
+	}
+	return []error{e.err}
+}
 
 // Call runs fn against the node at addr with a timeout, turning gRPC
 // errors into plain messages for the command line.
@@ -450,6 +457,10 @@ func (d Dialer) Call(addr string, timeout time.Duration, fn func(ctx context.Con
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s: %w", addr, err)
+	}
+	if st.Code() == codes.Unavailable && d.TLS != nil && d.speaksTLSWithoutH2(addr, timeout) {
+		return &CallError{msg: fmt.Sprintf("%s looks like a raft port (cluster.raft_addr): it speaks TLS but not gRPC; "+
+			"the cluster API is at cluster.api_addr (default port 7101)", addr), err: err, cause: ErrNotClusterAPI}
 	}
 	return &CallError{msg: callMessage(addr, timeout, st), err: err}
 }

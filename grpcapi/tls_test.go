@@ -3,11 +3,16 @@ package grpcapi_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/kms-ha/kms-ha/cluster"
 
@@ -150,4 +155,44 @@ func newPKIOnly(t *testing.T) *testPKI {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestCallAtTheRaftPortNamesTheMistake: an operator who gives a node's
+// raft address where its API address belongs is told so, not that the
+// certificates may come from different CAs.
+func TestCallAtTheRaftPortNamesTheMistake(t *testing.T) {
+	pk := newPKI(t)
+	m := &member{api: freeAddr(t), tls: pk.node(t, "n1"), cfg: cluster.Config{
+		NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), BindAddr: freeAddr(t), Logger: quietLog,
+	}}
+	if err := cluster.Bootstrap(m.cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.start(t)
+	defer m.stop()
+	for name, d := range map[string]grpcapi.Dialer{"operator": operator, "node": {TLS: m.tls.client}} {
+		err := d.Call(m.cfg.BindAddr, 2*time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+			_, err := c.Status(ctx, &clusterpb.StatusRequest{})
+			return err
+		})
+		want := m.cfg.BindAddr + " looks like a raft port (cluster.raft_addr)"
+		if !errors.Is(err, grpcapi.ErrNotClusterAPI) || !strings.Contains(err.Error(), want) ||
+			!strings.Contains(err.Error(), "cluster.api_addr (default port 7101)") || strings.Contains(err.Error(), "CA") {
+			t.Errorf("%s at the raft port: %v; want %q and the API address", name, err, want)
+		}
+		if grpcstatus.Code(err) != codes.Unavailable {
+			t.Errorf("%s: code %v, want Unavailable", name, grpcstatus.Code(err))
+		}
+	}
+	// The API itself still answers, and a closed port is no raft port.
+	if st := status(t, m.api); st.GetNodeId() != "n1" {
+		t.Fatalf("status at the API: %+v", st)
+	}
+	err := operator.Call(freeAddr(t), time.Second, func(ctx context.Context, c clusterpb.ClusterClient) error {
+		_, err := c.Status(ctx, &clusterpb.StatusRequest{})
+		return err
+	})
+	if errors.Is(err, grpcapi.ErrNotClusterAPI) || !strings.Contains(err.Error(), "is kms-ha running there?") {
+		t.Fatalf("closed port: %v", err)
+	}
 }

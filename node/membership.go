@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -50,13 +51,24 @@ func (n *Node) awaitAdmission(ctx context.Context) error {
 		}
 		if !warned {
 			warned = true
-			n.log.Warn("no raft state: not running raft until this node is admitted; run " +
-				"`kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it")
+			n.log.Warn(AwaitingJoinHint(n.cfg.Home))
 		}
 		if !b.Wait(ctx) {
 			return ctx.Err()
 		}
 	}
+}
+
+// AwaitingJoinHint is what a node with no raft state tells its operator.
+// It cannot know whether other members run, so it names both ways out: a
+// first node that was started without bootstrap, and a node to be added.
+func AwaitingJoinHint(home string) string {
+	if home == "" {
+		home = "HOME"
+	}
+	return fmt.Sprintf("no raft state: this node runs no raft until it is bootstrapped or admitted. "+
+		"If this is the first node of a new cluster, stop it and run `kms-ha bootstrap --home %s`, then start it; "+
+		"otherwise run `kms-ha join --home %s --cluster MEMBER_API_ADDR` from another shell", home, home)
 }
 
 // register keeps this node's entry current: its raft address (a node

@@ -250,6 +250,8 @@ func (n *Node) startRaft() error {
 		Logger:   n.log,
 		Observer: obs,
 		Backends: n.backends,
+
+		ChainFields: n.cfg.ChainFields(),
 	})
 	if err != nil {
 		cl.Shutdown()

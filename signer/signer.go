@@ -62,6 +62,10 @@ type Config struct {
 	Observer Observer
 	// Backends names each chain's key backend for Observer.
 	Backends map[string]string
+	// ChainFields names, per chain id, the kms.yaml fields that spell it
+	// (config.Config.ChainFields), for the message about a validator whose
+	// genesis names another chain.
+	ChainFields map[string]string
 }
 
 // Observer is what the signer reports for metrics. Implementations must
@@ -256,7 +260,8 @@ func (s *Signer) dropForRetry(chainID string, err error) bool {
 
 func (s *Signer) chainFor(connChainID, reqChainID string) (*chain, error) {
 	if reqChainID != connChainID {
-		return nil, invalid("request for chain %q on a connection for chain %q", reqChainID, connChainID)
+		return nil, &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: &ChainMismatchError{
+			Requested: reqChainID, Configured: connChainID, Fields: s.cfg.ChainFields[connChainID]}}
 	}
 	c, ok := s.chains[reqChainID]
 	if !ok {
@@ -476,7 +481,14 @@ func (s *Signer) remoteError(chainID string, err error) *privvalproto.RemoteSign
 	if !errors.As(err, &re) {
 		re = &requestError{code: CodeInvalid, reason: fsm.ReasonInvalid, err: err}
 	}
-	s.log.Warn("refused to sign", "chain", chainID, "reason", re.reason, "err", re.err)
+	var mismatch *ChainMismatchError
+	if errors.As(err, &mismatch) {
+		// Every request on this connection meets it, and CometBFT exits on
+		// the first: the operator has to fix kms.yaml (or the validator).
+		s.log.Error(mismatch.Hint(), "chain", chainID, "validator_chain_id", mismatch.Requested)
+	} else {
+		s.log.Warn("refused to sign", "chain", chainID, "reason", re.reason, "err", re.err)
+	}
 	s.cfg.Observer.Refused(chainID, re.reason)
 	return &privvalproto.RemoteSignerError{Code: re.code, Description: "kms-ha: " + re.err.Error()}
 }

@@ -323,6 +323,9 @@ func joinCmd() *cli.Command {
 			if err := need(c, "cluster"); err != nil {
 				return err
 			}
+			if err := checkClusterAddr(c); err != nil {
+				return err
+			}
 			cfg, err := loadConfig(c)
 			if err != nil {
 				return err
@@ -444,6 +447,9 @@ func statusCmd() *cli.Command {
 				return enc.Encode(out)
 			}
 			printStatus(os.Stdout, out)
+			if out.State != grpcapi.StateAwaitingJoin {
+				printMissingWatermarks(os.Stdout, configuredChains(c), out.Chains, c.String("home"))
+			}
 			return nil
 		},
 	}
@@ -451,7 +457,7 @@ func statusCmd() *cli.Command {
 
 func printStatus(w io.Writer, s statusJSON) {
 	if s.State == grpcapi.StateAwaitingJoin {
-		fmt.Fprintf(w, "node %s has no raft state and is waiting to be admitted: run `kms-ha join --home HOME --cluster MEMBER_API_ADDR` for it\n", s.NodeID)
+		fmt.Fprintf(w, "node %s: %s\n", s.NodeID, node.AwaitingJoinHint(""))
 		return
 	}
 	leader := s.LeaderID

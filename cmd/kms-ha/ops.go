@@ -58,6 +58,9 @@ func apiClient(c *cli.Context) (grpcapi.Dialer, string, error) {
 	if addr == "" {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: --cluster HOST:PORT is required (or --home of a node, to use its own API address)", c.Command.HelpName), 2)
 	}
+	if err := checkClusterAddr(c); err != nil {
+		return grpcapi.Dialer{}, "", err
+	}
 	if files.CA == "" || files.Cert == "" || files.Key == "" {
 		return grpcapi.Dialer{}, "", cli.Exit(fmt.Sprintf("%s: the cluster API needs a client certificate: give --home of a node, "+
 			"or --tls-ca, --tls-cert and --tls-key", c.Command.HelpName), 2)
@@ -350,18 +353,25 @@ func stateShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var out []watermarkOut
+	all := []watermarkOut{}
 	for _, w := range r.GetChains() {
-		if c.String("chain") == "" || c.String("chain") == w.GetChainId() {
-			out = append(out, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
-		}
+		all = append(all, watermarkOut{w.GetChainId(), w.GetHeight(), w.GetRound(), w.GetStep()})
 	}
-	if c.String("chain") != "" && len(out) == 0 {
-		return cli.Exit(fmt.Sprintf("kms-ha state show: the cluster holds no watermark for chain %s "+
-			"(import one with `kms-ha state import`, or start with --allow-fresh-state)", c.String("chain")), 1)
+	out := all
+	if chain := c.String("chain"); chain != "" {
+		out = slices.DeleteFunc(slices.Clone(all), func(w watermarkOut) bool { return w.ChainID != chain })
+		if len(out) == 0 {
+			return cli.Exit("kms-ha state show: "+noWatermarkFor(chain, all), 1)
+		}
 	}
 	if c.Bool("json") {
 		return json.NewEncoder(os.Stdout).Encode(out)
+	}
+	if len(out) == 0 {
+		// On stderr: a script reading the CHAIN<TAB>HRS lines gets none.
+		fmt.Fprintln(os.Stderr, "no chain has a watermark yet")
+		printMissingWatermarks(os.Stderr, configuredChains(c), out, c.String("home"))
+		return nil
 	}
 	for _, w := range out {
 		fmt.Printf("%s\t%s\n", w.ChainID, hrsText(&clusterpb.ChainWatermark{Height: w.Height, Round: w.Round, Step: w.Step}))

@@ -38,6 +38,7 @@ func main() {
 }
 
 func run(keep bool, duration time.Duration, killAt int64) int {
+	defer takeTerminal()()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -108,9 +109,12 @@ func (d *demo) main(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("[1/4] Building kms-ha and cometbft (the first build can take a minute) ...")
+	fmt.Println("[1/4] Building kms-ha and cometbft (first run: 1-3 minutes; a dot every 2 s) ...")
+	fmt.Print("      ")
 	start := time.Now()
+	done := dots(2 * time.Second)
 	bins, err := harness.Build(ctx, root, filepath.Join(d.dir, "bin"))
+	done()
 	if err != nil {
 		return err
 	}
@@ -149,6 +153,27 @@ func (d *demo) main(ctx context.Context) error {
 	fmt.Println("the kms-ha cluster signed it. Press Ctrl-C to stop.")
 	fmt.Println()
 	return d.follow(ctx)
+}
+
+// dots prints a dot every interval until the returned func is called,
+// which ends the line: a long build is never silent.
+func dots(interval time.Duration) (stop func()) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				fmt.Println()
+				return
+			case <-t.C:
+				fmt.Print(".")
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
 }
 
 // follow prints every block as it is committed and drives the failover.
