@@ -12,6 +12,7 @@ package metrics
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -60,7 +61,8 @@ type Metrics struct {
 	validatorConnected *prometheus.GaugeVec
 	validatorAttempts  *prometheus.CounterVec
 
-	buildInfo *prometheus.GaugeVec
+	buildInfo  *prometheus.GaugeVec
+	certExpiry *prometheus.GaugeVec
 }
 
 // New builds the instruments on a fresh registry that also carries the Go
@@ -84,12 +86,14 @@ func New() *Metrics {
 			"Attempts to connect to the validator at addr.", "chain", "addr"),
 		buildInfo: gaugeVec("build_info",
 			"Always 1; the version label is the kms-ha version this node runs.", "version"),
+		certExpiry: gaugeVec("certificate_expiry_timestamp_seconds",
+			"When the certificate expires (Unix seconds): node (cluster.tls_cert), ca (the earliest in cluster.tls_ca), signerservice (grpc.tls_cert).", "cert"),
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(m.sign.collectors()...)
 	reg.MustRegister(m.raftM.collectors()...)
 	reg.MustRegister(m.clusterM.collectors()...)
-	reg.MustRegister(m.wmHeight, m.wmRound, m.wmStep, m.validatorConnected, m.validatorAttempts, m.buildInfo)
+	reg.MustRegister(m.wmHeight, m.wmRound, m.wmStep, m.validatorConnected, m.validatorAttempts, m.buildInfo, m.certExpiry)
 	// Built once: promhttp registers its own error counter on the registry,
 	// and a second registration would be refused.
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -118,6 +122,14 @@ func (m *Metrics) SetBuildInfo(version string) {
 	}
 	m.buildInfo.Reset()
 	m.buildInfo.WithLabelValues(version).Set(1)
+}
+
+// SetCertificateExpiry exports kmsha_certificate_expiry_timestamp_seconds{cert}.
+func (m *Metrics) SetCertificateExpiry(cert string, notAfter time.Time) {
+	if m == nil {
+		return
+	}
+	m.certExpiry.WithLabelValues(cert).Set(float64(notAfter.Unix()))
 }
 
 // Registry returns the registry, for callers that add instruments of their

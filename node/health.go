@@ -9,6 +9,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/metrics"
+	"github.com/kms-ha/kms-ha/pki"
 	"github.com/kms-ha/kms-ha/transport"
 )
 
@@ -95,11 +96,18 @@ func (n *Node) watch(ctx context.Context) {
 	first := true
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	var certsAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// Certificates change rarely (a rotation is picked up without a
+		// restart); reading them once a minute is plenty for an alert.
+		if time.Since(certsAt) > time.Minute {
+			n.certificateMetrics()
+			certsAt = time.Now()
 		}
 		st := cl.Stats()
 		n.metrics.SetRaft(st.Term, st.AppliedIndex)
@@ -114,6 +122,23 @@ func (n *Node) watch(ctx context.Context) {
 		for id, w := range cl.FSM().Watermarks() {
 			n.metrics.SetWatermark(id, w.Height, w.Round, w.Step)
 		}
+	}
+}
+
+// certificateMetrics exports when each certificate this node presents or
+// trusts expires.
+func (n *Node) certificateMetrics() {
+	files := map[string]string{"node": n.cfg.Cluster.TLSCert, "ca": n.cfg.Cluster.TLSCA}
+	if g := n.cfg.GRPC; g != nil && g.TLSCert != "" {
+		files["signerservice"] = g.TLSCert
+	}
+	for name, path := range files {
+		exp, err := pki.Expiry(path)
+		if err != nil {
+			n.log.Warn("certificate expiry not readable for the metric", "cert", name, "path", path, "err", err)
+			continue
+		}
+		n.metrics.SetCertificateExpiry(name, exp)
 	}
 }
 

@@ -325,3 +325,20 @@ func keyMatches(c *x509.Certificate, key crypto.Signer) error {
 	}
 	return nil
 }
+
+// Expiry returns the earliest NotAfter of the certificates in the PEM file
+// at path (for a CA bundle, the first CA to expire), so monitoring can warn
+// before a handshake starts failing.
+func Expiry(path string) (time.Time, error) {
+	certs, err := readCerts(path, "certificate", "check the path in kms.yaml")
+	if err != nil {
+		return time.Time{}, err
+	}
+	first := certs[0].NotAfter
+	for _, c := range certs[1:] {
+		if c.NotAfter.Before(first) {
+			first = c.NotAfter
+		}
+	}
+	return first, nil
+}
