@@ -25,10 +25,12 @@ demo:
 # a short fuzzing run, then the end-to-end tests against a real cometbft node.
 test: deps vet unit fuzz e2e
 
-# What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend (Debian's
-# package; the tests fail, never skip, without it).
+# What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend, promtool
+# for the alert rules and systemd-analyze for the service unit (Debian's
+# packages; the tests fail, never skip, without them).
 deps:
 	@bash scripts/install-softhsm.sh
+	@bash scripts/install-promtool.sh
 
 unit: deps
 	$(GO) test -race -count=1 ./...
