@@ -31,6 +31,7 @@ test: deps vet unit fuzz e2e
 deps:
 	@bash scripts/install-softhsm.sh
 	@bash scripts/install-promtool.sh
+	@bash scripts/install-systemd-analyze.sh
 
 unit: deps
 	$(GO) test -race -count=1 ./...
