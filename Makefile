@@ -33,13 +33,17 @@ demo:
 # a short fuzzing run, then the end-to-end tests against a real cometbft node.
 test: deps vet unit fuzz e2e
 
-# What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend (Debian's
-# package; the tests fail, never skip, without it).
+# What the tests need beyond Go: SoftHSM2 for the PKCS#11 backend, promtool
+# for the alert rules and systemd-analyze for the service unit (Debian's
+# packages; the tests fail, never skip, without them).
 deps:
 	@bash scripts/install-softhsm.sh
+	@bash scripts/install-promtool.sh
+	@bash scripts/install-systemd-analyze.sh
 
 unit: deps
 	$(GO) test -race -count=1 ./...
+	cd deploy/kubernetes && $(GO) test -count=1 ./...
 
 # Privval frames as a validator connection reads them, from the committed
 # corpus (transport/testdata/fuzz) plus FUZZTIME of new inputs; a crash
@@ -57,6 +61,7 @@ vet:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/...
+	cd deploy/kubernetes && $(GO) vet ./...
 
 # Sign latency (1-node baseline vs 3 nodes; each key backend alone and
 # through the cluster) and read latency (follower, linearizable).
