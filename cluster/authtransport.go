@@ -19,6 +19,15 @@ import (
 // is not in this node's raft configuration.
 var ErrNotAMember = errors.New("not a member of this cluster")
 
+// ErrNotAVoter is the refusal of a raft RPC from a non-voter: only a
+// leader or a candidate sends RPCs, and both are voters.
+var ErrNotAVoter = errors.New("not a voter of this cluster")
+
+// ErrRewritesHistory is the refusal of an append or snapshot that would
+// replace entries this node has already applied: a correct leader never
+// sends one, and accepting it could lower a watermark.
+var ErrRewritesHistory = errors.New("would replace entries this node has applied")
+
 // ErrWrongPeerID is the refusal of a raft RPC whose header names another
 // node than the certificate of the connection it came on.
 var ErrWrongPeerID = errors.New("raft RPC header names another node than the certificate")
@@ -97,7 +106,8 @@ func (t *authTransport) acceptLoop() {
 			t.refused(fmt.Errorf("cluster: raft connection from %s refused: %w", conn.RemoteAddr(), err))
 			continue
 		}
-		if !t.inbound(id).conns.put(conn) {
+		p := t.inbound(id)
+		if p == nil || !p.conns.put(conn) {
 			conn.Close()
 			return
 		}
@@ -129,6 +139,9 @@ func (t *authTransport) inbound(id string) *inboundPeer {
 	defer t.mu.Unlock()
 	if p, ok := t.peers[id]; ok {
 		return p
+	}
+	if t.peers == nil {
+		return nil // closed
 	}
 	p := &inboundPeer{id: id, conns: newConnQueue(t.stream.Addr(), t.ctx.Done())}
 	p.trans = raft.NewNetworkTransportWithLogger(p.conns, 1, t.timeout,
@@ -192,6 +205,13 @@ func (t *authTransport) check(id string, rpc raft.RPC) error {
 		err = fmt.Errorf("cluster: raft %s from node %s claims to come from %q: %w", rpcName(rpc), id, got, ErrWrongPeerID)
 	} else if !t.gate.allowed(id) {
 		err = fmt.Errorf("cluster: raft %s from node %s: %w", rpcName(rpc), id, ErrNotAMember)
+	} else if t.gate.nonvoter(id) && !t.gate.isVouched(id) {
+		// Every raft RPC is sent by a leader or a candidate: a voter. (A
+		// stale configuration may still call a promoted leader a
+		// non-voter: the voters this node knows vouch for it then.)
+		err = fmt.Errorf("cluster: raft %s from node %s, which is not a voter: %w", rpcName(rpc), id, ErrNotAVoter)
+	} else if g := t.gate.history.Load(); g != nil {
+		err = (*g)(rpc.Command)
 	}
 	if err != nil {
 		t.refused(err)
@@ -287,6 +307,7 @@ func (t *authTransport) Close() error {
 		t.out.Close()
 		t.mu.Lock()
 		peers := t.peers
+		t.peers = nil // inbound makes no more after Close
 		t.mu.Unlock()
 		for _, p := range peers {
 			p.trans.CloseStreams()
@@ -357,4 +378,33 @@ func (d *dialOnly) Addr() net.Addr { return d.t.stream.Addr() }
 
 func (d *dialOnly) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	return d.t.dial(addr, timeout)
+}
+
+// rewritesApplied refuses an append that would replace an entry this node
+// has applied with one of another term, and a snapshot behind what it has
+// applied. A correct leader never sends either (Raft's leader
+// completeness: committed entries are never overwritten), so one that does
+// is faulty or hostile, and obeying it could bring back lower watermarks
+// at the next restart.
+func (n *Node) rewritesApplied(cmd any) error {
+	applied := n.applied.index.Load()
+	switch c := cmd.(type) {
+	case *raft.AppendEntriesRequest:
+		for _, e := range c.Entries {
+			if e.Index > applied {
+				break
+			}
+			var l raft.Log
+			if err := n.st.bolt.GetLog(e.Index, &l); err == nil && l.Term != e.Term {
+				return fmt.Errorf("cluster: raft AppendEntries would replace applied entry %d of term %d with one of term %d: %w",
+					e.Index, l.Term, e.Term, ErrRewritesHistory)
+			}
+		}
+	case *raft.InstallSnapshotRequest:
+		if c.LastLogIndex < applied {
+			return fmt.Errorf("cluster: raft InstallSnapshot at index %d is behind the applied index %d: %w",
+				c.LastLogIndex, applied, ErrRewritesHistory)
+		}
+	}
+	return nil
 }

@@ -241,6 +241,7 @@ type Node struct {
 	st    *stores
 	trans raft.Transport
 	gate  *peerGate
+	obs   *observedTransport
 	log   *slog.Logger
 	joins *joinLog
 
@@ -303,7 +304,8 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		rf = cfg.WrapFSM(f)
 	}
 	rf = appliedFSM{FSM: rf, a: &n.applied}
-	r, err := raft.NewRaft(rc, rf, st.bolt, st.bolt, st.snaps, trans)
+	n.obs = observe(trans)
+	r, err := raft.NewRaft(rc, rf, st.bolt, st.bolt, st.snaps, n.obs)
 	if err != nil {
 		st.bolt.Close()
 		if c, ok := trans.(io.Closer); ok && cfg.Transport == nil {
@@ -312,6 +314,8 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n.raft = r
+	history := n.rewritesApplied
+	gate.history.Store(&history)
 	gate.raft.Store(r)
 	n.countElections(r)
 	joins.raft.Store(r)

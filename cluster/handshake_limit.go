@@ -87,7 +87,14 @@ func (h *handshakeLimiter) acquire(src netip.Addr, priority bool) (release func(
 	key := sourceKey(src)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if n := h.bySource[key]; n >= h.limits.PerSource {
+	// A member's address may also carry other traffic (a NAT, the same
+	// host): it gets the reserved share as its own cap, so eight stalled
+	// sockets from there cannot lock the member out.
+	perSource := h.limits.PerSource
+	if priority {
+		perSource = max(perSource, h.limits.Reserved)
+	}
+	if n := h.bySource[key]; n >= perSource {
 		return nil, fmt.Errorf("%w from %s (%d); connection dropped", ErrTooManyHandshakes, key, n)
 	}
 	limit := h.limits.Total

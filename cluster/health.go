@@ -191,7 +191,14 @@ func (n *Node) probeMember(ctx context.Context, id string) {
 	if leaderApplied > rep.AppliedIndex {
 		lag = leaderApplied - rep.AppliedIndex
 	}
-	n.health.record(id, peerSeen{at: asked.Add(-rep.LeaderContact), applied: rep.AppliedIndex, lag: lag})
+	// When the leader last heard from it is what raft itself saw: the
+	// answer to this leader's latest append (heartbeats included). The
+	// member's own report is only the fallback before the first one.
+	at := asked.Add(-rep.LeaderContact)
+	if seen, ok := n.obs.answeredAt(raft.ServerID(id)); ok {
+		at = seen
+	}
+	n.health.record(id, peerSeen{at: at, applied: rep.AppliedIndex, lag: lag})
 }
 
 // Elections is how many elections this node has started (transitions to

@@ -49,11 +49,15 @@ func (n *Node) IsMember(id string) bool {
 	return false
 }
 
-// Trusts reports whether the node id may speak raft with this node now:
-// a server of the latest configuration, or, as raft's stream layer also
-// accepts, one of the members that admitted this node while it has no
-// configuration yet, one the leader is admitting, or one vouched for.
-func (n *Node) Trusts(id string) bool { return n.gate.allowed(id) }
+// Trusts reports whether the node id is a member as far as this node
+// knows: a server of the latest configuration, or, as raft's stream layer
+// also accepts, one of the members that admitted this node while it has no
+// configuration yet, or one the leader is admitting. Ids vouched for
+// (VouchPeers) count for raft only, never here.
+func (n *Node) Trusts(id string) bool { return n.gate.trusts(id, false) }
+
+// IsVoter reports whether id is a voter of the latest configuration.
+func (n *Node) IsVoter(id string) bool { return n.gate.isVoter(id) }
 
 // VouchPeers lets the nodes in ids speak raft with this node besides its
 // configuration's: the members this node knows named them as members. A
@@ -262,7 +266,14 @@ func (n *Node) promoteIfCaughtUp(ctx context.Context, s raft.Server, confIndex u
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	rep, err := n.cfg.Probe(pctx, string(s.ID), api)
 	cancel()
-	if err != nil || !rep.Running || rep.LastIndex < commit {
+	if err != nil || !rep.Running {
+		return
+	}
+	// How far its log reaches is what it answered to this leader's own
+	// appends over raft, not what its API says: a node that merely claims
+	// to be caught up must never count towards a quorum.
+	last, ok := n.obs.lastLog(s.ID, 2*time.Second)
+	if !ok || last < commit {
 		return
 	}
 	// prevIndex: the promotion applies only to the configuration seen
@@ -271,7 +282,7 @@ func (n *Node) promoteIfCaughtUp(ctx context.Context, s raft.Server, confIndex u
 		n.log.Warn("promoting a caught-up non-voter", "member", s.ID, "err", err)
 		return
 	}
-	n.log.Info("non-voter caught up; promoted to voter", "member", s.ID, "last_index", rep.LastIndex, "leader_commit", commit)
+	n.log.Info("non-voter caught up; promoted to voter", "member", s.ID, "last_index", last, "leader_commit", commit)
 }
 
 // Suffrage returns this node's suffrage in the latest configuration

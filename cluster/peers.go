@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -18,10 +20,18 @@ import (
 type peerGate struct {
 	raft atomic.Pointer[raft.Raft]
 
+	// history, set once raft runs, refuses an RPC that would rewrite
+	// entries this node applied (see Node.rewritesApplied).
+	history atomic.Pointer[func(cmd any) error]
+
 	mu        sync.Mutex
 	joinPeers map[string]bool
 	admitting map[string]int
 	vouched   map[string]bool
+	// vouchedAt is the configuration index the vouched set was given at:
+	// once the configuration moves, raft has brought it up to date and the
+	// set no longer counts.
+	vouchedAt string
 }
 
 func newPeerGate(joinPeers []string) *peerGate {
@@ -48,7 +58,11 @@ func (g *peerGate) servers() []raft.Server {
 }
 
 // allowed reports whether the node id may speak raft with this node now.
-func (g *peerGate) allowed(id string) bool {
+func (g *peerGate) allowed(id string) bool { return g.trusts(id, true) }
+
+// trusts is allowed, with or without the vouched ids (which only ever
+// matter to raft: the API never counts them).
+func (g *peerGate) trusts(id string, vouched bool) bool {
 	servers := g.servers()
 	for _, s := range servers {
 		if string(s.ID) == id {
@@ -57,10 +71,32 @@ func (g *peerGate) allowed(id string) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.admitting[id] > 0 || g.vouched[id] {
+	if g.admitting[id] > 0 || (vouched && g.vouched[id] && g.vouchedAt == g.configIndex()) {
 		return true
 	}
 	return len(servers) == 0 && g.joinPeers[id]
+}
+
+// nonvoter reports whether the latest configuration names id, and not as
+// a voter. hashicorp/raft's non-voters never lead or campaign, so any
+// append, snapshot, vote or timeout from one is an impostor's.
+func (g *peerGate) nonvoter(id string) bool {
+	for _, s := range g.servers() {
+		if string(s.ID) == id {
+			return s.Suffrage != raft.Voter
+		}
+	}
+	return false
+}
+
+// isVoter reports whether the latest configuration names id as a voter.
+func (g *peerGate) isVoter(id string) bool {
+	for _, s := range g.servers() {
+		if string(s.ID) == id {
+			return s.Suffrage == raft.Voter
+		}
+	}
+	return false
 }
 
 // idAt returns the member the configuration names at addr, if any: a
@@ -81,9 +117,29 @@ func (g *peerGate) vouch(ids []string) {
 	for _, id := range ids {
 		v[id] = true
 	}
+	at := g.configIndex()
 	g.mu.Lock()
-	g.vouched = v
+	g.vouched, g.vouchedAt = v, at
 	g.mu.Unlock()
+}
+
+// isVouched reports whether id is vouched for under the current
+// configuration.
+func (g *peerGate) isVouched(id string) bool {
+	g.mu.Lock()
+	v, at := g.vouched[id], g.vouchedAt
+	g.mu.Unlock()
+	return v && at == g.configIndex()
+}
+
+// configIndex identifies the latest configuration by its servers (raft's
+// GetConfiguration does not carry the entry's index).
+func (g *peerGate) configIndex() string {
+	var b strings.Builder
+	for _, s := range g.servers() {
+		fmt.Fprintf(&b, "%s=%s/%d;", s.ID, s.Address, s.Suffrage)
+	}
+	return b.String()
 }
 
 // admit lets id speak raft while the leader adds it; the returned func

@@ -328,6 +328,10 @@ func checkNotLower(have, next map[string]Watermark) error {
 			problems = append(problems, fmt.Sprintf("chain %s (at %s here) is missing from it", id, w.HRS))
 		case n.HRS.Compare(w.HRS) < 0:
 			problems = append(problems, fmt.Sprintf("chain %s would go from %s down to %s", id, w.HRS, n.HRS))
+		case n.HRS == w.HRS && len(n.SignBytes) > 0 && !bytes.Equal(n.SignBytes, w.SignBytes):
+			// A watermark's bytes never change at its position, so other
+			// bytes there would let a second message be signed at it.
+			problems = append(problems, fmt.Sprintf("chain %s at %s would hold other sign bytes than this replica's", id, w.HRS))
 		}
 	}
 	if len(problems) > 0 {

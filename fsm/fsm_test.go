@@ -355,3 +355,24 @@ func TestLevelIsTheTablesHighest(t *testing.T) {
 		t.Fatalf("the table's highest level is %d, Level is %d", highest, Level)
 	}
 }
+
+// A snapshot at the same position with other sign bytes would let a second
+// message be signed there (found by review).
+func TestRestoreRefusesOtherBytesAtTheSamePosition(t *testing.T) {
+	f := newWith(t, chain)
+	apply(t, f, 1, Reserve{ChainID: chain, HRS: HRS{1000, 0, StepPrecommit}, SignBytes: voteBytes(1000, 0, cmtproto.PrecommitType, 1, t0)})
+	g := newWith(t, chain)
+	apply(t, g, 1, Reserve{ChainID: chain, HRS: HRS{1000, 0, StepPrecommit}, SignBytes: voteBytes(1000, 0, cmtproto.PrecommitType, 2, t0)})
+	if err := f.Restore(readCloser{bytes.NewReader(persisted(t, g))}); !errors.Is(err, ErrWouldLower) {
+		t.Fatalf("a snapshot with other bytes at the watermark was installed: %v", err)
+	}
+	d := apply(t, f, 2, Reserve{ChainID: chain, HRS: HRS{1000, 0, StepPrecommit}, SignBytes: voteBytes(1000, 0, cmtproto.PrecommitType, 2, t0)})
+	if d.Outcome != Refuse {
+		t.Fatalf("DOUBLE SIGN: a second block at 1000/0/precommit was %v", d.Outcome)
+	}
+	same := newWith(t, chain)
+	apply(t, same, 1, Reserve{ChainID: chain, HRS: HRS{1000, 0, StepPrecommit}, SignBytes: voteBytes(1000, 0, cmtproto.PrecommitType, 1, t0)})
+	if err := f.Restore(readCloser{bytes.NewReader(persisted(t, same))}); err != nil {
+		t.Fatalf("a snapshot with the same bytes was refused: %v", err)
+	}
+}

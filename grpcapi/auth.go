@@ -103,11 +103,12 @@ func (s *ClusterServer) caller(ctx context.Context) (pki.Identity, error) {
 	if len(fwd) == 0 {
 		return direct, nil
 	}
-	// Only a member may speak for someone else: it checked that caller's
-	// certificate itself.
-	if direct.Role != pki.RoleNode || !s.isCurrentMember(direct.Name) {
+	// Only a voter may speak for someone else: it checked that caller's
+	// certificate itself. (A non-voter may have admitted itself with its
+	// own node certificate a moment ago; it is not trusted that far.)
+	if direct.Role != pki.RoleNode || !s.isVoter(direct.Name) {
 		return pki.Identity{}, status.Errorf(codes.PermissionDenied,
-			"%s may not forward requests on behalf of others: only members do", direct)
+			"%s may not forward requests on behalf of others: only voters do", direct)
 	}
 	if len(fwd) != 1 {
 		return pki.Identity{}, status.Error(codes.InvalidArgument, "more than one forwarded caller")
@@ -131,11 +132,17 @@ func (s *ClusterServer) allow(c pki.Identity, method string, req any) error {
 			return nil
 		}
 	case writeAccess:
-		if c.Role == pki.RoleOperator || s.isNodeAllowed(c) {
+		// Any node certificate can admit itself as a non-voter, so writes
+		// take a voter's (or an operator's) certificate.
+		if c.Role == pki.RoleOperator || (c.Role == pki.RoleNode && s.isVoter(c.Name)) {
 			return nil
 		}
 		if c.Role == pki.RoleReader {
 			return status.Errorf(codes.PermissionDenied, "%s holds a read-only certificate: it may read, not change the cluster", c)
+		}
+		if c.Role == pki.RoleNode && s.isNodeAllowed(c) {
+			return status.Errorf(codes.PermissionDenied, "%s is not a voter (yet): only voters' node certificates and operator "+
+				"certificates may change the cluster", c)
 		}
 	case joinAccess:
 		j, ok := req.(*clusterpb.JoinRequest)
@@ -158,6 +165,11 @@ func (s *ClusterServer) allow(c pki.Identity, method string, req any) error {
 // and a node may always ask itself (a node waiting for admission included).
 func (s *ClusterServer) isNodeAllowed(c pki.Identity) bool {
 	return c.Role == pki.RoleNode && (c.Name == s.id || s.isCurrentMember(c.Name))
+}
+
+func (s *ClusterServer) isVoter(id string) bool {
+	node := s.node.Load()
+	return node != nil && node.IsVoter(id)
 }
 
 func (s *ClusterServer) isCurrentMember(id string) bool {

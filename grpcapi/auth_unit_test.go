@@ -35,6 +35,7 @@ func (f *fakeRaft) IsMember(id string) bool {
 	return false
 }
 func (f *fakeRaft) Trusts(id string) bool                 { return f.IsMember(id) }
+func (f *fakeRaft) IsVoter(id string) bool                { return f.IsMember(id) }
 func (f *fakeRaft) Leader() (string, string)              { return f.id, "" }
 func (f *fakeRaft) Members() ([]cluster.Member, error)    { return nil, nil }
 func (f *fakeRaft) Stats() cluster.Stats                  { return cluster.Stats{State: "Leader"} }

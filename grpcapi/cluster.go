@@ -23,6 +23,7 @@ import (
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
 	"github.com/kms-ha/kms-ha/internal/logthrottle"
+	"github.com/kms-ha/kms-ha/pki"
 )
 
 // Raft is what the Cluster API needs of the raft node; *cluster.Node
@@ -32,8 +33,11 @@ type Raft interface {
 	ID() string
 	IsLeader() bool
 	IsMember(id string) bool
-	// Trusts: id may speak raft with this node (see cluster.Node.Trusts).
+	// Trusts: id is a member as far as this node knows (see
+	// cluster.Node.Trusts).
 	Trusts(id string) bool
+	// IsVoter: id is a voter of the latest configuration.
+	IsVoter(id string) bool
 	Leader() (id, apiAddr string)
 	Members() ([]cluster.Member, error)
 	Stats() cluster.Stats
@@ -310,6 +314,12 @@ func (s *ClusterServer) ReadIndex(ctx context.Context, req *clusterpb.ReadIndexR
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
 	if req.GetNudge() {
+		// A nudge commits an entry: only the members' own linearizable
+		// reads ask for one, so a monitoring certificate cannot make the
+		// leader write.
+		if c, ok := callerOf(ctx); !ok || c.Role != pki.RoleNode || !node.IsVoter(c.Name) {
+			return nil, status.Error(codes.PermissionDenied, "only voters may ask the leader to commit an entry (nudge)")
+		}
 		if err := node.Nudge(ctx); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "read index on %s: %v", node.ID(), err)
 		}

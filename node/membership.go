@@ -84,6 +84,10 @@ func (n *Node) register(ctx context.Context) {
 		}
 		if cl.LastContact() > staleAfter {
 			n.learnMembers(ctx, cl)
+		} else {
+			// A leader reaches this node again: its configuration is
+			// current, and no one is trusted beyond it.
+			cl.VouchPeers(nil)
 		}
 		m, _ := cl.FSM().Member(self)
 		addrOK := false
@@ -139,11 +143,12 @@ const staleAfter = 5 * time.Second
 // they see it. A member that was down while others were added (and one of
 // those now leads) would otherwise refuse the new leader's appends, since
 // its own stale configuration does not name it, and never catch up. Only
-// members this node already trusts are asked, over mutual TLS.
+// the voters of this node's own configuration are asked, over mutual TLS,
+// and the set is dropped as soon as a leader reaches this node again.
 func (n *Node) learnMembers(ctx context.Context, cl *cluster.Node) {
 	var ids []string
 	for id, api := range cl.LogMemberAPIs() {
-		if id == n.cfg.Cluster.NodeID || api == "" || !cl.IsMember(id) {
+		if id == n.cfg.Cluster.NodeID || api == "" || !cl.IsVoter(id) {
 			continue
 		}
 		var st *clusterpb.StatusResponse
