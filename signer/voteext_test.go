@@ -1,0 +1,67 @@
+package signer_test
+
+import (
+	"context"
+	"testing"
+
+	cmtproto "github.com/cometbft/cometbft/proto/tendermint/types"
+	"github.com/cometbft/cometbft/types"
+
+	"github.com/kms-ha/kms-ha/internal/voteext"
+)
+
+// What a precommit costs the key: a v0.38 to v0.40 node (no mark) gets the
+// vote and its extension signed, two signatures; a request marked by the
+// transport as one whose extension must not be signed (a v0.34 or v0.37
+// node, or v1's skip_extension_signing) costs one, and carries no
+// extension signature.
+func TestPrecommitKeySignaturesPerLine(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		ctx       context.Context
+		wantSigns int
+		wantExt   bool
+	}{
+		{"v0.38 non-nil precommit", context.Background(), 2, true},
+		{"v0.37 precommit (extensions skipped)", voteext.Skip(context.Background()), 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _, k, _ := newUnit(t)
+			v := &cmtproto.Vote{Type: cmtproto.PrecommitType, Height: 5, BlockID: bid(1), Timestamp: ts}
+			got, rerr := signedVote(t, s.Handle(tc.ctx, chainID, voteReq(chainID, v)))
+			if rerr != nil {
+				t.Fatalf("refused: %s", rerr.Description)
+			}
+			if k.signs != tc.wantSigns {
+				t.Fatalf("key signed %d times, want %d", k.signs, tc.wantSigns)
+			}
+			if !k.PubKey().VerifySignature(types.VoteSignBytes(chainID, &got), got.Signature) {
+				t.Fatal("vote signature does not verify")
+			}
+			if hasExt := len(got.ExtensionSignature) > 0; hasExt != tc.wantExt {
+				t.Fatalf("extension signature present = %v, want %v", hasExt, tc.wantExt)
+			}
+		})
+	}
+}
+
+// A skipped extension still obeys the double-sign rules: the same precommit
+// asked again (the node retrying after a dropped connection) gets the same
+// signature, and costs one more key signature, not two.
+func TestSkippedExtensionRepeatIsIdempotent(t *testing.T) {
+	s, _, k, _ := newUnit(t)
+	ctx := voteext.Skip(context.Background())
+	v1 := &cmtproto.Vote{Type: cmtproto.PrecommitType, Height: 7, BlockID: bid(2), Timestamp: ts}
+	v2 := *v1
+	a, rerr := signedVote(t, s.Handle(ctx, chainID, voteReq(chainID, v1)))
+	if rerr != nil {
+		t.Fatal(rerr.Description)
+	}
+	b, rerr := signedVote(t, s.Handle(ctx, chainID, voteReq(chainID, &v2)))
+	if rerr != nil {
+		t.Fatal(rerr.Description)
+	}
+	if string(a.Signature) != string(b.Signature) || k.signs != 2 {
+		t.Fatalf("repeat: same signature %v, key signs %d (want true, 2)", string(a.Signature) == string(b.Signature), k.signs)
+	}
+}
