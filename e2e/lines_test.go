@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,7 +99,7 @@ func runLineFailover(t *testing.T, cometBin, version, protocol, chainID string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := strings.TrimPrefix(version, "v"); got != want {
+	if want := harness.ReportedVersion(version); got != want {
 		t.Fatalf("the node reports version %q, want %q: not the cometbft under test", got, want)
 	}
 	t.Logf("cometbft %s (reports %s) signed for by kms-ha over tcp://%s with protocol %q", version, got, c.Comet.PrivvalAddr, protocol)

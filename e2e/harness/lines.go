@@ -1,6 +1,9 @@
 package harness
 
-import "os"
+import (
+	"os"
+	"strings"
+)
 
 // Released cometbft versions of the other CometBFT lines the compatibility
 // tests run, with the validators[].protocol that serves each. Like
@@ -23,4 +26,20 @@ func ReleaseVersion(def, env string) string {
 		return v
 	}
 	return def
+}
+
+// reportedVersions lists the releases whose binary reports another version
+// than its module version: v0.37.18's version/version.go still says
+// TMCoreSemVer = "0.37.16".
+var reportedVersions = map[string]string{
+	"v0.37.18": "0.37.16",
+}
+
+// ReportedVersion is what `cometbft version` and /status print for the
+// release of module version version.
+func ReportedVersion(version string) string {
+	if r, ok := reportedVersions[version]; ok {
+		return r
+	}
+	return strings.TrimPrefix(version, "v")
 }
