@@ -18,6 +18,10 @@ import (
 // CometOptions shape a single-validator chain.
 type CometOptions struct {
 	ChainID string
+	// Bin, if set, is this chain's cometbft binary instead of
+	// Config.Bin.CometBFT: chains of different CometBFT lines in one
+	// cluster.
+	Bin string
 	// Name names the node's home (dir/Name), its log (dir/logs/Name.log)
 	// and its process; default "cometbft". Each chain of a cluster needs its
 	// own.
