@@ -28,21 +28,52 @@ import (
 // Both views must hold before and after a SIGKILL of the signing leader.
 func TestVoteExtensions(t *testing.T) {
 	requireBins(t)
+	runVoteExtensions(t, bins.CometBFT, abciApp(t), "", "e2e-voteext")
+}
+
+// TestVoteExtensionsV1 is TestVoteExtensions on a cometbft v1.0.1 chain
+// with protocol v1: the node asks for the extension signature
+// (skip_extension_signing false) once extensions are on, and gets it.
+func TestVoteExtensionsV1(t *testing.T) {
+	requireBins(t)
+	runVoteExtensions(t, cometRelease(t, harness.ReleaseVersion(harness.CometBFTV1, harness.CometBFTV1Env)), abciAppV1(t),
+		"v1", "e2e-voteext-v1")
+}
+
+// TestVoteExtensions038 is TestVoteExtensions on the most deployed line,
+// a cometbft v0.38.26 chain.
+func TestVoteExtensions038(t *testing.T) {
+	requireBins(t)
+	runVoteExtensions(t, cometBFT038(t), abciApp(t), "v0.38", "e2e-voteext-v038")
+}
+
+// enableHeight: extensions are on from height 2, so height 1 shows the
+// switch.
+const enableHeight = 2
+
+// runVoteExtensions is the scenario of TestVoteExtensions for a cometbft
+// binary, the ABCI app built for its line, and a validators[].protocol.
+func runVoteExtensions(t *testing.T, cometBin, appBin, protocol, chainID string) {
+	t.Helper()
 	const (
 		stall = 20 * time.Second
-		// Extensions are on from height 2: height 1 shows the switch.
-		enableHeight = 2
 		// Heights to commit before and after the failover.
 		before, after = 8, 10
 		maxLag        = 5
 	)
-	appBin := abciApp(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	c := newCluster(ctx, t, harness.Config{
+		Bin:   harness.Binaries{KMSHA: bins.KMSHA, CometBFT: cometBin},
 		Nodes: 3,
-		Comet: harness.CometOptions{ChainID: "e2e-voteext"},
+		Comet: harness.CometOptions{ChainID: chainID},
+		Setup: func(_ *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
+			for i := range chains {
+				chains[i].Protocol = protocol
+			}
+			return chains
+		},
 	})
 	if err := c.Comet.SetVoteExtensionsEnableHeight(enableHeight); err != nil {
 		t.Fatal(err)
@@ -132,9 +163,15 @@ func TestVoteExtensions(t *testing.T) {
 		t.Errorf("validator precommit verified in %d of %d commits", rep.Present, want)
 	}
 
-	// The app's view. Block h+1 was proposed with the extended commit of h,
-	// so heights enableHeight..latest-1 must each have been checked; a
-	// proposal can be prepared more than once (rounds), each time checked.
+	checkAppExtensions(t, app, key, latest, f.HeightAtKill)
+}
+
+// checkAppExtensions is the app's view. Block h+1 was proposed with the
+// extended commit of h, so heights enableHeight..latest-1 must each have
+// been checked; a proposal can be prepared more than once (rounds), each
+// time checked.
+func checkAppExtensions(t *testing.T, app *harness.ABCIApp, key harness.ValidatorKey, latest, killHeight int64) {
+	t.Helper()
 	recs, err := harness.ReadVoteExtRecords(app.RecordPath)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +218,7 @@ func TestVoteExtensions(t *testing.T) {
 			missing = append(missing, fmt.Sprintf("%d (no verified extension signature)", h))
 			continue
 		}
-		if h <= f.HeightAtKill {
+		if h <= killHeight {
 			beforeKill++
 		} else {
 			afterKill++
@@ -194,8 +231,8 @@ func TestVoteExtensions(t *testing.T) {
 		t.Errorf("heights without a verified vote extension of validator %s: %s", addr, strings.Join(missing, ", "))
 	}
 	if beforeKill == 0 || afterKill == 0 {
-		t.Errorf("verified extensions: %d heights up to the kill at %d, %d after; want both > 0", beforeKill, f.HeightAtKill, afterKill)
+		t.Errorf("verified extensions: %d heights up to the kill at %d, %d after; want both > 0", beforeKill, killHeight, afterKill)
 	}
 	t.Logf("vote extensions: %d app records; validator %s's extension \"ext-<height>\" and its signature verified by the app at every height %d..%d: %d up to the leader kill at height %d, %d after; VerifyVoteExtension accepted all %d extensions it saw",
-		len(recs), addr, enableHeight, latest-1, beforeKill, f.HeightAtKill, afterKill, verified)
+		len(recs), addr, enableHeight, latest-1, beforeKill, killHeight, afterKill, verified)
 }
