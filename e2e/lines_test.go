@@ -112,12 +112,7 @@ func runLineFailover(t *testing.T, cometBin, version, protocol, chainID string) 
 		Bin:   harness.Binaries{KMSHA: bins.KMSHA, CometBFT: cometBin},
 		Nodes: 3,
 		Comet: harness.CometOptions{ChainID: chainID},
-		Setup: func(_ *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
-			for i := range chains {
-				chains[i].Protocol = protocol
-			}
-			return chains
-		},
+		Setup: withProtocol(protocol),
 	})
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -138,8 +133,26 @@ func runLineFailover(t *testing.T, cometBin, version, protocol, chainID string) 
 		t.Fatal(err)
 	}
 	t.Logf("chain at height %d", h)
-	latest := failoverAndRejoin(ctx, t, c, stall, progress, maxLag)
+	latest, _ := failoverAndRejoin(ctx, t, c, stall, progress, maxLag)
+	checkLineEnd(ctx, t, c, mon, latest, stall)
+}
 
+// withProtocol is a harness.Config.Setup that gives every validators entry
+// protocol ("" keeps kms-ha's default).
+func withProtocol(protocol string) func(*harness.KMSNode, []harness.ChainConfig) []harness.ChainConfig {
+	return func(_ *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
+		for i := range chains {
+			chains[i].Protocol = protocol
+		}
+		return chains
+	}
+}
+
+// checkLineEnd is the end of a one-chain line test: no stall longer than
+// stall, the safety checks, every committed height's precommit logged and
+// verified in the chain's commits, and no CONSENSUS FAILURE.
+func checkLineEnd(ctx context.Context, t *testing.T, c *harness.Cluster, mon *harness.ChainMonitor, latest int64, stall time.Duration) {
+	t.Helper()
 	if gap, after := mon.MaxGap(); gap > stall {
 		t.Errorf("chain stalled for %s after height %d", gap.Round(time.Millisecond), after)
 	} else {
@@ -156,8 +169,9 @@ func runLineFailover(t *testing.T, cometBin, version, protocol, chainID string) 
 
 // failoverAndRejoin SIGKILLs the signing leader, checks that the chain goes
 // on under the new leader, restarts the killed node and waits for it to
-// catch up; it returns a height the chain reached afterwards.
-func failoverAndRejoin(ctx context.Context, t *testing.T, c *harness.Cluster, stall time.Duration, progress int64, maxLag uint64) int64 {
+// catch up; it returns a height the chain reached afterwards and the height
+// at the kill.
+func failoverAndRejoin(ctx context.Context, t *testing.T, c *harness.Cluster, stall time.Duration, progress int64, maxLag uint64) (latest, killHeight int64) {
 	t.Helper()
 	f, err := c.KillLeader(ctx, harness.FailoverOptions{Stall: stall})
 	if err != nil {
@@ -179,12 +193,12 @@ func failoverAndRejoin(ctx context.Context, t *testing.T, c *harness.Cluster, st
 	if _, _, err := c.WaitCaughtUp(ctx, killed, 30*time.Second, maxLag); err != nil {
 		t.Fatal(err)
 	}
-	latest, err := c.Comet.Height(ctx)
+	latest, err = c.Comet.Height(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if latest, err = c.Comet.WaitHeight(ctx, latest+3, stall); err != nil {
 		t.Fatal(err)
 	}
-	return latest
+	return latest, f.HeightAtKill
 }

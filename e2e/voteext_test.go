@@ -68,13 +68,32 @@ func runVoteExtensions(t *testing.T, cometBin, appBin, protocol, chainID string)
 		Bin:   harness.Binaries{KMSHA: bins.KMSHA, CometBFT: cometBin},
 		Nodes: 3,
 		Comet: harness.CometOptions{ChainID: chainID},
-		Setup: func(_ *harness.KMSNode, chains []harness.ChainConfig) []harness.ChainConfig {
-			for i := range chains {
-				chains[i].Protocol = protocol
-			}
-			return chains
-		},
+		Setup: withProtocol(protocol),
 	})
+	app := startVoteExtApp(ctx, t, c, appBin)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, err := harness.LoadValidatorKey(c.Comet.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon := c.Comet.Monitor(ctx, 100*time.Millisecond)
+	defer mon.Stop()
+
+	if _, err := c.Comet.WaitHeight(ctx, enableHeight+before, stall); err != nil {
+		t.Fatal(err)
+	}
+	latest, killHeight := failoverAndRejoin(ctx, t, c, stall, after, maxLag)
+	checkLineEnd(ctx, t, c, mon, latest, stall)
+	checkNoExtensionErrors(t, c.Comet)
+	checkAppExtensions(t, app, key, latest, killHeight)
+}
+
+// startVoteExtApp turns vote extensions on from enableHeight in the chain's
+// genesis and starts the ABCI app appBin that the node then uses.
+func startVoteExtApp(ctx context.Context, t *testing.T, c *harness.Cluster, appBin string) *harness.ABCIApp {
+	t.Helper()
 	if err := c.Comet.SetVoteExtensionsEnableHeight(enableHeight); err != nil {
 		t.Fatal(err)
 	}
@@ -97,57 +116,15 @@ func runVoteExtensions(t *testing.T, cometBin, appBin, protocol, chainID string)
 		t.Fatal(err)
 	}
 	t.Logf("abciapp on %s, records to %s", app.Addr, app.RecordPath)
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := harness.LoadValidatorKey(c.Comet.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon := c.Comet.Monitor(ctx, 100*time.Millisecond)
-	defer mon.Stop()
+	return app
+}
 
-	if _, err := c.Comet.WaitHeight(ctx, enableHeight+before, stall); err != nil {
-		t.Fatal(err)
-	}
-	f, err := c.KillLeader(ctx, harness.FailoverOptions{Stall: stall})
-	if err != nil {
-		t.Fatalf("failover: %v", err)
-	}
-	t.Logf("SIGKILL of leader %s at height %d -> height %d committed %s later; %s became leader after %s; first block after the kill signed by %s",
-		f.Killed, f.HeightAtKill, f.NextHeight, ms(f.NextBlock), f.NewLeader, ms(f.Elected), orUnknown(f.NextSigner))
-	target := f.HeightAtKill + after
-	if _, err := c.Comet.WaitHeight(ctx, target, stall); err != nil {
-		t.Fatalf("chain did not go on under %s: %v", f.NewLeader, err)
-	}
-	if signer := waitPrecommitSigner(ctx, c, c.Comet.ChainID, target); signer != f.NewLeader {
-		t.Fatalf("height %d precommit signed by %q, want new leader %s", target, signer, f.NewLeader)
-	}
-	killed := c.Node(f.Killed)
-	if err := c.Restart(killed); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := c.WaitCaughtUp(ctx, killed, 30*time.Second, maxLag); err != nil {
-		t.Fatal(err)
-	}
-	latest, err := c.Comet.Height(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if latest, err = c.Comet.WaitHeight(ctx, latest+3, stall); err != nil {
-		t.Fatal(err)
-	}
-
-	if gap, after := mon.MaxGap(); gap > stall {
-		t.Errorf("chain stalled for %s after height %d", gap.Round(time.Millisecond), after)
-	} else {
-		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
-	}
-	checkNoConsensusFailure(t, c.Comet)
-	// Nor any complaint about an extension (a missing or bad extension
-	// signature on one of its own votes: ErrVoteExtensionInvalid, a vote
-	// not added to the vote set).
-	logData, err := os.ReadFile(c.Comet.Proc.LogPath)
+// checkNoExtensionErrors fails on any complaint of the node about an
+// extension (a missing or bad extension signature on one of its own votes:
+// ErrVoteExtensionInvalid, a vote not added to the vote set).
+func checkNoExtensionErrors(t *testing.T, n *harness.CometNode) {
+	t.Helper()
+	logData, err := os.ReadFile(n.Proc.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,14 +133,6 @@ func runVoteExtensions(t *testing.T, cometBin, appBin, protocol, chainID string)
 			t.Errorf("cometbft: %s", line)
 		}
 	}
-	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
-	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
-	rep := checkCommits(ctx, t, c.Comet, scan, latest)
-	if want := int(rep.To - rep.From + 1); rep.Present != want {
-		t.Errorf("validator precommit verified in %d of %d commits", rep.Present, want)
-	}
-
-	checkAppExtensions(t, app, key, latest, f.HeightAtKill)
 }
 
 // checkAppExtensions is the app's view. Block h+1 was proposed with the
