@@ -71,6 +71,13 @@ type releaseBin struct {
 
 func cometRelease(t *testing.T, version string) string {
 	t.Helper()
+	return cachedComet(t, version, harness.BuildCometBFTRelease)
+}
+
+// cachedComet returns the binary of version, built by build into the e2e
+// cache directory on first use.
+func cachedComet(t *testing.T, version string, build func(ctx context.Context, version, cacheDir string) (string, error)) string {
+	t.Helper()
 	v, _ := releaseBins.LoadOrStore(version, &releaseBin{})
 	b := v.(*releaseBin)
 	b.once.Do(func() {
@@ -82,7 +89,7 @@ func cometRelease(t *testing.T, version string) string {
 			return
 		}
 		start := time.Now()
-		b.path, b.err = harness.BuildCometBFTRelease(ctx, version, dir)
+		b.path, b.err = build(ctx, version, dir)
 		t.Logf("cometbft %s: %s (ready after %s)", version, b.path, time.Since(start).Round(time.Millisecond))
 	})
 	if b.err != nil {
@@ -201,4 +208,13 @@ func failoverAndRejoin(ctx context.Context, t *testing.T, c *harness.Cluster, st
 		t.Fatal(err)
 	}
 	return latest, f.HeightAtKill
+}
+
+// TestCometBFT034 is TestCometBFTV1 for the v0.34 line (no vote
+// extensions) with validators[].protocol v0.34; its binary is built from
+// the module source (harness.BuildCometBFTFromSource).
+func TestCometBFT034(t *testing.T) {
+	requireBins(t)
+	version := harness.ReleaseVersion(harness.CometBFT034, harness.CometBFT034Env)
+	runLineFailover(t, cachedComet(t, version, harness.BuildCometBFTFromSource), version, "v0.34", "e2e-v034")
 }

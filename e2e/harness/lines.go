@@ -1,7 +1,12 @@
 package harness
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -42,4 +47,74 @@ func ReportedVersion(version string) string {
 		return r
 	}
 	return strings.TrimPrefix(version, "v")
+}
+
+// CometBFT034 is the v0.34 line (Tendermint v0.34's successor, no vote
+// extensions): protocol v0.34. `go install` refuses it: v0.34.33's go.mod
+// names itself github.com/tendermint/tendermint (and v0.34.35's replaces
+// modules the proxy does not serve), so BuildCometBFTFromSource builds it.
+const (
+	CometBFT034    = "v0.34.33"
+	CometBFT034Env = "KMSHA_E2E_COMETBFT034"
+)
+
+// BuildCometBFTFromSource builds the cometbft binary of module version
+// version from its module source (`go mod download`, copied to a writable
+// directory, `go build ./cmd/cometbft` with the release's own go.mod) into
+// cacheDir/cometbft@version/cometbft, unless a working binary is already
+// there. For releases `go install pkg@version` refuses.
+func BuildCometBFTFromSource(ctx context.Context, version, cacheDir string) (string, error) {
+	dir := filepath.Join(cacheDir, "cometbft@"+version)
+	out := filepath.Join(dir, "cometbft")
+	if got, err := binaryVersion(ctx, out); err == nil && got == ReportedVersion(version) {
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	src, err := moduleDir(ctx, "github.com/cometbft/cometbft@"+version)
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(dir, "build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	work := filepath.Join(tmp, "src")
+	if err := os.CopyFS(work, os.DirFS(src)); err != nil {
+		return "", fmt.Errorf("copy %s: %w", src, err)
+	}
+	cmd := exec.CommandContext(ctx, goBinary(), "build", "-o", filepath.Join(tmp, "cometbft"), "./cmd/cometbft")
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-buildvcs=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build cometbft@%s: %w\n%s", version, err, strings.TrimSpace(string(b)))
+	}
+	if err := os.Rename(filepath.Join(tmp, "cometbft"), out); err != nil {
+		return "", err
+	}
+	if got, err := binaryVersion(ctx, out); err != nil || got != ReportedVersion(version) {
+		return "", fmt.Errorf("%s reports version %q (%v), want %q", out, got, err, ReportedVersion(version))
+	}
+	return out, nil
+}
+
+// moduleDir is the module cache directory of module@version, downloaded
+// through the Go module proxy if needed.
+func moduleDir(ctx context.Context, modVersion string) (string, error) {
+	cmd := exec.CommandContext(ctx, goBinary(), "mod", "download", "-json", modVersion)
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	b, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go mod download %s: %w", modVersion, err)
+	}
+	var m struct{ Dir, Error string }
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", fmt.Errorf("go mod download %s: %w", modVersion, err)
+	}
+	if m.Error != "" || m.Dir == "" {
+		return "", fmt.Errorf("go mod download %s: %s", modVersion, m.Error)
+	}
+	return m.Dir, nil
 }
