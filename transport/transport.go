@@ -305,8 +305,8 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, p Protocol, h
 // no answer may be sent and the connection must drop.
 func answer(ctx context.Context, c codec, in inbound, chainID string, h Handler, log *slog.Logger) (gogoproto.Message, error) {
 	if in.reply != nil {
-		log.Warn("transport: refused a request the signer does not serve", "chain", chainID,
-			"type", fmt.Sprintf("%T", in.reply))
+		log.Warn("transport: refused a request kms-ha does not serve; the connection stays up",
+			"chain", chainID, "request", in.replyTo)
 		return in.reply, nil
 	}
 	hctx := ctx

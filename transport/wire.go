@@ -15,8 +15,10 @@ type inbound struct {
 	// line without extensions, or v1's skip_extension_signing).
 	skipExtension bool
 	// reply, when set, is the transport's own answer in the line's wire
-	// format, and msg goes to no Handler (v1's SignBytes request).
-	reply proto.Message
+	// format, and msg goes to no Handler (v1's SignBytes request); replyTo
+	// names the request for the log.
+	reply   proto.Message
+	replyTo string
 }
 
 // codec is the privval wire format of one CometBFT line: it reads requests

@@ -71,7 +71,7 @@ func fromV1(m pv1.Message) (inbound, error) {
 		}
 		return inbound{msg: wrapRequest(req)}, nil
 	case *pv1.Message_SignBytesRequest:
-		return inbound{reply: wrapV1(&pv1.SignBytesResponse{
+		return inbound{replyTo: "SignBytes", reply: wrapV1(&pv1.SignBytesResponse{
 			Error: &pv1.RemoteSignerError{Code: codeRefused, Description: signBytesRefusal},
 		})}, nil
 	case nil:
