@@ -8,6 +8,7 @@ import (
 	"github.com/cometbft/cometbft/types"
 
 	"github.com/kms-ha/kms-ha/internal/voteext"
+	"github.com/kms-ha/kms-ha/signer"
 )
 
 // What a precommit costs the key: a v0.38 to v0.40 node (no mark) gets the
@@ -63,5 +64,36 @@ func TestSkippedExtensionRepeatIsIdempotent(t *testing.T) {
 	}
 	if string(a.Signature) != string(b.Signature) || k.signs != 2 {
 		t.Fatalf("repeat: same signature %v, key signs %d (want true, 2)", string(a.Signature) == string(b.Signature), k.signs)
+	}
+}
+
+// One chain served on two lines at once (a chain mid-upgrade: the old
+// binary behind one sentry, the new one behind another): the watermark is
+// the chain's, whatever the line. The same precommit asked on a line with
+// extensions and on one without gets the same vote signature; a conflicting
+// precommit at the same height and round is refused on either.
+func TestOneChainAcrossLines(t *testing.T) {
+	s, _, _, _ := newUnit(t)
+	v038 := context.Background()
+	v037 := voteext.Skip(context.Background())
+	vote := func(b byte) *cmtproto.Vote {
+		return &cmtproto.Vote{Type: cmtproto.PrecommitType, Height: 9, Round: 0, BlockID: bid(b), Timestamp: ts}
+	}
+	a, rerr := signedVote(t, s.Handle(v038, chainID, voteReq(chainID, vote(1))))
+	if rerr != nil {
+		t.Fatal(rerr.Description)
+	}
+	b, rerr := signedVote(t, s.Handle(v037, chainID, voteReq(chainID, vote(1))))
+	if rerr != nil {
+		t.Fatal(rerr.Description)
+	}
+	if string(a.Signature) != string(b.Signature) || len(a.ExtensionSignature) == 0 || len(b.ExtensionSignature) != 0 {
+		t.Fatalf("same precommit on two lines: same signature %v, extension signatures %d and %d bytes (want true, 64, 0)",
+			string(a.Signature) == string(b.Signature), len(a.ExtensionSignature), len(b.ExtensionSignature))
+	}
+	for _, ctx := range []context.Context{v037, v038} {
+		if _, rerr := signedVote(t, s.Handle(ctx, chainID, voteReq(chainID, vote(2)))); rerr == nil || rerr.Code != signer.CodeRefused {
+			t.Fatalf("conflicting precommit: got %v, want a refusal", rerr)
+		}
 	}
 }

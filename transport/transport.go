@@ -130,6 +130,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	if err != nil {
 		return err
 	}
+	log = log.With("protocol", string(protocol))
 	sch := schemes[tgt.Scheme]
 	setState := func(s string) {
 		if o.OnState != nil {
