@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -125,12 +126,11 @@ var ErrNoReconnect = errors.New("not redialling (reconnect: false)")
 // ended the single dial attempt or connection, wrapping ErrNoReconnect.
 func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	o := opts.withDefaults()
-	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
+	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr, "protocol", cmp.Or(v.Protocol, DefaultProtocol))
 	tgt, protocol, err := prepare(v, h, log)
 	if err != nil {
 		return err
 	}
-	log = log.With("protocol", string(protocol))
 	sch := schemes[tgt.Scheme]
 	setState := func(s string) {
 		if o.OnState != nil {
