@@ -51,6 +51,7 @@ unit: deps
 FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./transport/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRequestV1$$' -fuzztime $(FUZZTIME) ./transport/
 
 e2e:
 	@mkdir -p $(BUILD)

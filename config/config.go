@@ -94,6 +94,9 @@ type Validator struct {
 	Addr        string `yaml:"addr"`
 	IdentityKey string `yaml:"identity_key"`
 	Reconnect   *bool  `yaml:"reconnect"`
+	// Protocol is the node's privval line: v0.34, v0.37, v0.38 (the
+	// default; also v0.39 and v0.40) or v1 (transport.ParseProtocol).
+	Protocol string `yaml:"protocol"`
 	// AllowOpenPermissions accepts an identity_key that group or others
 	// may read (see checkPrivateFile).
 	AllowOpenPermissions bool `yaml:"allow_open_permissions"`

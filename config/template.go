@@ -53,6 +53,9 @@ validators: []
 #  - chain_id: cosmoshub-4
 #    addr: tcp://10.0.0.1:26659
 #    identity_key: identity.json
+#    # The node's CometBFT line: v0.34, v0.37, v0.38 (the default; also
+#    # v0.39 and v0.40) or v1 (v1.0).
+#    protocol: v0.38
 
 # Exactly one key per chain. Every node must hold the same key. Key files,
 # pin_file and identity.json must be chmod 600 (allow_open_permissions: true

@@ -133,6 +133,11 @@ func (c *Config) validateValidators(p *problems, chains map[string]bool) {
 		if err := c.checkValidatorEntry(v); err != nil {
 			*p = append(*p, fmt.Errorf("%s%w", f, err))
 		}
+		if _, err := transport.ParseAddr(v.Addr); err == nil {
+			if err := transport.CheckProtocol(v.Addr, v.Protocol); err != nil {
+				p.bad(f+".protocol", "%v", err)
+			}
+		}
 		c.private(p.bad, f, "identity_key", v.IdentityKey, v.AllowOpenPermissions)
 	}
 }

@@ -28,22 +28,72 @@ import (
 // Both views must hold before and after a SIGKILL of the signing leader.
 func TestVoteExtensions(t *testing.T) {
 	requireBins(t)
+	runVoteExtensions(t, bins.CometBFT, abciApp(t), "", "e2e-voteext")
+}
+
+// TestVoteExtensionsV1 is TestVoteExtensions on a cometbft v1.0.1 chain
+// with protocol v1: the node asks for the extension signature
+// (skip_extension_signing false) once extensions are on, and gets it.
+func TestVoteExtensionsV1(t *testing.T) {
+	requireBins(t)
+	runVoteExtensions(t, cometRelease(t, harness.ReleaseVersion(harness.CometBFTV1, harness.CometBFTV1Env)), abciAppV1(t),
+		"v1", "e2e-voteext-v1")
+}
+
+// TestVoteExtensions038 is TestVoteExtensions on the most deployed line,
+// a cometbft v0.38.26 chain.
+func TestVoteExtensions038(t *testing.T) {
+	requireBins(t)
+	runVoteExtensions(t, cometBFT038(t), abciApp(t), "v0.38", "e2e-voteext-v038")
+}
+
+// enableHeight: extensions are on from height 2, so height 1 shows the
+// switch.
+const enableHeight = 2
+
+// runVoteExtensions is the scenario of TestVoteExtensions for a cometbft
+// binary, the ABCI app built for its line, and a validators[].protocol.
+func runVoteExtensions(t *testing.T, cometBin, appBin, protocol, chainID string) {
+	t.Helper()
 	const (
 		stall = 20 * time.Second
-		// Extensions are on from height 2: height 1 shows the switch.
-		enableHeight = 2
 		// Heights to commit before and after the failover.
 		before, after = 8, 10
 		maxLag        = 5
 	)
-	appBin := abciApp(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	c := newCluster(ctx, t, harness.Config{
+		Bin:   harness.Binaries{KMSHA: bins.KMSHA, CometBFT: cometBin},
 		Nodes: 3,
-		Comet: harness.CometOptions{ChainID: "e2e-voteext"},
+		Comet: harness.CometOptions{ChainID: chainID},
+		Setup: withProtocol(protocol),
 	})
+	app := startVoteExtApp(ctx, t, c, appBin)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, err := harness.LoadValidatorKey(c.Comet.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon := c.Comet.Monitor(ctx, 100*time.Millisecond)
+	defer mon.Stop()
+
+	if _, err := c.Comet.WaitHeight(ctx, enableHeight+before, stall); err != nil {
+		t.Fatal(err)
+	}
+	latest, killHeight := failoverAndRejoin(ctx, t, c, stall, after, maxLag)
+	checkLineEnd(ctx, t, c, mon, latest, stall)
+	checkNoExtensionErrors(t, c.Comet)
+	checkAppExtensions(t, app, key, latest, killHeight)
+}
+
+// startVoteExtApp turns vote extensions on from enableHeight in the chain's
+// genesis and starts the ABCI app appBin that the node then uses.
+func startVoteExtApp(ctx context.Context, t *testing.T, c *harness.Cluster, appBin string) *harness.ABCIApp {
+	t.Helper()
 	if err := c.Comet.SetVoteExtensionsEnableHeight(enableHeight); err != nil {
 		t.Fatal(err)
 	}
@@ -66,57 +116,15 @@ func TestVoteExtensions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("abciapp on %s, records to %s", app.Addr, app.RecordPath)
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := harness.LoadValidatorKey(c.Comet.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mon := c.Comet.Monitor(ctx, 100*time.Millisecond)
-	defer mon.Stop()
+	return app
+}
 
-	if _, err := c.Comet.WaitHeight(ctx, enableHeight+before, stall); err != nil {
-		t.Fatal(err)
-	}
-	f, err := c.KillLeader(ctx, harness.FailoverOptions{Stall: stall})
-	if err != nil {
-		t.Fatalf("failover: %v", err)
-	}
-	t.Logf("SIGKILL of leader %s at height %d -> height %d committed %s later; %s became leader after %s; first block after the kill signed by %s",
-		f.Killed, f.HeightAtKill, f.NextHeight, ms(f.NextBlock), f.NewLeader, ms(f.Elected), orUnknown(f.NextSigner))
-	target := f.HeightAtKill + after
-	if _, err := c.Comet.WaitHeight(ctx, target, stall); err != nil {
-		t.Fatalf("chain did not go on under %s: %v", f.NewLeader, err)
-	}
-	if signer := waitPrecommitSigner(ctx, c, c.Comet.ChainID, target); signer != f.NewLeader {
-		t.Fatalf("height %d precommit signed by %q, want new leader %s", target, signer, f.NewLeader)
-	}
-	killed := c.Node(f.Killed)
-	if err := c.Restart(killed); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := c.WaitCaughtUp(ctx, killed, 30*time.Second, maxLag); err != nil {
-		t.Fatal(err)
-	}
-	latest, err := c.Comet.Height(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if latest, err = c.Comet.WaitHeight(ctx, latest+3, stall); err != nil {
-		t.Fatal(err)
-	}
-
-	if gap, after := mon.MaxGap(); gap > stall {
-		t.Errorf("chain stalled for %s after height %d", gap.Round(time.Millisecond), after)
-	} else {
-		t.Logf("longest gap between blocks: %s (after height %d)", ms(gap), after)
-	}
-	checkNoConsensusFailure(t, c.Comet)
-	// Nor any complaint about an extension (a missing or bad extension
-	// signature on one of its own votes: ErrVoteExtensionInvalid, a vote
-	// not added to the vote set).
-	logData, err := os.ReadFile(c.Comet.Proc.LogPath)
+// checkNoExtensionErrors fails on any complaint of the node about an
+// extension (a missing or bad extension signature on one of its own votes:
+// ErrVoteExtensionInvalid, a vote not added to the vote set).
+func checkNoExtensionErrors(t *testing.T, n *harness.CometNode) {
+	t.Helper()
+	logData, err := os.ReadFile(n.Proc.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,16 +133,14 @@ func TestVoteExtensions(t *testing.T) {
 			t.Errorf("cometbft: %s", line)
 		}
 	}
-	scan := checkSafety(ctx, t, c, chainEnd{c.Comet, latest})
-	checkPrecommitsLogged(t, scan, c.Comet.ChainID, latest, 1)
-	rep := checkCommits(ctx, t, c.Comet, scan, latest)
-	if want := int(rep.To - rep.From + 1); rep.Present != want {
-		t.Errorf("validator precommit verified in %d of %d commits", rep.Present, want)
-	}
+}
 
-	// The app's view. Block h+1 was proposed with the extended commit of h,
-	// so heights enableHeight..latest-1 must each have been checked; a
-	// proposal can be prepared more than once (rounds), each time checked.
+// checkAppExtensions is the app's view. Block h+1 was proposed with the
+// extended commit of h, so heights enableHeight..latest-1 must each have
+// been checked; a proposal can be prepared more than once (rounds), each
+// time checked.
+func checkAppExtensions(t *testing.T, app *harness.ABCIApp, key harness.ValidatorKey, latest, killHeight int64) {
+	t.Helper()
 	recs, err := harness.ReadVoteExtRecords(app.RecordPath)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +187,7 @@ func TestVoteExtensions(t *testing.T) {
 			missing = append(missing, fmt.Sprintf("%d (no verified extension signature)", h))
 			continue
 		}
-		if h <= f.HeightAtKill {
+		if h <= killHeight {
 			beforeKill++
 		} else {
 			afterKill++
@@ -194,8 +200,8 @@ func TestVoteExtensions(t *testing.T) {
 		t.Errorf("heights without a verified vote extension of validator %s: %s", addr, strings.Join(missing, ", "))
 	}
 	if beforeKill == 0 || afterKill == 0 {
-		t.Errorf("verified extensions: %d heights up to the kill at %d, %d after; want both > 0", beforeKill, f.HeightAtKill, afterKill)
+		t.Errorf("verified extensions: %d heights up to the kill at %d, %d after; want both > 0", beforeKill, killHeight, afterKill)
 	}
 	t.Logf("vote extensions: %d app records; validator %s's extension \"ext-<height>\" and its signature verified by the app at every height %d..%d: %d up to the leader kill at height %d, %d after; VerifyVoteExtension accepted all %d extensions it saw",
-		len(recs), addr, enableHeight, latest-1, beforeKill, f.HeightAtKill, afterKill, verified)
+		len(recs), addr, enableHeight, latest-1, beforeKill, killHeight, afterKill, verified)
 }

@@ -198,7 +198,8 @@ func loadValidators(c *config.Config) ([]transport.Validator, error) {
 		if err != nil {
 			return nil, fmt.Errorf("node: validators[%d].addr: %w", i, err)
 		}
-		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect()}
+		tv := transport.Validator{ChainID: v.ChainID, Addr: v.Addr, Reconnect: v.ShouldReconnect(),
+			Protocol: transport.Protocol(v.Protocol)}
 		// A unix:// entry needs no identity: the node's unix listener
 		// authenticates nobody, and the README promises it works without.
 		if a.NeedsIdentity() {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/fsm"
+	"github.com/kms-ha/kms-ha/internal/voteext"
 	"github.com/kms-ha/kms-ha/keys"
 )
 
@@ -300,10 +301,13 @@ func (s *Signer) signVote(ctx context.Context, connChainID, reqChainID string, v
 	if _, err := types.BlockIDFromProto(&vote.BlockID); err != nil {
 		return invalid("vote at %s has an invalid block id: %v", hrs, err)
 	}
-	withExt := vote.Type == cmtproto.PrecommitType && !types.ProtoBlockIDIsNil(&vote.BlockID)
-	if !withExt && len(vote.Extension) > 0 {
+	nonNilPrecommit := vote.Type == cmtproto.PrecommitType && !types.ProtoBlockIDIsNil(&vote.BlockID)
+	if !nonNilPrecommit && len(vote.Extension) > 0 {
 		return invalid("vote extension on a %s; extensions are only allowed in non-nil precommits", fsm.StepName(step))
 	}
+	// A line without extensions, or a v1 node that asks, gets none signed:
+	// an HSM does not pay for a second signature the chain never reads.
+	withExt := nonNilPrecommit && !voteext.Skipped(ctx)
 	signBytes := types.VoteSignBytes(c.id, vote)
 
 	return s.reserveAndSign(ctx, c, hrs, signBytes, func(d fsm.Decision, sig []byte) error {

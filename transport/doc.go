@@ -16,9 +16,19 @@
 // redials back off quickly enough to fit the 3 s a starting node waits for
 // its signer.
 //
+// Above the frames, each validator entry names the privval wire format of
+// its node's CometBFT line (protocol.go): v0.34 and v0.37 read the v0.38
+// frames and mark every request "sign no vote extension"
+// (internal/voteext); v0.38 (also v0.39 and v0.40) is the format the
+// Handler speaks; v1 (cometbft.privval.v1, the api module's types) is
+// converted to and from it (wire_v1.go), answers PubKey with
+// pub_key_type/pub_key_bytes, passes skip_extension_signing on, and
+// refuses SignBytes itself: the transport holds no key.
+//
 // Where things are: addr.go is the one parser of validators[].addr and the
 // scheme table; tcp.go, noise.go and unix.go hold each scheme's parse,
 // identity check and dial, and dial.go what they share; frame.go reads
-// privval frames; transport.go is the per-validator loop (Run), its options
-// and its redial backoff (internal/backoff).
+// privval frames; protocol.go, wire.go and wire_v1.go are the protocols
+// and their codecs; transport.go is the per-validator loop (Run), its
+// options and its redial backoff (internal/backoff).
 package transport

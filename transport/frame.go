@@ -7,6 +7,7 @@ import (
 
 	"github.com/cometbft/cometbft/libs/protoio"
 	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+	"github.com/cosmos/gogoproto/proto"
 )
 
 // errMalformed marks a frame that was read completely or partly but cannot be
@@ -33,20 +34,30 @@ func newRequestReader(r io.Reader, maxSize int) *requestReader {
 // the bytes cannot be a request; any other error is the underlying reader's
 // (EOF, timeout, closed connection).
 func (q *requestReader) readRequest() (privvalproto.Message, error) {
-	q.rr.err = nil
 	var req privvalproto.Message
-	if _, err := q.r.ReadMsg(&req); err != nil {
-		if q.rr.err != nil {
-			return privvalproto.Message{}, fmt.Errorf("transport: read request: %w", err)
-		}
-		// The reader itself did not fail, so the error came from length
-		// validation or decoding.
-		return privvalproto.Message{}, fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
+	if err := q.readFrame(&req); err != nil {
+		return privvalproto.Message{}, err
 	}
 	if err := checkRequest(req); err != nil {
 		return privvalproto.Message{}, fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
 	}
 	return req, nil
+}
+
+// readFrame decodes the next frame into m, whatever line's message type m
+// is. An error wrapping errMalformed means the bytes cannot be a message;
+// any other error is the underlying reader's.
+func (q *requestReader) readFrame(m proto.Message) error {
+	q.rr.err = nil
+	if _, err := q.r.ReadMsg(m); err != nil {
+		if q.rr.err != nil {
+			return fmt.Errorf("transport: read request: %w", err)
+		}
+		// The reader itself did not fail, so the error came from length
+		// validation or decoding.
+		return fmt.Errorf("transport: read request: %w: %w", errMalformed, err)
+	}
+	return nil
 }
 
 // checkRequest accepts the four requests a node sends. Anything else (an

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,8 +12,10 @@ import (
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/libs/protoio"
 	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
+	gogoproto "github.com/cosmos/gogoproto/proto"
 
 	"github.com/kms-ha/kms-ha/internal/backoff"
+	"github.com/kms-ha/kms-ha/internal/voteext"
 )
 
 // Handler answers one privval request for a chain. It never returns an error:
@@ -34,6 +37,10 @@ type Validator struct {
 	// for noise://, where it is also our libp2p peer ID; unused for unix://.
 	Identity  crypto.PrivKey
 	Reconnect bool
+	// Protocol is the privval wire format of the node's CometBFT line;
+	// empty means DefaultProtocol (v0.38, which also serves v0.39 and
+	// v0.40).
+	Protocol Protocol
 }
 
 // Options tunes Run. Zero values select the defaults.
@@ -119,8 +126,8 @@ var ErrNoReconnect = errors.New("not redialling (reconnect: false)")
 // ended the single dial attempt or connection, wrapping ErrNoReconnect.
 func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 	o := opts.withDefaults()
-	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr)
-	tgt, err := prepare(v, h, log)
+	log := o.Logger.With("chain", v.ChainID, "addr", v.Addr, "protocol", cmp.Or(v.Protocol, DefaultProtocol))
+	tgt, protocol, err := prepare(v, h, log)
 	if err != nil {
 		return err
 	}
@@ -173,7 +180,7 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 
 		setState(StateConnected)
 		log.Info("transport: connected", "after_failures", failures)
-		served, err := serveConn(ctx, conn, v.ChainID, h, o)
+		served, err := serveConn(ctx, conn, v.ChainID, protocol, h, o)
 		setState(StateDisconnected)
 		if ctx.Err() != nil {
 			log.Info("transport: disconnected", "reason", "context done", "served", served)
@@ -200,27 +207,34 @@ func Run(ctx context.Context, v Validator, h Handler, opts Options) error {
 
 // prepare checks what Run was given, once: a misconfiguration fails fast
 // instead of redialling forever.
-func prepare(v Validator, h Handler, log *slog.Logger) (target, error) {
+func prepare(v Validator, h Handler, log *slog.Logger) (target, Protocol, error) {
 	if h == nil {
-		return target{}, errors.New("transport: nil Handler")
+		return target{}, "", errors.New("transport: nil Handler")
 	}
 	tgt, err := parseTarget(v.Addr)
 	if err != nil {
-		return target{}, err
+		return target{}, "", err
 	}
 	if err := schemes[tgt.Scheme].checkIdentity(v.Identity); err != nil {
-		return target{}, err
+		return target{}, "", err
+	}
+	p, err := ParseProtocol(string(v.Protocol))
+	if err != nil {
+		return target{}, "", err
+	}
+	if err := checkSchemeProtocol(tgt.Scheme, p); err != nil {
+		return target{}, "", err
 	}
 	if tgt.Scheme == "noise" {
 		// The operator of the validator needs this ID for its allow-list;
 		// printing it here saves a round trip to `kms-ha peer-id`.
 		id, err := PeerID(v.Identity)
 		if err != nil {
-			return target{}, err
+			return target{}, "", err
 		}
 		log.Info("transport: noise identity", "peer_id", id, "validator_peer_id", tgt.peer.String())
 	}
-	return tgt, nil
+	return tgt, p, nil
 }
 
 // logDialFailure logs handshake failures (a foreign or misconfigured peer)
@@ -250,9 +264,10 @@ func logDisconnect(log *slog.Logger, err error, served int) {
 	}
 }
 
-// serveConn runs the request/response loop on conn until it fails or ctx is
-// done, and always closes conn. It returns the number of requests answered.
-func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o Options) (served int, err error) {
+// serveConn runs the request/response loop on conn, in the wire format of
+// protocol p, until it fails or ctx is done, and always closes conn. It
+// returns the number of requests answered.
+func serveConn(ctx context.Context, conn net.Conn, chainID string, p Protocol, h Handler, o Options) (served int, err error) {
 	// Closing from ctx is the only way to interrupt a Read that is blocked
 	// waiting for the node's next request.
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
@@ -261,37 +276,55 @@ func serveConn(ctx context.Context, conn net.Conn, chainID string, h Handler, o 
 		_ = conn.Close()
 	}()
 
-	r := newRequestReader(conn, o.MaxFrameSize)
+	c := newCodec(p, conn, o.MaxFrameSize)
 	w := protoio.NewDelimitedWriter(conn)
 
 	for {
 		if err := conn.SetReadDeadline(time.Now().Add(o.ReadTimeout)); err != nil {
 			return served, fmt.Errorf("transport: set read deadline: %w", err)
 		}
-		req, err := r.readRequest()
+		in, err := c.read()
 		if err != nil {
 			return served, err
 		}
-
-		resp := h.Handle(ctx, chainID, req)
-		if ctx.Err() != nil {
-			// Leadership may be gone: do not hand out a response, even one the
-			// handler produced just before cancellation.
-			return served, ctx.Err()
+		resp, err := answer(ctx, c, in, chainID, h, o.Logger)
+		if err != nil {
+			return served, err
 		}
-		if resp.Sum == nil {
-			// The handler chose not to answer (e.g. it lost leadership while
-			// the request waited): dropping the connection makes the node
-			// retry, where an error reply would fail its sign call.
-			return served, fmt.Errorf("transport: %w: no answer for %T", errMalformed, req.Sum)
-		}
-
 		if err := conn.SetWriteDeadline(time.Now().Add(o.WriteTimeout)); err != nil {
 			return served, fmt.Errorf("transport: set write deadline: %w", err)
 		}
-		if _, err := w.WriteMsg(&resp); err != nil {
+		if _, err := w.WriteMsg(resp); err != nil {
 			return served, fmt.Errorf("transport: write response: %w", err)
 		}
 		served++
 	}
+}
+
+// answer returns the wire answer to one request: the transport's own
+// (in.reply) or the Handler's, encoded by the line's codec. An error means
+// no answer may be sent and the connection must drop.
+func answer(ctx context.Context, c codec, in inbound, chainID string, h Handler, log *slog.Logger) (gogoproto.Message, error) {
+	if in.reply != nil {
+		log.Warn("transport: refused a request kms-ha does not serve; the connection stays up",
+			"chain", chainID, "request", in.replyTo)
+		return in.reply, nil
+	}
+	hctx := ctx
+	if in.skipExtension {
+		hctx = voteext.Skip(ctx)
+	}
+	resp := h.Handle(hctx, chainID, in.msg)
+	if ctx.Err() != nil {
+		// Leadership may be gone: do not hand out a response, even one the
+		// handler produced just before cancellation.
+		return nil, ctx.Err()
+	}
+	if resp.Sum == nil {
+		// The handler chose not to answer (e.g. it lost leadership while
+		// the request waited): dropping the connection makes the node
+		// retry, where an error reply would fail its sign call.
+		return nil, fmt.Errorf("transport: %w: no answer for %T", errMalformed, in.msg.Sum)
+	}
+	return c.encode(resp)
 }

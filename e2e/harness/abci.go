@@ -20,6 +20,13 @@ func BuildABCIApp(ctx context.Context, repoRoot, outDir string) (string, error) 
 	return out, goBuild(ctx, repoRoot, out, "./e2e/cmd/abciapp")
 }
 
+// BuildABCIAppV1 builds ./e2e/cmd/abciapp-v1, the same app against
+// CometBFT v1.0 (its own module, with its own go.mod), into outDir.
+func BuildABCIAppV1(ctx context.Context, repoRoot, outDir string) (string, error) {
+	out := filepath.Join(outDir, "abciapp-v1")
+	return out, goBuild(ctx, filepath.Join(repoRoot, "e2e", "cmd", "abciapp-v1"), out, ".")
+}
+
 // ABCIApp is an out-of-process ABCI application (../cmd/abciapp) that a
 // cometbft node reaches over a socket.
 type ABCIApp struct {
@@ -113,7 +120,8 @@ func (n *CometNode) editConfig(settings []tomlSetting) error {
 
 // SetVoteExtensionsEnableHeight sets consensus_params.abci.
 // vote_extensions_enable_height in the node's genesis.json (the field of
-// v0.38 to v0.40; 0 means never). Call it before the node first starts.
+// v0.38 to v0.40; consensus_params.feature.vote_extensions_enable_height in
+// v1.0; 0 means never). Call it before the node first starts.
 func (n *CometNode) SetVoteExtensionsEnableHeight(h int64) error {
 	return editGenesis(n.GenesisPath(), func(g map[string]any) error {
 		cp, ok := g["consensus_params"].(map[string]any)
@@ -122,7 +130,10 @@ func (n *CometNode) SetVoteExtensionsEnableHeight(h int64) error {
 		}
 		abci, ok := cp["abci"].(map[string]any)
 		if !ok {
-			return fmt.Errorf("no consensus_params.abci")
+			// CometBFT v1.0 keeps the height under feature.
+			if abci, ok = cp["feature"].(map[string]any); !ok {
+				return fmt.Errorf("no consensus_params.abci (v0.38 to v0.40) or consensus_params.feature (v1.0)")
+			}
 		}
 		if _, ok := abci["vote_extensions_enable_height"]; !ok {
 			return fmt.Errorf("no consensus_params.abci.vote_extensions_enable_height")

@@ -18,6 +18,10 @@ import (
 // CometOptions shape a single-validator chain.
 type CometOptions struct {
 	ChainID string
+	// Bin, if set, is this chain's cometbft binary instead of
+	// Config.Bin.CometBFT: chains of different CometBFT lines in one
+	// cluster.
+	Bin string
 	// Name names the node's home (dir/Name), its log (dir/logs/Name.log)
 	// and its process; default "cometbft". Each chain of a cluster needs its
 	// own.
@@ -101,38 +105,8 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 	if err != nil {
 		return nil, err
 	}
-	dur := func(d time.Duration) string { return tomlString(d.String()) }
-	moniker := "e2e-validator"
-	if opts.Name != "cometbft" {
-		moniker = "e2e-" + opts.Name
-	}
-	privval := "tcp://" + n.PrivvalAddr
-	if opts.LocalSigner {
-		privval = ""
-	}
-	cfg, err := applyTOML(string(data), []tomlSetting{
-		{"", "proxy_app", tomlString("kvstore")},
-		{"", "moniker", tomlString(moniker)},
-		{"", "priv_validator_laddr", tomlString(privval)},
-		{"rpc", "laddr", tomlString("tcp://" + n.RPCAddr)},
-		{"rpc", "grpc_laddr", tomlString("")},
-		{"rpc", "pprof_laddr", tomlString("")},
-		{"p2p", "laddr", tomlString("tcp://" + n.P2PAddr)},
-		{"p2p", "pex", "false"},
-		{"p2p", "addr_book_strict", "false"},
-		{"p2p", "allow_duplicate_ip", "true"},
-		{"consensus", "timeout_propose", dur(opts.TimeoutPropose)},
-		{"consensus", "timeout_propose_delta", dur(opts.TimeoutPropose / 5)},
-		{"consensus", "timeout_prevote", dur(opts.TimeoutVote)},
-		{"consensus", "timeout_prevote_delta", dur(opts.TimeoutVote / 5)},
-		{"consensus", "timeout_precommit", dur(opts.TimeoutVote)},
-		{"consensus", "timeout_precommit_delta", dur(opts.TimeoutVote / 5)},
-		{"consensus", "timeout_commit", dur(opts.TimeoutCommit)},
-		{"instrumentation", "prometheus", "false"},
-		// Set even though prometheus is off, so that nothing defaults to a
-		// wildcard address should a future version turn it on.
-		{"instrumentation", "prometheus_listen_addr", tomlString(loopback(ports.prometheus))},
-	})
+	settings := n.configSettings(string(data), opts, loopback(ports.prometheus))
+	cfg, err := applyTOML(string(data), settings)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +124,47 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		LogPath: logPath,
 	}
 	return n, nil
+}
+
+// configSettings are the config.toml edits of NewComet for doc, the file
+// `cometbft init` wrote.
+func (n *CometNode) configSettings(doc string, opts CometOptions, prometheus string) []tomlSetting {
+	dur := func(d time.Duration) string { return tomlString(d.String()) }
+	moniker := "e2e-validator"
+	if opts.Name != "cometbft" {
+		moniker = "e2e-" + opts.Name
+	}
+	privval := "tcp://" + n.PrivvalAddr
+	if opts.LocalSigner {
+		privval = ""
+	}
+	settings := []tomlSetting{
+		{"", "proxy_app", tomlString("kvstore")},
+		{"", "moniker", tomlString(moniker)},
+		{"", "priv_validator_laddr", tomlString(privval)},
+		{"rpc", "laddr", tomlString("tcp://" + n.RPCAddr)},
+		{"rpc", "pprof_laddr", tomlString("")},
+		{"p2p", "laddr", tomlString("tcp://" + n.P2PAddr)},
+		{"p2p", "pex", "false"},
+		{"p2p", "addr_book_strict", "false"},
+		{"p2p", "allow_duplicate_ip", "true"},
+		{"consensus", "timeout_propose", dur(opts.TimeoutPropose)},
+		{"consensus", "timeout_propose_delta", dur(opts.TimeoutPropose / 5)},
+		{"consensus", "timeout_prevote", dur(opts.TimeoutVote)},
+		{"consensus", "timeout_prevote_delta", dur(opts.TimeoutVote / 5)},
+		{"consensus", "timeout_precommit", dur(opts.TimeoutVote)},
+		{"consensus", "timeout_precommit_delta", dur(opts.TimeoutVote / 5)},
+		{"consensus", "timeout_commit", dur(opts.TimeoutCommit)},
+		{"instrumentation", "prometheus", "false"},
+		// Set even though prometheus is off, so that nothing defaults to a
+		// wildcard address should a future version turn it on.
+		{"instrumentation", "prometheus_listen_addr", tomlString(prometheus)},
+	}
+	// rpc.grpc_laddr exists from v0.34 to v0.40; v1.0 removed it.
+	if _, err := setTOML(doc, "rpc", "grpc_laddr", `""`); err == nil {
+		settings = append(settings, tomlSetting{"rpc", "grpc_laddr", tomlString("")})
+	}
+	return settings
 }
 
 var genesisChainID = regexp.MustCompile(`"chain_id":\s*"[^"]*"`)

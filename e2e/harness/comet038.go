@@ -54,7 +54,7 @@ func CometBFT038Version() string {
 func BuildCometBFTRelease(ctx context.Context, version, cacheDir string) (string, error) {
 	dir := filepath.Join(cacheDir, "cometbft@"+version)
 	out := filepath.Join(dir, "cometbft")
-	want := strings.TrimPrefix(version, "v")
+	want := ReportedVersion(version)
 	if got, err := binaryVersion(ctx, out); err == nil && got == want {
 		return out, nil
 	}

@@ -115,6 +115,9 @@ type ChainConfig struct {
 	// Addrs, if set, replace "tcp://"+ValidatorAddr: full validators[].addr
 	// values (tcp://, noise://, unix://), one validators entry each.
 	Addrs []string
+	// Protocol, if set, is every validators entry's protocol (v0.34,
+	// v0.37, v0.38, v1); unset entries use kms-ha's default.
+	Protocol string
 	// KeyYAML, if set, replaces the file key: the fields of the keys entry
 	// after chain_ids, each line indented by four spaces
 	// ("    backend: pkcs11\n    module: ...").
@@ -159,6 +162,9 @@ cluster:
 		}
 		for _, a := range addrs {
 			fmt.Fprintf(&b, "  - chain_id: %s\n    addr: %s\n    identity_key: identity.json\n", c.ChainID, a)
+			if c.Protocol != "" {
+				fmt.Fprintf(&b, "    protocol: %s\n", c.Protocol)
+			}
 		}
 	}
 	b.WriteString("keys:\n")

@@ -117,7 +117,11 @@ func (c *Cluster) newChains(ctx context.Context, cfg Config) ([]ChainConfig, err
 			return nil, fmt.Errorf("harness: two chains with chain id %q or name %q", o.ChainID, o.Name)
 		}
 		seenID[o.ChainID], seenName[o.Name] = true, true
-		n, err := NewComet(ctx, cfg.Bin.CometBFT, c.Dir, o)
+		bin := cfg.Bin.CometBFT
+		if o.Bin != "" {
+			bin = o.Bin
+		}
+		n, err := NewComet(ctx, bin, c.Dir, o)
 		if err != nil {
 			return nil, err
 		}

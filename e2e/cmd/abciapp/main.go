@@ -183,6 +183,12 @@ func run(addr, genesis, recordPath string) error {
 		extHeight:   doc.ConsensusParams.ABCI.VoteExtensionsEnableHeight,
 		out:         out,
 	}
+	if app.extHeight == 0 {
+		// CometBFT v1.0 moved the height to consensus_params.feature.
+		if app.extHeight, err = featureExtHeight(genesis); err != nil {
+			return err
+		}
+	}
 	for _, v := range doc.Validators {
 		app.pubKeys[fmt.Sprintf("%X", v.PubKey.Address())] = v.PubKey
 	}
@@ -199,4 +205,27 @@ func run(addr, genesis, recordPath string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	<-sigs
 	return srv.Stop()
+}
+
+// featureExtHeight reads consensus_params.feature.vote_extensions_enable_height,
+// where a CometBFT v1.0 genesis keeps it (0 when absent).
+func featureExtHeight(path string) (int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var g struct {
+		ConsensusParams struct {
+			Feature struct {
+				VoteExtensionsEnableHeight json.Number `json:"vote_extensions_enable_height"`
+			} `json:"feature"`
+		} `json:"consensus_params"`
+	}
+	if err := json.Unmarshal(data, &g); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if g.ConsensusParams.Feature.VoteExtensionsEnableHeight == "" {
+		return 0, nil
+	}
+	return g.ConsensusParams.Feature.VoteExtensionsEnableHeight.Int64()
 }
