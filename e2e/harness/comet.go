@@ -34,6 +34,10 @@ type CometOptions struct {
 	// LocalSigner makes cometbft sign with its own key file instead of
 	// waiting for kms-ha; it exists to check the harness on its own.
 	LocalSigner bool
+	// Host, if set, is the IP address the node listens on (RPC 26657, P2P
+	// 26656, privval 26659), for a node on a host of its own (a network
+	// namespace); default 127.0.0.1 with free ports.
+	Host string
 }
 
 func (o *CometOptions) defaults() {
@@ -86,6 +90,11 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		return nil, err
 	}
 	ports := struct{ rpc, p2p, privval, prometheus int }{p[0], p[1], p[2], p[3]}
+	addr := loopback
+	if opts.Host != "" {
+		ports.rpc, ports.p2p, ports.privval, ports.prometheus = 26657, 26656, 26659, 26660
+		addr = func(port int) string { return fmt.Sprintf("%s:%d", opts.Host, port) }
+	}
 	out, err := exec.CommandContext(ctx, bin, "init", "--home", home).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("cometbft init: %w\n%s", err, out)
@@ -94,9 +103,9 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 		Name:        opts.Name,
 		Home:        home,
 		ChainID:     opts.ChainID,
-		RPCAddr:     loopback(ports.rpc),
-		P2PAddr:     loopback(ports.p2p),
-		PrivvalAddr: loopback(ports.privval),
+		RPCAddr:     addr(ports.rpc),
+		P2PAddr:     addr(ports.p2p),
+		PrivvalAddr: addr(ports.privval),
 		KeyFile:     filepath.Join(home, "config", "priv_validator_key.json"),
 		client:      &http.Client{Timeout: 2 * time.Second},
 	}
@@ -105,7 +114,7 @@ func NewComet(ctx context.Context, bin, dir string, opts CometOptions) (*CometNo
 	if err != nil {
 		return nil, err
 	}
-	settings := n.configSettings(string(data), opts, loopback(ports.prometheus))
+	settings := n.configSettings(string(data), opts, addr(ports.prometheus))
 	cfg, err := applyTOML(string(data), settings)
 	if err != nil {
 		return nil, err

@@ -22,6 +22,10 @@ type Process struct {
 	LogPath string
 	// Env is added to the environment the process inherits.
 	Env []string
+	// NetNS, if set, runs the process inside that network namespace
+	// (`ip netns exec NetNS Bin Args...`, which execs in place, so PID and
+	// signals are the program's own).
+	NetNS string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -71,6 +75,9 @@ func (p *Process) Start() error {
 	fmt.Fprintf(f, "##### harness: start #%d of %s at %s\n", p.starts, p.Name, time.Now().Format(time.RFC3339Nano))
 
 	cmd := exec.Command(p.Bin, p.Args...)
+	if p.NetNS != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", p.NetNS, p.Bin}, p.Args...)...)
+	}
 	cmd.Dir = p.Dir
 	if len(p.Env) > 0 {
 		cmd.Env = append(os.Environ(), p.Env...)

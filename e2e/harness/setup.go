@@ -35,6 +35,10 @@ type Config struct {
 	// entries (transport addresses, key backend) before its kms.yaml is
 	// written.
 	Setup func(n *KMSNode, chains []ChainConfig) []ChainConfig
+	// NodeHost, if set, gives each kms-ha node (by id: node1, node2, ...)
+	// the IP address of a host of its own: Raft on port 7000, the cluster
+	// API on 7001, metrics on 7002. Default 127.0.0.1 with free ports.
+	NodeHost func(id string) string
 }
 
 // Cluster is N kms-ha nodes plus the cometbft validators they sign for, one
@@ -171,6 +175,13 @@ func (c *Cluster) newSigners(ctx context.Context, cfg Config, chains []ChainConf
 			ports[3*i], ports[3*i+1])
 		if cfg.Metrics {
 			n.MetricsAddr = loopback(ports[3*i+2])
+		}
+		if cfg.NodeHost != nil {
+			h := cfg.NodeHost(id)
+			n.RaftAddr, n.APIAddr = h+":7000", h+":7001"
+			if cfg.Metrics {
+				n.MetricsAddr = h + ":7002"
+			}
 		}
 		if err := n.Init(ctx); err != nil {
 			return err

@@ -34,6 +34,9 @@ type TestnetOptions struct {
 	// Gossip is flush_throttle_timeout and peer_gossip_sleep_duration;
 	// default 10ms, which makes a 4-validator net about 7 blocks/s.
 	Gossip time.Duration
+	// Host, if set, gives each node (by name: val1, val2, ...) the IP
+	// address of a host of its own; see CometOptions.Host.
+	Host func(name string) string
 }
 
 func (o *TestnetOptions) defaults() {
@@ -93,8 +96,12 @@ func NewTestnet(ctx context.Context, bin, dir string, opts TestnetOptions) (*Tes
 	}
 	tn := &Testnet{ChainID: opts.ChainID}
 	co := func(name string, local bool) CometOptions {
-		return CometOptions{ChainID: opts.ChainID, Name: name, LocalSigner: local,
+		o := CometOptions{ChainID: opts.ChainID, Name: name, LocalSigner: local,
 			TimeoutCommit: opts.TimeoutCommit, TimeoutPropose: opts.TimeoutPropose, TimeoutVote: opts.TimeoutVote}
+		if opts.Host != nil {
+			o.Host = opts.Host(name)
+		}
+		return o
 	}
 	// primary[i] is the node whose init created validator i's key.
 	var primary []*CometNode
