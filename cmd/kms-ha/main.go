@@ -68,6 +68,7 @@ func main() {
 		Commands: []*cli.Command{
 			initCmd(), certsCmd(), bootstrapCmd(), startCmd(), joinCmd(), statusCmd(), stateCmd(),
 			transferCmd(), removeCmd(), leaveCmd(), snapshotCmd(), recoverCmd(), peerIDCmd(), versionCmd(), configCmd(),
+			healthcheckCmd(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {

@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Package pkcs11 is the PKCS#11 key backend: an Ed25519 consensus key that
 // lives on a hardware token or HSM (SoftHSM2 in tests) and signs there with
 // CKM_EDDSA. The private key never leaves the token.

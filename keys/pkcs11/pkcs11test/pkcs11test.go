@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Package pkcs11test provisions SoftHSM2 tokens and Ed25519 keys for tests
 // of the pkcs11 key backend, in this repository's packages and in e2e.
 //
