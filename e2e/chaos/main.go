@@ -74,6 +74,10 @@ func logf(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
+// runOuter sets up the hosts (build, namespaces, router), runs the inner
+// process in the router namespace and tears everything down whatever
+// happened; one function so that every setup step sits beside its
+// cleanup (over 80 lines for that reason).
 func runOuter(o options) int {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "chaos: needs root (ip netns, iptables)")

@@ -30,6 +30,35 @@ func (r *Run) finish(ctx context.Context) int {
 		return 2
 	}
 	r.mon.Stop()
+	if err := r.readBlocks(ctx, latest); err != nil {
+		fmt.Fprintln(os.Stderr, "chaos: reading blocks:", err)
+		return 2
+	}
+	r.c.Close()
+	sf := r.checkSafety(latest)
+	heights, seen, signedTotal, baseline := r.liveness(latest, end)
+	rep := r.report(latest, signedTotal, baseline, sf.signed, sf.connects, sf.evidence, sf.conflicts, sf.regressions)
+	if err := r.writeOutputs(rep, heights, seen, end); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println()
+	fmt.Println(rep.summary)
+	logf("report: %s", filepath.Join(r.o.out, "report.md"))
+	if len(r.violations) > 0 {
+		fmt.Fprintf(os.Stderr, "\nCHAOS: SAFETY VIOLATION (seed %d):\n", r.o.seed)
+		for _, v := range r.violations {
+			fmt.Fprintln(os.Stderr, "  "+v)
+		}
+		return 1
+	}
+	logf("chaos: PASS: seed %d, %d faults, 0 evidence, 0 conflicting sign bytes, every signature inside its node's leadership", r.o.seed, len(r.windows))
+	return 0
+}
+
+// readBlocks fetches blocks 1..latest-1 (four at a time) and notes which
+// carry the kms-ha validator's signature.
+func (r *Run) readBlocks(ctx context.Context, latest int64) error {
 	logf("reading blocks 1..%d", latest)
 	var wg sync.WaitGroup
 	hs := make(chan int64)
@@ -54,16 +83,22 @@ func (r *Run) finish(ctx context.Context) int {
 	close(hs)
 	wg.Wait()
 	if fetchErr != nil {
-		fmt.Fprintln(os.Stderr, "chaos: reading blocks:", fetchErr)
-		return 2
+		return fetchErr
 	}
-	b1, err := r.obs.Block(ctx, 1)
-	if err == nil {
+	if b1, err := r.obs.Block(ctx, 1); err == nil {
 		r.blocks[1] = b1
 	}
-	r.c.Close()
+	return nil
+}
 
-	// Safety.
+// safetyCounts is what checkSafety found.
+type safetyCounts struct {
+	signed, connects, evidence, conflicts, regressions int
+}
+
+// checkSafety records a violation for any evidence, double sign,
+// signature outside leadership or watermark moving back.
+func (r *Run) checkSafety(latest int64) safetyCounts {
 	var evidence []string
 	for h := int64(1); h <= latest; h++ {
 		if b := r.blocks[h]; b != nil && len(b.Evidence) > 0 {
@@ -99,12 +134,19 @@ func (r *Run) finish(ctx context.Context) int {
 		r.violation("SIGNED HRS MOVED BACK: %s during %s (seed %d)", rg.msg, r.windowAt(rg.t), r.o.seed)
 	}
 
-	// Liveness per fault.
-	heights := make([]int64, 0, latest)
+	return safetyCounts{signed: len(scan.Signed), connects: connects, evidence: len(evidence),
+		conflicts: len(conflicts), regressions: len(regressions)}
+}
+
+// liveness attributes each height to the fault window it fell in, and
+// counts per window the missed blocks and the time from heal to the next
+// signed block.
+func (r *Run) liveness(latest int64, end time.Time) (heights []int64, seen func(int64) time.Time, signedTotal, baseline int) {
+	heights = make([]int64, 0, latest)
 	for h := int64(1); h < latest; h++ {
 		heights = append(heights, h)
 	}
-	seen := func(h int64) time.Time { t, _ := r.mon.FirstSeen(h); return t }
+	seen = func(h int64) time.Time { t, _ := r.mon.FirstSeen(h); return t }
 	inWindow := map[int64]bool{}
 	for i, w := range r.windows {
 		limit := end
@@ -131,8 +173,6 @@ func (r *Run) finish(ctx context.Context) int {
 			}
 		}
 	}
-	baseline := 0
-	signedTotal := 0
 	for _, h := range heights {
 		if r.signed[h] {
 			signedTotal++
@@ -141,10 +181,14 @@ func (r *Run) finish(ctx context.Context) int {
 		}
 	}
 
-	rep := r.report(latest, signedTotal, baseline, len(scan.Signed), connects, len(evidence), len(conflicts), len(regressions))
+	return heights, seen, signedTotal, baseline
+}
+
+// writeOutputs writes the report, the plot, a copy of every log and the
+// docs' summary.
+func (r *Run) writeOutputs(rep report, heights []int64, seen func(int64) time.Time, end time.Time) error {
 	if err := os.MkdirAll(r.o.out, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+		return err
 	}
 	_ = os.WriteFile(filepath.Join(r.o.out, "report.md"), []byte(rep.full), 0o644)
 	png := filepath.Join(r.o.out, "chaos.png")
@@ -164,18 +208,7 @@ func (r *Run) finish(ctx context.Context) int {
 			logf("docs: %v", err)
 		}
 	}
-	fmt.Println()
-	fmt.Println(rep.summary)
-	logf("report: %s", filepath.Join(r.o.out, "report.md"))
-	if len(r.violations) > 0 {
-		fmt.Fprintf(os.Stderr, "\nCHAOS: SAFETY VIOLATION (seed %d):\n", r.o.seed)
-		for _, v := range r.violations {
-			fmt.Fprintln(os.Stderr, "  "+v)
-		}
-		return 1
-	}
-	logf("chaos: PASS: seed %d, %d faults, 0 evidence, 0 conflicting sign bytes, every signature inside its node's leadership", r.o.seed, len(r.windows))
-	return 0
+	return nil
 }
 
 func (r *Run) nodeLogs() []string {

@@ -88,6 +88,9 @@ type Testnet struct {
 
 // NewTestnet creates the homes of every node (cometbft init), one genesis
 // with every validator, and full-mesh persistent peers. Nothing is started.
+//
+// It follows `cometbft testnet`'s steps in order (over 80 lines for that
+// reason).
 func NewTestnet(ctx context.Context, bin, dir string, opts TestnetOptions) (*Testnet, error) {
 	opts.defaults()
 	remote := opts.Remote - 1
