@@ -19,9 +19,8 @@ var (
 	comet038Bin  string
 	comet038Err  error
 
-	abciAppOnce sync.Once
-	abciAppBin  string
-	abciAppErr  error
+	abciAppBuild   builtOnce
+	abciAppV1Build builtOnce
 )
 
 // cometBFT038 returns the released cometbft v0.38 binary, installed from the
@@ -47,22 +46,33 @@ func cometBFT038(t *testing.T) string {
 	return comet038Bin
 }
 
-// abciApp returns ./cmd/abciapp, built next to the other binaries of this
-// run (removed by TestMain).
-func abciApp(t *testing.T) string {
+// builtOnce builds one of the test's own programs once per run.
+type builtOnce struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// get builds the program with build (from the repository root, into the
+// directory of this run's binaries) on first use.
+func (b *builtOnce) get(t *testing.T, what string, build func(ctx context.Context, root, dir string) (string, error)) string {
 	t.Helper()
-	abciAppOnce.Do(func() {
+	b.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		root, err := harness.RepoRoot()
 		if err != nil {
-			abciAppErr = err
+			b.err = err
 			return
 		}
-		abciAppBin, abciAppErr = harness.BuildABCIApp(ctx, root, filepath.Dir(bins.CometBFT))
+		b.bin, b.err = build(ctx, root, filepath.Dir(bins.CometBFT))
 	})
-	if abciAppErr != nil {
-		t.Fatalf("abciapp: %v", abciAppErr)
+	if b.err != nil {
+		t.Fatalf("%s: %v", what, b.err)
 	}
-	return abciAppBin
+	return b.bin
 }
+
+// abciApp returns ./cmd/abciapp, built next to the other binaries of this
+// run (removed by TestMain).
+func abciApp(t *testing.T) string { return abciAppBuild.get(t, "abciapp", harness.BuildABCIApp) }

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -33,30 +32,10 @@ func TestCometBFT037(t *testing.T) {
 	runLineFailover(t, cometRelease(t, version), version, "v0.37", "e2e-v037")
 }
 
-var (
-	abciAppV1Once sync.Once
-	abciAppV1Bin  string
-	abciAppV1Err  error
-)
-
 // abciAppV1 returns ./cmd/abciapp-v1 (the vote-extension app built against
 // CometBFT v1.0), built next to the other binaries of this run.
 func abciAppV1(t *testing.T) string {
-	t.Helper()
-	abciAppV1Once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		root, err := harness.RepoRoot()
-		if err != nil {
-			abciAppV1Err = err
-			return
-		}
-		abciAppV1Bin, abciAppV1Err = harness.BuildABCIAppV1(ctx, root, filepath.Dir(bins.CometBFT))
-	})
-	if abciAppV1Err != nil {
-		t.Fatalf("abciapp-v1: %v", abciAppV1Err)
-	}
-	return abciAppV1Bin
+	return abciAppV1Build.get(t, "abciapp-v1", harness.BuildABCIAppV1)
 }
 
 // releaseBins caches, per cometbft module version, the binary installed
