@@ -92,7 +92,8 @@ proto:
 	  --go_out=. --go_opt=module=github.com/kms-ha/kms-ha \
 	  --go-grpc_out=. --go-grpc_opt=module=github.com/kms-ha/kms-ha \
 	  grpcapi/proto/kmsha/cluster/v1/cluster.proto \
-	  grpcapi/proto/signerservice/signerservice.proto
+	  grpcapi/proto/signerservice/signerservice.proto \
+	  grpcapi/proto/signerservice/preview/signerservice.proto
 
 # Container images FROM scratch, built from static binaries without any
 # registry (deploy/docker): kms-ha:dev, cometbft:dev, kms-ha-compose-init:dev.

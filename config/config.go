@@ -20,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kms-ha/kms-ha/cluster"
+	"github.com/kms-ha/kms-ha/grpcapi"
 )
 
 // FileName is the configuration file inside --home.
@@ -137,7 +138,11 @@ type Key struct {
 
 // GRPC is cosmos/kms's SignerService block.
 type GRPC struct {
-	Listen  string `yaml:"listen"`
+	Listen string `yaml:"listen"`
+	// API is the contract served: released (cosmos/kms v0.1.0, the
+	// default) or preview (the pre-release one).
+	API string `yaml:"api"`
+	// TLSCert and TLSKey both empty serve plaintext, on loopback only.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
 	// ClientCA, if set, requires clients to present a certificate from it.
@@ -148,12 +153,33 @@ type GRPC struct {
 	AllowUnauthenticatedClients bool `yaml:"allow_unauthenticated_clients"`
 }
 
-// GRPCKey is a SignerService key.
+// GRPCKey is a SignerService key, as in cosmos/kms v0.1.0: an id, a
+// backend and an algorithm, and the backend's fields (named as in Key).
 type GRPCKey struct {
-	ID      string `yaml:"id"`
+	ID        string `yaml:"id"`
+	Backend   string `yaml:"backend"`
+	Algorithm string `yaml:"algorithm"`
+
+	// file
 	KeyFile string `yaml:"key_file"`
-	// AllowOpenPermissions accepts a key_file that group or others may
-	// read (see checkPrivateFile).
+
+	// pkcs11
+	Module     string `yaml:"module"`
+	TokenLabel string `yaml:"token_label"`
+	Slot       *uint  `yaml:"slot"`
+	KeyLabel   string `yaml:"key_label"`
+	KeyID      string `yaml:"key_id"`
+	Pin        string `yaml:"pin"`
+	PinEnv     string `yaml:"pin_env"`
+	PinFile    string `yaml:"pin_file"`
+
+	// awskms (key_id is shared with pkcs11)
+	Region   string `yaml:"region"`
+	Profile  string `yaml:"profile"`
+	Endpoint string `yaml:"endpoint"`
+
+	// AllowOpenPermissions accepts a key_file or pin_file that group or
+	// others may read (see checkPrivateFile).
 	AllowOpenPermissions bool `yaml:"allow_open_permissions"`
 }
 
@@ -264,11 +290,32 @@ func (c *Config) setDefaults() {
 			c.Keys[i].Algorithm = "ed25519"
 		}
 	}
+	c.setGRPCDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
+	}
+}
+
+// setGRPCDefaults: the released contract, and each key's backend (file)
+// and that backend's default algorithm (grpcapi.DefaultSignerAlgorithm).
+func (c *Config) setGRPCDefaults() {
+	if c.GRPC == nil {
+		return
+	}
+	if c.GRPC.API == "" {
+		c.GRPC.API = grpcapi.APIReleased
+	}
+	for i := range c.GRPC.Keys {
+		k := &c.GRPC.Keys[i]
+		if k.Backend == "" {
+			k.Backend = BackendFile
+		}
+		if k.Algorithm == "" {
+			k.Algorithm = grpcapi.DefaultSignerAlgorithm(k.Backend)
+		}
 	}
 }
 
@@ -298,7 +345,12 @@ func (c *Config) resolvePaths() {
 		c.GRPC.TLSKey = c.Path(c.GRPC.TLSKey)
 		c.GRPC.ClientCA = c.Path(c.GRPC.ClientCA)
 		for i := range c.GRPC.Keys {
-			c.GRPC.Keys[i].KeyFile = c.Path(c.GRPC.Keys[i].KeyFile)
+			k := &c.GRPC.Keys[i]
+			k.KeyFile = c.Path(k.KeyFile)
+			k.PinFile = c.Path(k.PinFile)
+			if k.Backend == BackendPKCS11 && strings.ContainsRune(k.Module, '/') {
+				k.Module = c.Path(k.Module)
+			}
 		}
 	}
 	for i := range c.Validators {

@@ -123,7 +123,12 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"typo", strings.Replace(singleChain, "key_file:", "keyfile:", 1), "field keyfile not found"},
 		{"apply timeout", singleChain + "  apply_timeout: 6s\n", "cluster.apply_timeout"},
 		{"lease", singleChain + "  leader_lease_timeout: 2s\n", "cluster.leader_lease_timeout"},
-		{"grpc without tls", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, key_file: a.hex}]\n", "grpc.tls_cert: tls_cert and tls_key are required"},
+		{"grpc without tls", singleChain + "grpc:\n  listen: 10.0.0.1:9090\n  client_ca: ca\n  keys: [{id: a, key_file: a.hex}]\n", "grpc.tls_cert: tls_cert and tls_key are required when grpc.listen"},
+		{"grpc plaintext on loopback", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, key_file: a.hex}]\n", ""},
+		{"grpc unknown api", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  api: v1\n  keys: [{id: a, key_file: a.hex}]\n", `grpc.api: "v1" is unknown`},
+		{"grpc file secp256k1", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, algorithm: secp256k1, key_file: a.hex}]\n",
+			`grpc.keys[0].algorithm: "secp256k1" is not offered by backend file`},
+		{"grpc pkcs11 needs its fields", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, backend: pkcs11}]\n", "grpc.keys[0].module: is required"},
 		{"grpc without keys", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n", "grpc.keys: is empty"},
 		{"grpc ok", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n  client_ca: ca\n  keys: [{id: a, key_file: a.hex}]\n", ""},
 		{"grpc only", "cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:7001\n  api_addr: 127.0.0.1:7101\n" +

@@ -230,16 +230,20 @@ func (k Key) AWSKMS() awskms.Config {
 
 // SignerService is the SignerService's configuration of the grpc block.
 func (g GRPC) SignerService() grpcapi.SignerServiceConfig {
-	cfg := grpcapi.SignerServiceConfig{Listen: g.Listen, TLSCert: g.TLSCert, TLSKey: g.TLSKey, ClientCA: g.ClientCA,
+	cfg := grpcapi.SignerServiceConfig{Listen: g.Listen, API: g.API, TLSCert: g.TLSCert, TLSKey: g.TLSKey, ClientCA: g.ClientCA,
 		AllowUnauthenticatedClients: g.AllowUnauthenticatedClients}
 	for _, k := range g.Keys {
-		cfg.Keys = append(cfg.Keys, grpcapi.SignerKey{ID: k.ID, KeyFile: k.KeyFile})
+		cfg.Keys = append(cfg.Keys, grpcapi.SignerKey{ID: k.ID, Backend: k.Backend, Algorithm: k.Algorithm, KeyFile: k.KeyFile,
+			PKCS11: pkcs11.Config{Module: k.Module, TokenLabel: k.TokenLabel, Slot: k.Slot, KeyLabel: k.KeyLabel, KeyID: k.KeyID,
+				Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile},
+			AWSKMS: awskms.Config{KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint}})
 	}
 	return cfg
 }
 
 // validateGRPC checks the SignerService block with the service's own
-// validator; listen is checked here, as every kms.yaml address is.
+// validator; listen is checked here, as every kms.yaml address is, and the
+// key and PIN files' permissions as every secret file's.
 func (c *Config) validateGRPC(p *problems) {
 	g := c.GRPC
 	if g == nil {
@@ -250,7 +254,13 @@ func (c *Config) validateGRPC(p *problems) {
 	}
 	p.from("grpc", g.SignerService().Validate(), "listen")
 	for i, k := range g.Keys {
-		c.private(p.bad, fmt.Sprintf("grpc.keys[%d]", i), "key_file", k.KeyFile, k.AllowOpenPermissions)
+		f := fmt.Sprintf("grpc.keys[%d]", i)
+		switch k.Backend {
+		case BackendFile:
+			c.private(p.bad, f, "key_file", k.KeyFile, k.AllowOpenPermissions)
+		case BackendPKCS11:
+			c.private(p.bad, f, "pin_file", k.PinFile, k.AllowOpenPermissions)
+		}
 	}
 }
 

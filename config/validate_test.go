@@ -25,7 +25,7 @@ func TestBackendRulesReportedOnceEach(t *testing.T) {
 		}},
 		{"grpc", singleChain + "grpc:\n  listen: '0.0.0.0:0'\n  tls_cert: c\n  keys: [{id: a}, {id: a, key_file: b}]\n", []string{
 			`grpc.listen: "0.0.0.0:0" has no valid port; the SignerService address`,
-			"grpc.tls_cert: tls_cert and tls_key are required",
+			"grpc.tls_cert: tls_cert and tls_key go together",
 			"grpc.client_ca: is required when grpc.listen",
 			"grpc.keys[0].key_file: is required",
 			`grpc.keys[1].id: "a" is used twice`,

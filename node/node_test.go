@@ -25,7 +25,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/config"
 	"github.com/kms-ha/kms-ha/grpcapi/clusterpb"
-	"github.com/kms-ha/kms-ha/grpcapi/signerpb"
+	"github.com/kms-ha/kms-ha/grpcapi/signerservicepb"
 	"github.com/kms-ha/kms-ha/node"
 	"github.com/kms-ha/kms-ha/pki"
 )
@@ -124,25 +124,27 @@ metrics:
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	sc := signerpb.NewSignerServiceClient(conn)
+	sc := signerservicepb.NewSignerServiceClient(conn)
 	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 	defer ccancel()
-	k, err := sc.GetKey(cctx, &signerpb.GetKeyRequest{Id: "attestor-1"})
+	k, err := sc.GetKey(cctx, &signerservicepb.GetKeyRequest{Id: "attestor-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := []byte("attestation 42")
-	r, err := sc.Sign(cctx, &signerpb.SignRequest{KeyId: "attestor-1",
-		Payload: &signerpb.SignRequest_RecoverableMessage{RecoverableMessage: &signerpb.RecoverableMessage{Message: msg}}})
+	if k.GetKey().GetScheme() != signerservicepb.SignatureScheme_ECDSA_SECP256K1ETH {
+		t.Fatalf("scheme %v, want ECDSA_SECP256K1ETH (the default of a file key)", k.GetKey().GetScheme())
+	}
+	h := sha256.Sum256([]byte("attestation 42"))
+	r, err := sc.Sign(cctx, &signerservicepb.SignRequest{KeyId: "attestor-1",
+		Payload: &signerservicepb.Payload{Kind: &signerservicepb.Payload_Generic{Generic: h[:]}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := r.GetRecoverableSignature()
-	if len(sig.GetV()) != 1 || len(sig.GetR()) != 32 || len(sig.GetS()) != 32 {
-		t.Fatalf("signature shape r=%d s=%d v=%d bytes", len(sig.GetR()), len(sig.GetS()), len(sig.GetV()))
+	sig := r.GetSignature()
+	if len(sig) != 65 || sig[64] > 1 {
+		t.Fatalf("signature of %d bytes, want 65 with v 0 or 1", len(sig))
 	}
-	compact := append([]byte{27 + sig.GetV()[0] + 4}, append(sig.GetR(), sig.GetS()...)...)
-	h := sha256.Sum256(msg)
+	compact := append([]byte{27 + sig[64] + 4}, sig[:64]...)
 	pub, _, err := ecdsa.RecoverCompact(compact, h[:])
 	if err != nil {
 		t.Fatal(err)

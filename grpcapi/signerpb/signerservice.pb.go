@@ -2,12 +2,19 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: signerservice/signerservice.proto
+// source: signerservice/preview/signerservice.proto
 
-// The SignerService of cosmos/kms, served unchanged by every kms-ha node so
-// that clients built against cosmos/kms work as they are. The package, the
-// service, and every message, field name and field number below are part of
-// that wire contract: never renumber or rename them.
+// The pre-release SignerService of cosmos/kms (before v0.1.0), served by
+// kms-ha when kms.yaml says `grpc.api: preview`, for clients built against
+// it. Every message, field name and field number below is part of that
+// wire contract: never renumber or rename them.
+//
+// On the wire the service is /cosmos.kms.signerservice.SignerService, the
+// same path as the released contract (signerservice/signerservice.proto).
+// Its proto package here is kmsha.signerservice.preview only because one Go
+// binary cannot register two files declaring the same full names; grpcapi
+// serves it under the released path and its client helper calls that path.
+// Message names never travel on the wire.
 //
 // kms-ha implements the recoverable secp256k1 path: GetKey, GetKeys, and Sign
 // with a RecoverableMessage payload. The other payload kinds are declared so
@@ -43,7 +50,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[0]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +62,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[0]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +75,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{0}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Key) GetId() string {
@@ -101,7 +108,7 @@ type GetKeyRequest struct {
 
 func (x *GetKeyRequest) Reset() {
 	*x = GetKeyRequest{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[1]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +120,7 @@ func (x *GetKeyRequest) String() string {
 func (*GetKeyRequest) ProtoMessage() {}
 
 func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[1]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +133,7 @@ func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyRequest) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{1}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *GetKeyRequest) GetId() string {
@@ -145,7 +152,7 @@ type GetKeyResponse struct {
 
 func (x *GetKeyResponse) Reset() {
 	*x = GetKeyResponse{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[2]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +164,7 @@ func (x *GetKeyResponse) String() string {
 func (*GetKeyResponse) ProtoMessage() {}
 
 func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[2]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +177,7 @@ func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetKeyResponse) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{2}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetKeyResponse) GetKey() *Key {
@@ -188,7 +195,7 @@ type GetKeysRequest struct {
 
 func (x *GetKeysRequest) Reset() {
 	*x = GetKeysRequest{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[3]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +207,7 @@ func (x *GetKeysRequest) String() string {
 func (*GetKeysRequest) ProtoMessage() {}
 
 func (x *GetKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[3]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +220,7 @@ func (x *GetKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetKeysRequest) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{3}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{3}
 }
 
 type GetKeysResponse struct {
@@ -225,7 +232,7 @@ type GetKeysResponse struct {
 
 func (x *GetKeysResponse) Reset() {
 	*x = GetKeysResponse{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[4]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +244,7 @@ func (x *GetKeysResponse) String() string {
 func (*GetKeysResponse) ProtoMessage() {}
 
 func (x *GetKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[4]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +257,7 @@ func (x *GetKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetKeysResponse) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{4}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetKeysResponse) GetKeys() []*Key {
@@ -277,7 +284,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[5]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +296,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[5]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +309,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{5}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignRequest) GetKeyId() string {
@@ -415,7 +422,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[6]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +434,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[6]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +447,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{6}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SignResponse) GetSignature() isSignResponse_Signature {
@@ -539,7 +546,7 @@ type EvmTransaction struct {
 
 func (x *EvmTransaction) Reset() {
 	*x = EvmTransaction{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[7]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +558,7 @@ func (x *EvmTransaction) String() string {
 func (*EvmTransaction) ProtoMessage() {}
 
 func (x *EvmTransaction) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[7]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +571,7 @@ func (x *EvmTransaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvmTransaction.ProtoReflect.Descriptor instead.
 func (*EvmTransaction) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{7}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EvmTransaction) GetChainId() string {
@@ -592,7 +599,7 @@ type EvmTransactionSignature struct {
 
 func (x *EvmTransactionSignature) Reset() {
 	*x = EvmTransactionSignature{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[8]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +611,7 @@ func (x *EvmTransactionSignature) String() string {
 func (*EvmTransactionSignature) ProtoMessage() {}
 
 func (x *EvmTransactionSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[8]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +624,7 @@ func (x *EvmTransactionSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvmTransactionSignature.ProtoReflect.Descriptor instead.
 func (*EvmTransactionSignature) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{8}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EvmTransactionSignature) GetR() []byte {
@@ -651,7 +658,7 @@ type CosmosTransaction struct {
 
 func (x *CosmosTransaction) Reset() {
 	*x = CosmosTransaction{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[9]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +670,7 @@ func (x *CosmosTransaction) String() string {
 func (*CosmosTransaction) ProtoMessage() {}
 
 func (x *CosmosTransaction) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[9]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +683,7 @@ func (x *CosmosTransaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CosmosTransaction.ProtoReflect.Descriptor instead.
 func (*CosmosTransaction) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{9}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CosmosTransaction) GetSignDocBytes() []byte {
@@ -695,7 +702,7 @@ type CosmosTransactionSignature struct {
 
 func (x *CosmosTransactionSignature) Reset() {
 	*x = CosmosTransactionSignature{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[10]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +714,7 @@ func (x *CosmosTransactionSignature) String() string {
 func (*CosmosTransactionSignature) ProtoMessage() {}
 
 func (x *CosmosTransactionSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[10]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +727,7 @@ func (x *CosmosTransactionSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CosmosTransactionSignature.ProtoReflect.Descriptor instead.
 func (*CosmosTransactionSignature) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{10}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CosmosTransactionSignature) GetSignature() []byte {
@@ -739,7 +746,7 @@ type RawMessage struct {
 
 func (x *RawMessage) Reset() {
 	*x = RawMessage{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[11]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +758,7 @@ func (x *RawMessage) String() string {
 func (*RawMessage) ProtoMessage() {}
 
 func (x *RawMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[11]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +771,7 @@ func (x *RawMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawMessage.ProtoReflect.Descriptor instead.
 func (*RawMessage) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{11}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RawMessage) GetMessage() []byte {
@@ -783,7 +790,7 @@ type RawMessageSignature struct {
 
 func (x *RawMessageSignature) Reset() {
 	*x = RawMessageSignature{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[12]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +802,7 @@ func (x *RawMessageSignature) String() string {
 func (*RawMessageSignature) ProtoMessage() {}
 
 func (x *RawMessageSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[12]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +815,7 @@ func (x *RawMessageSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawMessageSignature.ProtoReflect.Descriptor instead.
 func (*RawMessageSignature) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{12}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RawMessageSignature) GetSignature() []byte {
@@ -828,7 +835,7 @@ type SolanaTransaction struct {
 
 func (x *SolanaTransaction) Reset() {
 	*x = SolanaTransaction{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[13]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +847,7 @@ func (x *SolanaTransaction) String() string {
 func (*SolanaTransaction) ProtoMessage() {}
 
 func (x *SolanaTransaction) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[13]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +860,7 @@ func (x *SolanaTransaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SolanaTransaction.ProtoReflect.Descriptor instead.
 func (*SolanaTransaction) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{13}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SolanaTransaction) GetTransaction() string {
@@ -872,7 +879,7 @@ type SolanaTransactionSignature struct {
 
 func (x *SolanaTransactionSignature) Reset() {
 	*x = SolanaTransactionSignature{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[14]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +891,7 @@ func (x *SolanaTransactionSignature) String() string {
 func (*SolanaTransactionSignature) ProtoMessage() {}
 
 func (x *SolanaTransactionSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[14]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +904,7 @@ func (x *SolanaTransactionSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SolanaTransactionSignature.ProtoReflect.Descriptor instead.
 func (*SolanaTransactionSignature) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{14}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SolanaTransactionSignature) GetSignature() []byte {
@@ -918,7 +925,7 @@ type RecoverableMessage struct {
 
 func (x *RecoverableMessage) Reset() {
 	*x = RecoverableMessage{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[15]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +937,7 @@ func (x *RecoverableMessage) String() string {
 func (*RecoverableMessage) ProtoMessage() {}
 
 func (x *RecoverableMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[15]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +950,7 @@ func (x *RecoverableMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverableMessage.ProtoReflect.Descriptor instead.
 func (*RecoverableMessage) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{15}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RecoverableMessage) GetMessage() []byte {
@@ -967,7 +974,7 @@ type RecoverableMessageSignature struct {
 
 func (x *RecoverableMessageSignature) Reset() {
 	*x = RecoverableMessageSignature{}
-	mi := &file_signerservice_signerservice_proto_msgTypes[16]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +986,7 @@ func (x *RecoverableMessageSignature) String() string {
 func (*RecoverableMessageSignature) ProtoMessage() {}
 
 func (x *RecoverableMessageSignature) ProtoReflect() protoreflect.Message {
-	mi := &file_signerservice_signerservice_proto_msgTypes[16]
+	mi := &file_signerservice_preview_signerservice_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +999,7 @@ func (x *RecoverableMessageSignature) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverableMessageSignature.ProtoReflect.Descriptor instead.
 func (*RecoverableMessageSignature) Descriptor() ([]byte, []int) {
-	return file_signerservice_signerservice_proto_rawDescGZIP(), []int{16}
+	return file_signerservice_preview_signerservice_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecoverableMessageSignature) GetR() []byte {
@@ -1016,37 +1023,37 @@ func (x *RecoverableMessageSignature) GetV() []byte {
 	return nil
 }
 
-var File_signerservice_signerservice_proto protoreflect.FileDescriptor
+var File_signerservice_preview_signerservice_proto protoreflect.FileDescriptor
 
-const file_signerservice_signerservice_proto_rawDesc = "" +
+const file_signerservice_preview_signerservice_proto_rawDesc = "" +
 	"\n" +
-	"!signerservice/signerservice.proto\x12\x18cosmos.kms.signerservice\"A\n" +
+	")signerservice/preview/signerservice.proto\x12\x1bkmsha.signerservice.preview\"A\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06pubkey\x18\x02 \x01(\fR\x06pubkey\x12\x12\n" +
 	"\x04algo\x18\x03 \x01(\tR\x04algo\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
-	"\x0eGetKeyResponse\x12/\n" +
-	"\x03key\x18\x01 \x01(\v2\x1d.cosmos.kms.signerservice.KeyR\x03key\"\x10\n" +
-	"\x0eGetKeysRequest\"D\n" +
-	"\x0fGetKeysResponse\x121\n" +
-	"\x04keys\x18\x01 \x03(\v2\x1d.cosmos.kms.signerservice.KeyR\x04keys\"\xea\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"D\n" +
+	"\x0eGetKeyResponse\x122\n" +
+	"\x03key\x18\x01 \x01(\v2 .kmsha.signerservice.preview.KeyR\x03key\"\x10\n" +
+	"\x0eGetKeysRequest\"G\n" +
+	"\x0fGetKeysResponse\x124\n" +
+	"\x04keys\x18\x01 \x03(\v2 .kmsha.signerservice.preview.KeyR\x04keys\"\xf9\x03\n" +
 	"\vSignRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12S\n" +
-	"\x0fevm_transaction\x18\x02 \x01(\v2(.cosmos.kms.signerservice.EvmTransactionH\x00R\x0eevmTransaction\x12\\\n" +
-	"\x12cosmos_transaction\x18\x03 \x01(\v2+.cosmos.kms.signerservice.CosmosTransactionH\x00R\x11cosmosTransaction\x12G\n" +
-	"\vraw_message\x18\x04 \x01(\v2$.cosmos.kms.signerservice.RawMessageH\x00R\n" +
-	"rawMessage\x12\\\n" +
-	"\x12solana_transaction\x18\x05 \x01(\v2+.cosmos.kms.signerservice.SolanaTransactionH\x00R\x11solanaTransaction\x12_\n" +
-	"\x13recoverable_message\x18\x06 \x01(\v2,.cosmos.kms.signerservice.RecoverableMessageH\x00R\x12recoverableMessageB\t\n" +
-	"\apayload\"\xff\x03\n" +
-	"\fSignResponse\x12X\n" +
-	"\revm_signature\x18\x01 \x01(\v21.cosmos.kms.signerservice.EvmTransactionSignatureH\x00R\fevmSignature\x12a\n" +
-	"\x10cosmos_signature\x18\x02 \x01(\v24.cosmos.kms.signerservice.CosmosTransactionSignatureH\x00R\x0fcosmosSignature\x12T\n" +
-	"\rraw_signature\x18\x03 \x01(\v2-.cosmos.kms.signerservice.RawMessageSignatureH\x00R\frawSignature\x12a\n" +
-	"\x10solana_signature\x18\x04 \x01(\v24.cosmos.kms.signerservice.SolanaTransactionSignatureH\x00R\x0fsolanaSignature\x12l\n" +
-	"\x15recoverable_signature\x18\x05 \x01(\v25.cosmos.kms.signerservice.RecoverableMessageSignatureH\x00R\x14recoverableSignatureB\v\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12V\n" +
+	"\x0fevm_transaction\x18\x02 \x01(\v2+.kmsha.signerservice.preview.EvmTransactionH\x00R\x0eevmTransaction\x12_\n" +
+	"\x12cosmos_transaction\x18\x03 \x01(\v2..kmsha.signerservice.preview.CosmosTransactionH\x00R\x11cosmosTransaction\x12J\n" +
+	"\vraw_message\x18\x04 \x01(\v2'.kmsha.signerservice.preview.RawMessageH\x00R\n" +
+	"rawMessage\x12_\n" +
+	"\x12solana_transaction\x18\x05 \x01(\v2..kmsha.signerservice.preview.SolanaTransactionH\x00R\x11solanaTransaction\x12b\n" +
+	"\x13recoverable_message\x18\x06 \x01(\v2/.kmsha.signerservice.preview.RecoverableMessageH\x00R\x12recoverableMessageB\t\n" +
+	"\apayload\"\x8e\x04\n" +
+	"\fSignResponse\x12[\n" +
+	"\revm_signature\x18\x01 \x01(\v24.kmsha.signerservice.preview.EvmTransactionSignatureH\x00R\fevmSignature\x12d\n" +
+	"\x10cosmos_signature\x18\x02 \x01(\v27.kmsha.signerservice.preview.CosmosTransactionSignatureH\x00R\x0fcosmosSignature\x12W\n" +
+	"\rraw_signature\x18\x03 \x01(\v20.kmsha.signerservice.preview.RawMessageSignatureH\x00R\frawSignature\x12d\n" +
+	"\x10solana_signature\x18\x04 \x01(\v27.kmsha.signerservice.preview.SolanaTransactionSignatureH\x00R\x0fsolanaSignature\x12o\n" +
+	"\x15recoverable_signature\x18\x05 \x01(\v28.kmsha.signerservice.preview.RecoverableMessageSignatureH\x00R\x14recoverableSignatureB\v\n" +
 	"\tsignature\"F\n" +
 	"\x0eEvmTransaction\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x12\x19\n" +
@@ -1073,63 +1080,63 @@ const file_signerservice_signerservice_proto_rawDesc = "" +
 	"\x1bRecoverableMessageSignature\x12\f\n" +
 	"\x01r\x18\x01 \x01(\fR\x01r\x12\f\n" +
 	"\x01s\x18\x02 \x01(\fR\x01s\x12\f\n" +
-	"\x01v\x18\x03 \x01(\fR\x01v2\xa9\x02\n" +
-	"\rSignerService\x12]\n" +
-	"\x06GetKey\x12'.cosmos.kms.signerservice.GetKeyRequest\x1a(.cosmos.kms.signerservice.GetKeyResponse\"\x00\x12`\n" +
-	"\aGetKeys\x12(.cosmos.kms.signerservice.GetKeysRequest\x1a).cosmos.kms.signerservice.GetKeysResponse\"\x00\x12W\n" +
-	"\x04Sign\x12%.cosmos.kms.signerservice.SignRequest\x1a&.cosmos.kms.signerservice.SignResponse\"\x00B+Z)github.com/kms-ha/kms-ha/grpcapi/signerpbb\x06proto3"
+	"\x01v\x18\x03 \x01(\fR\x01v2\xbb\x02\n" +
+	"\rSignerService\x12c\n" +
+	"\x06GetKey\x12*.kmsha.signerservice.preview.GetKeyRequest\x1a+.kmsha.signerservice.preview.GetKeyResponse\"\x00\x12f\n" +
+	"\aGetKeys\x12+.kmsha.signerservice.preview.GetKeysRequest\x1a,.kmsha.signerservice.preview.GetKeysResponse\"\x00\x12]\n" +
+	"\x04Sign\x12(.kmsha.signerservice.preview.SignRequest\x1a).kmsha.signerservice.preview.SignResponse\"\x00B+Z)github.com/kms-ha/kms-ha/grpcapi/signerpbb\x06proto3"
 
 var (
-	file_signerservice_signerservice_proto_rawDescOnce sync.Once
-	file_signerservice_signerservice_proto_rawDescData []byte
+	file_signerservice_preview_signerservice_proto_rawDescOnce sync.Once
+	file_signerservice_preview_signerservice_proto_rawDescData []byte
 )
 
-func file_signerservice_signerservice_proto_rawDescGZIP() []byte {
-	file_signerservice_signerservice_proto_rawDescOnce.Do(func() {
-		file_signerservice_signerservice_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_signerservice_signerservice_proto_rawDesc), len(file_signerservice_signerservice_proto_rawDesc)))
+func file_signerservice_preview_signerservice_proto_rawDescGZIP() []byte {
+	file_signerservice_preview_signerservice_proto_rawDescOnce.Do(func() {
+		file_signerservice_preview_signerservice_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_signerservice_preview_signerservice_proto_rawDesc), len(file_signerservice_preview_signerservice_proto_rawDesc)))
 	})
-	return file_signerservice_signerservice_proto_rawDescData
+	return file_signerservice_preview_signerservice_proto_rawDescData
 }
 
-var file_signerservice_signerservice_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
-var file_signerservice_signerservice_proto_goTypes = []any{
-	(*Key)(nil),                         // 0: cosmos.kms.signerservice.Key
-	(*GetKeyRequest)(nil),               // 1: cosmos.kms.signerservice.GetKeyRequest
-	(*GetKeyResponse)(nil),              // 2: cosmos.kms.signerservice.GetKeyResponse
-	(*GetKeysRequest)(nil),              // 3: cosmos.kms.signerservice.GetKeysRequest
-	(*GetKeysResponse)(nil),             // 4: cosmos.kms.signerservice.GetKeysResponse
-	(*SignRequest)(nil),                 // 5: cosmos.kms.signerservice.SignRequest
-	(*SignResponse)(nil),                // 6: cosmos.kms.signerservice.SignResponse
-	(*EvmTransaction)(nil),              // 7: cosmos.kms.signerservice.EvmTransaction
-	(*EvmTransactionSignature)(nil),     // 8: cosmos.kms.signerservice.EvmTransactionSignature
-	(*CosmosTransaction)(nil),           // 9: cosmos.kms.signerservice.CosmosTransaction
-	(*CosmosTransactionSignature)(nil),  // 10: cosmos.kms.signerservice.CosmosTransactionSignature
-	(*RawMessage)(nil),                  // 11: cosmos.kms.signerservice.RawMessage
-	(*RawMessageSignature)(nil),         // 12: cosmos.kms.signerservice.RawMessageSignature
-	(*SolanaTransaction)(nil),           // 13: cosmos.kms.signerservice.SolanaTransaction
-	(*SolanaTransactionSignature)(nil),  // 14: cosmos.kms.signerservice.SolanaTransactionSignature
-	(*RecoverableMessage)(nil),          // 15: cosmos.kms.signerservice.RecoverableMessage
-	(*RecoverableMessageSignature)(nil), // 16: cosmos.kms.signerservice.RecoverableMessageSignature
+var file_signerservice_preview_signerservice_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_signerservice_preview_signerservice_proto_goTypes = []any{
+	(*Key)(nil),                         // 0: kmsha.signerservice.preview.Key
+	(*GetKeyRequest)(nil),               // 1: kmsha.signerservice.preview.GetKeyRequest
+	(*GetKeyResponse)(nil),              // 2: kmsha.signerservice.preview.GetKeyResponse
+	(*GetKeysRequest)(nil),              // 3: kmsha.signerservice.preview.GetKeysRequest
+	(*GetKeysResponse)(nil),             // 4: kmsha.signerservice.preview.GetKeysResponse
+	(*SignRequest)(nil),                 // 5: kmsha.signerservice.preview.SignRequest
+	(*SignResponse)(nil),                // 6: kmsha.signerservice.preview.SignResponse
+	(*EvmTransaction)(nil),              // 7: kmsha.signerservice.preview.EvmTransaction
+	(*EvmTransactionSignature)(nil),     // 8: kmsha.signerservice.preview.EvmTransactionSignature
+	(*CosmosTransaction)(nil),           // 9: kmsha.signerservice.preview.CosmosTransaction
+	(*CosmosTransactionSignature)(nil),  // 10: kmsha.signerservice.preview.CosmosTransactionSignature
+	(*RawMessage)(nil),                  // 11: kmsha.signerservice.preview.RawMessage
+	(*RawMessageSignature)(nil),         // 12: kmsha.signerservice.preview.RawMessageSignature
+	(*SolanaTransaction)(nil),           // 13: kmsha.signerservice.preview.SolanaTransaction
+	(*SolanaTransactionSignature)(nil),  // 14: kmsha.signerservice.preview.SolanaTransactionSignature
+	(*RecoverableMessage)(nil),          // 15: kmsha.signerservice.preview.RecoverableMessage
+	(*RecoverableMessageSignature)(nil), // 16: kmsha.signerservice.preview.RecoverableMessageSignature
 }
-var file_signerservice_signerservice_proto_depIdxs = []int32{
-	0,  // 0: cosmos.kms.signerservice.GetKeyResponse.key:type_name -> cosmos.kms.signerservice.Key
-	0,  // 1: cosmos.kms.signerservice.GetKeysResponse.keys:type_name -> cosmos.kms.signerservice.Key
-	7,  // 2: cosmos.kms.signerservice.SignRequest.evm_transaction:type_name -> cosmos.kms.signerservice.EvmTransaction
-	9,  // 3: cosmos.kms.signerservice.SignRequest.cosmos_transaction:type_name -> cosmos.kms.signerservice.CosmosTransaction
-	11, // 4: cosmos.kms.signerservice.SignRequest.raw_message:type_name -> cosmos.kms.signerservice.RawMessage
-	13, // 5: cosmos.kms.signerservice.SignRequest.solana_transaction:type_name -> cosmos.kms.signerservice.SolanaTransaction
-	15, // 6: cosmos.kms.signerservice.SignRequest.recoverable_message:type_name -> cosmos.kms.signerservice.RecoverableMessage
-	8,  // 7: cosmos.kms.signerservice.SignResponse.evm_signature:type_name -> cosmos.kms.signerservice.EvmTransactionSignature
-	10, // 8: cosmos.kms.signerservice.SignResponse.cosmos_signature:type_name -> cosmos.kms.signerservice.CosmosTransactionSignature
-	12, // 9: cosmos.kms.signerservice.SignResponse.raw_signature:type_name -> cosmos.kms.signerservice.RawMessageSignature
-	14, // 10: cosmos.kms.signerservice.SignResponse.solana_signature:type_name -> cosmos.kms.signerservice.SolanaTransactionSignature
-	16, // 11: cosmos.kms.signerservice.SignResponse.recoverable_signature:type_name -> cosmos.kms.signerservice.RecoverableMessageSignature
-	1,  // 12: cosmos.kms.signerservice.SignerService.GetKey:input_type -> cosmos.kms.signerservice.GetKeyRequest
-	3,  // 13: cosmos.kms.signerservice.SignerService.GetKeys:input_type -> cosmos.kms.signerservice.GetKeysRequest
-	5,  // 14: cosmos.kms.signerservice.SignerService.Sign:input_type -> cosmos.kms.signerservice.SignRequest
-	2,  // 15: cosmos.kms.signerservice.SignerService.GetKey:output_type -> cosmos.kms.signerservice.GetKeyResponse
-	4,  // 16: cosmos.kms.signerservice.SignerService.GetKeys:output_type -> cosmos.kms.signerservice.GetKeysResponse
-	6,  // 17: cosmos.kms.signerservice.SignerService.Sign:output_type -> cosmos.kms.signerservice.SignResponse
+var file_signerservice_preview_signerservice_proto_depIdxs = []int32{
+	0,  // 0: kmsha.signerservice.preview.GetKeyResponse.key:type_name -> kmsha.signerservice.preview.Key
+	0,  // 1: kmsha.signerservice.preview.GetKeysResponse.keys:type_name -> kmsha.signerservice.preview.Key
+	7,  // 2: kmsha.signerservice.preview.SignRequest.evm_transaction:type_name -> kmsha.signerservice.preview.EvmTransaction
+	9,  // 3: kmsha.signerservice.preview.SignRequest.cosmos_transaction:type_name -> kmsha.signerservice.preview.CosmosTransaction
+	11, // 4: kmsha.signerservice.preview.SignRequest.raw_message:type_name -> kmsha.signerservice.preview.RawMessage
+	13, // 5: kmsha.signerservice.preview.SignRequest.solana_transaction:type_name -> kmsha.signerservice.preview.SolanaTransaction
+	15, // 6: kmsha.signerservice.preview.SignRequest.recoverable_message:type_name -> kmsha.signerservice.preview.RecoverableMessage
+	8,  // 7: kmsha.signerservice.preview.SignResponse.evm_signature:type_name -> kmsha.signerservice.preview.EvmTransactionSignature
+	10, // 8: kmsha.signerservice.preview.SignResponse.cosmos_signature:type_name -> kmsha.signerservice.preview.CosmosTransactionSignature
+	12, // 9: kmsha.signerservice.preview.SignResponse.raw_signature:type_name -> kmsha.signerservice.preview.RawMessageSignature
+	14, // 10: kmsha.signerservice.preview.SignResponse.solana_signature:type_name -> kmsha.signerservice.preview.SolanaTransactionSignature
+	16, // 11: kmsha.signerservice.preview.SignResponse.recoverable_signature:type_name -> kmsha.signerservice.preview.RecoverableMessageSignature
+	1,  // 12: kmsha.signerservice.preview.SignerService.GetKey:input_type -> kmsha.signerservice.preview.GetKeyRequest
+	3,  // 13: kmsha.signerservice.preview.SignerService.GetKeys:input_type -> kmsha.signerservice.preview.GetKeysRequest
+	5,  // 14: kmsha.signerservice.preview.SignerService.Sign:input_type -> kmsha.signerservice.preview.SignRequest
+	2,  // 15: kmsha.signerservice.preview.SignerService.GetKey:output_type -> kmsha.signerservice.preview.GetKeyResponse
+	4,  // 16: kmsha.signerservice.preview.SignerService.GetKeys:output_type -> kmsha.signerservice.preview.GetKeysResponse
+	6,  // 17: kmsha.signerservice.preview.SignerService.Sign:output_type -> kmsha.signerservice.preview.SignResponse
 	15, // [15:18] is the sub-list for method output_type
 	12, // [12:15] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
@@ -1137,19 +1144,19 @@ var file_signerservice_signerservice_proto_depIdxs = []int32{
 	0,  // [0:12] is the sub-list for field type_name
 }
 
-func init() { file_signerservice_signerservice_proto_init() }
-func file_signerservice_signerservice_proto_init() {
-	if File_signerservice_signerservice_proto != nil {
+func init() { file_signerservice_preview_signerservice_proto_init() }
+func file_signerservice_preview_signerservice_proto_init() {
+	if File_signerservice_preview_signerservice_proto != nil {
 		return
 	}
-	file_signerservice_signerservice_proto_msgTypes[5].OneofWrappers = []any{
+	file_signerservice_preview_signerservice_proto_msgTypes[5].OneofWrappers = []any{
 		(*SignRequest_EvmTransaction)(nil),
 		(*SignRequest_CosmosTransaction)(nil),
 		(*SignRequest_RawMessage)(nil),
 		(*SignRequest_SolanaTransaction)(nil),
 		(*SignRequest_RecoverableMessage)(nil),
 	}
-	file_signerservice_signerservice_proto_msgTypes[6].OneofWrappers = []any{
+	file_signerservice_preview_signerservice_proto_msgTypes[6].OneofWrappers = []any{
 		(*SignResponse_EvmSignature)(nil),
 		(*SignResponse_CosmosSignature)(nil),
 		(*SignResponse_RawSignature)(nil),
@@ -1160,17 +1167,17 @@ func file_signerservice_signerservice_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signerservice_signerservice_proto_rawDesc), len(file_signerservice_signerservice_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signerservice_preview_signerservice_proto_rawDesc), len(file_signerservice_preview_signerservice_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_signerservice_signerservice_proto_goTypes,
-		DependencyIndexes: file_signerservice_signerservice_proto_depIdxs,
-		MessageInfos:      file_signerservice_signerservice_proto_msgTypes,
+		GoTypes:           file_signerservice_preview_signerservice_proto_goTypes,
+		DependencyIndexes: file_signerservice_preview_signerservice_proto_depIdxs,
+		MessageInfos:      file_signerservice_preview_signerservice_proto_msgTypes,
 	}.Build()
-	File_signerservice_signerservice_proto = out.File
-	file_signerservice_signerservice_proto_goTypes = nil
-	file_signerservice_signerservice_proto_depIdxs = nil
+	File_signerservice_preview_signerservice_proto = out.File
+	file_signerservice_preview_signerservice_proto_goTypes = nil
+	file_signerservice_preview_signerservice_proto_depIdxs = nil
 }

@@ -2,12 +2,19 @@
 // versions:
 // - protoc-gen-go-grpc v1.5.1
 // - protoc             v3.21.12
-// source: signerservice/signerservice.proto
+// source: signerservice/preview/signerservice.proto
 
-// The SignerService of cosmos/kms, served unchanged by every kms-ha node so
-// that clients built against cosmos/kms work as they are. The package, the
-// service, and every message, field name and field number below are part of
-// that wire contract: never renumber or rename them.
+// The pre-release SignerService of cosmos/kms (before v0.1.0), served by
+// kms-ha when kms.yaml says `grpc.api: preview`, for clients built against
+// it. Every message, field name and field number below is part of that
+// wire contract: never renumber or rename them.
+//
+// On the wire the service is /cosmos.kms.signerservice.SignerService, the
+// same path as the released contract (signerservice/signerservice.proto).
+// Its proto package here is kmsha.signerservice.preview only because one Go
+// binary cannot register two files declaring the same full names; grpcapi
+// serves it under the released path and its client helper calls that path.
+// Message names never travel on the wire.
 //
 // kms-ha implements the recoverable secp256k1 path: GetKey, GetKeys, and Sign
 // with a RecoverableMessage payload. The other payload kinds are declared so
@@ -28,9 +35,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SignerService_GetKey_FullMethodName  = "/cosmos.kms.signerservice.SignerService/GetKey"
-	SignerService_GetKeys_FullMethodName = "/cosmos.kms.signerservice.SignerService/GetKeys"
-	SignerService_Sign_FullMethodName    = "/cosmos.kms.signerservice.SignerService/Sign"
+	SignerService_GetKey_FullMethodName  = "/kmsha.signerservice.preview.SignerService/GetKey"
+	SignerService_GetKeys_FullMethodName = "/kmsha.signerservice.preview.SignerService/GetKeys"
+	SignerService_Sign_FullMethodName    = "/kmsha.signerservice.preview.SignerService/Sign"
 )
 
 // SignerServiceClient is the client API for SignerService service.
@@ -191,7 +198,7 @@ func _SignerService_Sign_Handler(srv interface{}, ctx context.Context, dec func(
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var SignerService_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "cosmos.kms.signerservice.SignerService",
+	ServiceName: "kmsha.signerservice.preview.SignerService",
 	HandlerType: (*SignerServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
@@ -208,5 +215,5 @@ var SignerService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
-	Metadata: "signerservice/signerservice.proto",
+	Metadata: "signerservice/preview/signerservice.proto",
 }

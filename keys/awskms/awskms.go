@@ -109,6 +109,25 @@ type Key struct {
 // have been named with: re-pointing the alias must not silently change the
 // validator's consensus key under a running node.
 func Open(ctx context.Context, cfg Config) (*Key, error) {
+	k, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.inspect(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := k.Sign(ctx, []byte(selfTestMessage)); err != nil {
+		return nil, fmt.Errorf("%w (during the self-test signature at startup)", err)
+	}
+	k.log.Info("AWS KMS key ready",
+		"key_id", cfg.KeyID, "arn", k.arn, "region", k.region, "endpoint", cfg.Endpoint,
+		"pub_key", fmt.Sprintf("%X", []byte(k.pub)), "address", k.PubKey().Address().String())
+	return k, nil
+}
+
+// connect builds the KMS client for cfg and checks the credentials; it
+// does not call KMS yet.
+func connect(ctx context.Context, cfg Config) (*Key, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -177,15 +196,6 @@ func Open(ctx context.Context, cfg Config) (*Key, error) {
 		timeout: timeout,
 		log:     log,
 	}
-	if err := k.inspect(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := k.Sign(ctx, []byte(selfTestMessage)); err != nil {
-		return nil, fmt.Errorf("%w (during the self-test signature at startup)", err)
-	}
-	log.Info("AWS KMS key ready",
-		"key_id", cfg.KeyID, "arn", k.arn, "region", k.region, "endpoint", cfg.Endpoint,
-		"pub_key", fmt.Sprintf("%X", []byte(k.pub)), "address", k.PubKey().Address().String())
 	return k, nil
 }
 

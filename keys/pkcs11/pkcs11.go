@@ -85,6 +85,19 @@ type Key struct {
 // (each also by SignTimeout); loading the library itself cannot be
 // bounded.
 func Open(ctx context.Context, cfg Config) (*Key, error) {
+	k, err := newKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.init(ctx); err != nil {
+		_ = k.Close()
+		return nil, fmt.Errorf("keys/pkcs11: %s: %w", k.desc, err)
+	}
+	return k, nil
+}
+
+// newKey loads the module for cfg; no token call yet.
+func newKey(cfg Config) (*Key, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -119,10 +132,6 @@ func Open(ctx context.Context, cfg Config) (*Key, error) {
 	if cfg.Slot != nil {
 		slot := *cfg.Slot
 		k.fixedSlot = &slot
-	}
-	if err := k.init(ctx); err != nil {
-		_ = k.Close()
-		return nil, fmt.Errorf("keys/pkcs11: %s: %w", k.desc, err)
 	}
 	return k, nil
 }

@@ -45,6 +45,7 @@ const (
 const (
 	SpecEd25519   = "ECC_NIST_EDWARDS25519"
 	SpecP256      = "ECC_NIST_P256"
+	SpecSecp256k1 = "ECC_SECG_P256K1"
 	SpecSymmetric = "SYMMETRIC_DEFAULT"
 
 	UsageSignVerify     = "SIGN_VERIFY"
@@ -75,7 +76,8 @@ type KeyOptions struct {
 	// Alias is "alias/NAME" (the prefix is added if missing); empty for none.
 	Alias string
 	// Spec is the KMS key spec; ECC_NIST_EDWARDS25519 when empty. Supported:
-	// ECC_NIST_EDWARDS25519, ECC_NIST_P256, SYMMETRIC_DEFAULT.
+	// ECC_NIST_EDWARDS25519, ECC_NIST_P256, ECC_SECG_P256K1,
+	// SYMMETRIC_DEFAULT.
 	Spec string
 	// Usage overrides the key usage (SIGN_VERIFY, or ENCRYPT_DECRYPT for a
 	// symmetric key), to exercise a client's usage check.
@@ -170,6 +172,9 @@ func (s *Server) AddKey(opts KeyOptions) (keyID string) {
 			s.t.Fatalf("kmstest: generate P-256 key: %v", err)
 		}
 		return s.addKey(opts, &priv.PublicKey, p256Signer(priv))
+	case SpecSecp256k1:
+		id, _ := s.addSecp256k1Key(opts)
+		return id
 	case SpecSymmetric:
 		return s.addKey(opts, nil, nil)
 	default:
@@ -183,7 +188,7 @@ func (s *Server) addKey(opts KeyOptions, pub crypto.PublicKey, sign func([]byte,
 	switch opts.Spec {
 	case SpecEd25519:
 		k.algs = []string{"ED25519_SHA_512", "ED25519_PH_SHA_512"}
-	case SpecP256:
+	case SpecP256, SpecSecp256k1:
 		k.algs = []string{"ECDSA_SHA_256"}
 	}
 	if k.usage == "" {
@@ -195,7 +200,9 @@ func (s *Server) addKey(opts KeyOptions, pub crypto.PublicKey, sign func([]byte,
 	if k.usage != UsageSignVerify {
 		k.algs = nil
 	}
-	if pub != nil {
+	if der, ok := pub.(spkiDER); ok {
+		k.pubDER = der
+	} else if pub != nil {
 		der, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
 			s.t.Fatalf("kmstest: marshal public key: %v", err)

@@ -3,229 +3,27 @@ package grpcapi
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
 	decdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/kms-ha/kms-ha/grpcapi/signerpb"
 )
-
-// ---- throwaway PKI ----------------------------------------------------
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func nextSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and PEM key signed by ca, for a server
-// on 127.0.0.1 or for a client.
-func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-func writeFile(t *testing.T, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// ---- fixtures -----------------------------------------------------------
-
-// syncBuffer is a log sink the server goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-type signerFixture struct {
-	dir      string
-	ca       *testCA // issues the server certificate
-	cfg      SignerServiceConfig
-	keyHex   map[string]string
-	logs     *syncBuffer
-	listener *SignerServiceListener
-}
-
-// newSignerFixture writes a server certificate and key files for ids and
-// returns a config listening on 127.0.0.1:0 (not started).
-func newSignerFixture(t *testing.T, ids ...string) *signerFixture {
-	t.Helper()
-	f := &signerFixture{dir: t.TempDir(), ca: newTestCA(t, "server CA"), keyHex: map[string]string{}, logs: &syncBuffer{}}
-	certPEM, keyPEM := f.ca.issue(t, "signer", true)
-	f.cfg = SignerServiceConfig{
-		Listen:  "127.0.0.1:0",
-		TLSCert: writeFile(t, f.dir, "server.crt", certPEM),
-		TLSKey:  writeFile(t, f.dir, "server.key", keyPEM),
-	}
-	for _, id := range ids {
-		priv, err := dsecp.GeneratePrivateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := hex.EncodeToString(priv.Serialize())
-		f.keyHex[id] = h
-		f.cfg.Keys = append(f.cfg.Keys, SignerKey{ID: id, KeyFile: writeFile(t, f.dir, id+".hex", []byte(h+"\n"))})
-	}
-	return f
-}
-
-func (f *signerFixture) start(t *testing.T) {
-	t.Helper()
-	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	l, err := StartSignerService(f.cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.listener = l
-	t.Cleanup(func() {
-		if err := l.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-}
-
-// client dials the running service, trusting the server CA and presenting
-// clientCert (PEM cert and key) if given.
-func (f *signerFixture) client(t *testing.T, clientCert ...[]byte) signerpb.SignerServiceClient {
-	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(f.ca.cert)
-	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if len(clientCert) == 2 {
-		c, err := tls.X509KeyPair(clientCert[0], clientCert[1])
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc.Certificates = []tls.Certificate{c}
-	}
-	conn, err := grpc.NewClient(f.listener.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return signerpb.NewSignerServiceClient(conn)
-}
-
-func callCtx(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func recoverableReq(id string, msg []byte) *signerpb.SignRequest {
-	return &signerpb.SignRequest{KeyId: id, Payload: &signerpb.SignRequest_RecoverableMessage{
-		RecoverableMessage: &signerpb.RecoverableMessage{Message: msg},
-	}}
-}
-
-func wantCode(t *testing.T, what string, err error, code codes.Code) {
-	t.Helper()
-	if status.Code(err) != code {
-		t.Errorf("%s: err = %v, want code %s", what, err, code)
-	}
-}
 
 // ---- tests ----------------------------------------------------------------
 
@@ -440,9 +238,23 @@ func TestSignerServiceConfigRejected(t *testing.T) {
 		edit func(c *SignerServiceConfig)
 		want string
 	}{
-		"no TLS files": {func(c *SignerServiceConfig) { c.TLSCert, c.TLSKey = "", "" }, "tls_cert and tls_key are required"},
-		"no TLS key":   {func(c *SignerServiceConfig) { c.TLSKey = "" }, "tls_cert and tls_key are required"},
-		"no TLS cert":  {func(c *SignerServiceConfig) { c.TLSCert = "" }, "tls_cert and tls_key are required"},
+		"plaintext beyond loopback": {func(c *SignerServiceConfig) {
+			c.TLSCert, c.TLSKey, c.Listen, c.AllowUnauthenticatedClients = "", "", "0.0.0.0:0", true
+		}, "tls_cert and tls_key are required when grpc.listen"},
+		"plaintext with a client CA": {func(c *SignerServiceConfig) {
+			c.TLSCert, c.TLSKey, c.ClientCA = "", "", writeFile(t, f.dir, "ca.crt", newTestCA(t, "client CA").pem)
+		}, "client_ca: needs TLS"},
+		"no TLS key":  {func(c *SignerServiceConfig) { c.TLSKey = "" }, "tls_cert and tls_key go together"},
+		"no TLS cert": {func(c *SignerServiceConfig) { c.TLSCert = "" }, "tls_cert and tls_key go together"},
+		"unknown api": {func(c *SignerServiceConfig) { c.API = "v2" }, `api: "v2" is unknown; use released`},
+		"ed25519 on the preview": {func(c *SignerServiceConfig) { c.Keys[0].Algorithm = AlgoEd25519 },
+			"cannot be served by grpc.api: preview"},
+		"a combination the release lacks": {func(c *SignerServiceConfig) { c.Keys[0].Algorithm = AlgoSecp256k1 },
+			`keys[0].algorithm: "secp256k1" is not offered by backend file`},
+		"unknown backend": {func(c *SignerServiceConfig) { c.Keys[0].Backend = "vault" }, `keys[0].backend: "vault" is unknown`},
+		"pkcs11 fields":   {func(c *SignerServiceConfig) { c.Keys[0].Backend = BackendPKCS11 }, "keys[0].module: is required"},
+		"awskms fields": {func(c *SignerServiceConfig) { c.Keys[0].Backend = BackendAWSKMS; c.Keys[0].Algorithm = AlgoSecp256k1 },
+			"keys[0].key_id: is required"},
 		"missing cert file": {func(c *SignerServiceConfig) { c.TLSCert = filepath.Join(f.dir, "absent.crt") },
 			"load TLS certificate"},
 		"missing client CA": {func(c *SignerServiceConfig) { c.ClientCA = filepath.Join(f.dir, "absent-ca.crt") },
@@ -520,13 +332,15 @@ func TestSignerServiceStopsAndNeedsTLS(t *testing.T) {
 	}
 }
 
-// The wire contract of cosmos/kms's SignerService: a renamed or renumbered
-// field breaks its clients, so it is pinned here.
-func TestSignerServiceWireContract(t *testing.T) {
-	methods := []string{
-		signerpb.SignerService_GetKey_FullMethodName,
-		signerpb.SignerService_GetKeys_FullMethodName,
-		signerpb.SignerService_Sign_FullMethodName,
+// The wire contract of the pre-release SignerService: a renamed or
+// renumbered field breaks its clients, so it is pinned here. The paths are
+// those its clients call (the generated code's, rewritten as the service
+// registers and the client helper calls them).
+func TestPreviewSignerServiceWireContract(t *testing.T) {
+	var methods []string
+	for _, m := range []string{signerpb.SignerService_GetKey_FullMethodName, signerpb.SignerService_GetKeys_FullMethodName,
+		signerpb.SignerService_Sign_FullMethodName} {
+		methods = append(methods, strings.Replace(m, previewGenerated, releasedPath, 1))
 	}
 	want := []string{
 		"/cosmos.kms.signerservice.SignerService/GetKey",
@@ -558,8 +372,8 @@ func TestSignerServiceWireContract(t *testing.T) {
 		"RecoverableMessage":          "message=1",
 		"RecoverableMessageSignature": "r=1 s=2 v=3",
 	}
-	fd := signerpb.File_signerservice_signerservice_proto
-	if fd.Package() != "cosmos.kms.signerservice" {
+	fd := signerpb.File_signerservice_preview_signerservice_proto
+	if fd.Package() != "kmsha.signerservice.preview" {
 		t.Fatalf("package %q", fd.Package())
 	}
 	if fd.Messages().Len() != len(fields) {
