@@ -38,3 +38,41 @@ func TestSignerServiceBeyondLoopbackNeedsClientCA(t *testing.T) {
 		}
 	}
 }
+
+// A kms.yaml of an earlier kms-ha (keys with id and key_file only) loads
+// unchanged, as file secp256k1eth keys served on the released contract;
+// backend defaults per the release (pkcs11 and awskms: ed25519).
+func TestGRPCKeyDefaults(t *testing.T) {
+	c, err := Parse([]byte(singleChain+`grpc:
+  listen: 127.0.0.1:9090
+  keys:
+    - id: old
+      key_file: old.hex
+    - id: hsm
+      backend: pkcs11
+      module: /usr/lib/softhsm/libsofthsm2.so
+      token_label: t
+      key_label: k
+      pin_file: pin.txt
+    - id: kms
+      backend: awskms
+      key_id: alias/x
+`), homeWithIdentity(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := c.GRPC.SignerService()
+	var got []string
+	for _, k := range g.Keys {
+		got = append(got, k.ID+":"+k.Backend+"/"+k.Algorithm)
+	}
+	if g.API != "released" || strings.Join(got, " ") != "old:file/secp256k1eth hsm:pkcs11/ed25519 kms:awskms/ed25519" {
+		t.Errorf("api %q, keys %v", g.API, got)
+	}
+	if k := g.Keys[1].PKCS11; k.PinFile != c.Path("pin.txt") || k.KeyLabel != "k" || k.TokenLabel != "t" {
+		t.Errorf("pkcs11 fields %+v", k)
+	}
+	if k := g.Keys[2].AWSKMS; k.KeyID != "alias/x" {
+		t.Errorf("awskms fields %+v", k)
+	}
+}

@@ -60,8 +60,11 @@ func (c previewConn) Invoke(ctx context.Context, method string, args, reply any,
 	return c.ClientConnInterface.Invoke(ctx, strings.Replace(method, previewGenerated, releasedPath, 1), args, reply, opts...)
 }
 
+// previewAlgo is the algo the pre-release GetKey reports for every key.
+const previewAlgo = "secp256k1"
+
 func previewKey(k *openedKey) *signerpb.Key {
-	return &signerpb.Key{Id: k.id, Pubkey: k.pubKey(), Algo: "secp256k1"}
+	return &signerpb.Key{Id: k.id, Pubkey: k.pubKey(), Algo: previewAlgo}
 }
 
 // GetKey returns one key's id, compressed public key and algorithm.

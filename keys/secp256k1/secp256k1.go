@@ -1,6 +1,8 @@
-// Package secp256k1 is the key backend of the SignerService: a secp256k1
-// private key read from a file of hex and held in memory, which signs with
-// recoverable ECDSA (SHA-256, RFC 6979 nonces, low-S).
+// Package secp256k1 is the SignerService's file key for secp256k1: a
+// private key read from a file of hex and held in memory, which signs
+// digests with ECDSA (RFC 6979 nonces, low-S); and the ECDSA helpers every
+// secp256k1 backend shares: normalising a token's or KMS's signature to
+// low-S with its recovery id, and decoding DER signatures and public keys.
 //
 // It is not a consensus key (CometBFT validators sign with Ed25519) and so
 // does not implement keys.Signer.
@@ -8,17 +10,12 @@ package secp256k1
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
-	"github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 )
-
-// Algo is the algorithm name the SignerService reports for these keys.
-const Algo = "secp256k1"
 
 const (
 	// PrivKeySize is the length of a raw private key scalar.
@@ -121,26 +118,6 @@ func (k *Key) PubKeyCompressed() []byte {
 	out := make([]byte, PubKeySize)
 	copy(out, k.pub[:])
 	return out
-}
-
-// SignRecoverable signs SHA-256(msg) with ECDSA: the nonce is derived per
-// RFC 6979, s is in the lower half of the group order (BIP 62), and v is the
-// public key recovery id (0 or 1), so that (r, s, v) over SHA-256(msg)
-// recovers PubKeyCompressed. Signing the same msg twice gives the same
-// signature.
-//
-// v is 2 or 3 only if the nonce point's x coordinate is at least the group
-// order, which happens with probability about 2^-127; it is then still the
-// correct recovery id.
-func (k *Key) SignRecoverable(msg []byte) (r, s [32]byte, v byte) {
-	digest := sha256.Sum256(msg)
-	// SignCompact returns code || R || S where code = 27 + recovery id, plus
-	// 4 when the key is flagged compressed.
-	compact := ecdsa.SignCompact(k.priv, digest[:], true)
-	copy(r[:], compact[1:33])
-	copy(s[:], compact[33:65])
-	v = compact[0] - 27 - 4
-	return r, s, v
 }
 
 // String identifies the key by its public key only.

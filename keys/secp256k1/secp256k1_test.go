@@ -2,6 +2,7 @@ package secp256k1
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -170,7 +171,7 @@ func TestFromBytesLength(t *testing.T) {
 
 // Vectors cross-checked against OpenSSL's deterministic (RFC 6979) ECDSA
 // with SHA-256 on secp256k1, normalised to low-S.
-func TestSignRecoverableVectors(t *testing.T) {
+func TestSignDigestVectors(t *testing.T) {
 	vectors := []struct {
 		priv, msg, r, s string
 	}{
@@ -195,7 +196,7 @@ func TestSignRecoverableVectors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, s, v := k.SignRecoverable([]byte(vec.msg))
+		r, s, v := signRecoverable(t, k, []byte(vec.msg))
 		if hex.EncodeToString(r[:]) != vec.r || hex.EncodeToString(s[:]) != vec.s {
 			t.Errorf("vector %d: got r=%x s=%x\nwant r=%s s=%s", i, r, s, vec.r, vec.s)
 		}
@@ -205,7 +206,7 @@ func TestSignRecoverableVectors(t *testing.T) {
 	}
 }
 
-func TestSignRecoverableProperties(t *testing.T) {
+func TestSignDigestProperties(t *testing.T) {
 	k, err := Load(writeKeyFile(t, randomKeyHex(t)))
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +214,7 @@ func TestSignRecoverableProperties(t *testing.T) {
 	seen := map[byte]bool{}
 	for i := 0; i < 64; i++ {
 		msg := []byte(fmt.Sprintf("message %d", i))
-		r, s, v := k.SignRecoverable(msg)
+		r, s, v := signRecoverable(t, k, msg)
 		seen[v] = true
 
 		if got := recoverPub(t, msg, r, s, v); !bytes.Equal(got, k.PubKeyCompressed()) {
@@ -236,7 +237,7 @@ func TestSignRecoverableProperties(t *testing.T) {
 			t.Fatalf("msg %d: signature does not verify", i)
 		}
 
-		r2, s2, v2 := k.SignRecoverable(msg)
+		r2, s2, v2 := signRecoverable(t, k, msg)
 		if r2 != r || s2 != s || v2 != v {
 			t.Fatalf("msg %d: signing twice gave different signatures", i)
 		}
@@ -261,4 +262,25 @@ func TestKeyNeverPrintsPrivateKey(t *testing.T) {
 			t.Errorf("%s = %q, want the public key", verb, out)
 		}
 	}
+}
+
+// signRecoverable is what the SignerService does with a file key: sign
+// SHA-256(msg) and normalise, finding v.
+func signRecoverable(t *testing.T, k *Key, msg []byte) (r, s [32]byte, v byte) {
+	t.Helper()
+	digest := sha256.Sum256(msg)
+	raw, err := k.SignDigest(context.Background(), digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, v, err := Normalize(k.PubKey(), digest[:], raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(low, raw) {
+		t.Fatalf("a file key's RFC 6979 signature was not low-S already")
+	}
+	copy(r[:], low[:32])
+	copy(s[:], low[32:])
+	return r, s, v
 }
