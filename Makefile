@@ -80,7 +80,8 @@ chaos:
 	$(BUILD)/chaos -faults $(CHAOS_FAULTS) -seed $(CHAOS_SEED) -out $(BUILD)/chaos-report -docs docs/chaos.md 2>&1 | tee $(BUILD)/chaos.log; exit $${PIPESTATUS[0]}
 
 # Sign latency (1-node baseline vs 3 nodes; each key backend alone and
-# through the cluster) and read latency (follower, linearizable).
+# through the cluster), read latency (follower, linearizable), and the
+# SignerService's Sign per backend and scheme.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./signer/ ./grpcapi/
 

@@ -69,9 +69,11 @@ keys: []
 # metrics:
 #   listen: 127.0.0.1:26661
 
-# The cosmos/kms secp256k1 SignerService (TLS mandatory), served by every node.
+# The SignerService of cosmos/kms v0.1.0, served by every node
+# (docs/signerservice.md). api: preview serves the pre-release contract.
 # grpc:
 #   listen: 0.0.0.0:9090
+#   # TLS; leave both out for plaintext, which only a loopback listen may do.
 #   tls_cert: grpc.crt
 #   tls_key: grpc.key
 #   # Require client certificates from this CA. Without it any TLS client could
@@ -81,7 +83,14 @@ keys: []
 #   client_ca: clients-ca.crt
 #   keys:
 #     - id: attestor-1
+#       backend: file              # file, pkcs11 or awskms
+#       algorithm: secp256k1eth    # file: secp256k1eth, ed25519
 #       key_file: attestor_secp256k1.hex
+#     - id: attestor-2
+#       backend: awskms
+#       algorithm: secp256k1       # awskms: ed25519, secp256k1, secp256k1eth
+#       key_id: alias/attestor
+#       region: us-east-1
 
 # log:
 #   level: info     # debug, info, warn, error

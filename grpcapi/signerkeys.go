@@ -138,8 +138,11 @@ func (k *openedKey) signPayload(ctx context.Context, payload []byte) ([]byte, er
 		return k.ed.Sign(ctx, payload)
 	case AlgoSecp256k1:
 		digest := sha256.Sum256(payload)
-		low, _, err := k.signDigest(ctx, digest[:])
-		return low, err
+		raw, err := k.ecdsa.SignDigest(ctx, digest[:])
+		if err != nil {
+			return nil, err
+		}
+		return secp256k1.NormalizeLowS(k.ecdsa.PubKey(), digest[:], raw)
 	case AlgoSecp256k1Eth:
 		if len(payload) != secp256k1.DigestSize {
 			return nil, fmt.Errorf("%w: ECDSA_SECP256K1ETH signs a 32-byte digest (e.g. the Keccak-256 of the message), got %d bytes",

@@ -17,7 +17,7 @@ const tokenPin = "pin-grpcapi-signerservice-5521"
 
 // pkcs11Keys provisions a SoftHSM token with a secp256k1 and an Ed25519
 // key, generated on the token, and configures both as grpc.keys.
-func pkcs11Keys(t *testing.T, label string) []SignerKey {
+func pkcs11Keys(t testing.TB, label string) []SignerKey {
 	t.Helper()
 	module, _ := pkcs11test.NewToken(t, label, tokenPin)
 	pkcs11test.GenerateSecp256k1(t, module, label, tokenPin, "eth-key", []byte{0x0e})
@@ -33,7 +33,7 @@ func pkcs11Keys(t *testing.T, label string) []SignerKey {
 
 // awskmsKeys adds one key of each algorithm AWS KMS offers the
 // SignerService to a local KMS endpoint that the real AWS SDK talks to.
-func awskmsKeys(t *testing.T) []SignerKey {
+func awskmsKeys(t testing.TB) []SignerKey {
 	t.Helper()
 	kmstest.IsolateEnv(t)
 	srv := kmstest.New(t)

@@ -45,7 +45,7 @@ func nextSerial() *big.Int {
 	return n
 }
 
-func newTestCA(t *testing.T, name string) *testCA {
+func newTestCA(t testing.TB, name string) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -73,7 +73,7 @@ func newTestCA(t *testing.T, name string) *testCA {
 
 // issue returns a PEM certificate and PEM key signed by ca, for a server
 // on 127.0.0.1 or for a client.
-func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM []byte) {
+func (ca *testCA) issue(t testing.TB, cn string, server bool) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -104,7 +104,7 @@ func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM [
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
 
-func writeFile(t *testing.T, dir, name string, data []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, data, 0o600); err != nil {
@@ -144,7 +144,7 @@ type signerFixture struct {
 
 // newSignerFixture writes a server certificate and key files for ids and
 // returns a config listening on 127.0.0.1:0 (not started).
-func newSignerFixture(t *testing.T, ids ...string) *signerFixture {
+func newSignerFixture(t testing.TB, ids ...string) *signerFixture {
 	t.Helper()
 	f := &signerFixture{dir: t.TempDir(), ca: newTestCA(t, "server CA"), keyHex: map[string]string{}, logs: &syncBuffer{}}
 	certPEM, keyPEM := f.ca.issue(t, "signer", true)
@@ -166,7 +166,7 @@ func newSignerFixture(t *testing.T, ids ...string) *signerFixture {
 	return f
 }
 
-func (f *signerFixture) start(t *testing.T) {
+func (f *signerFixture) start(t testing.TB) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	l, err := StartSignerService(f.cfg, log)
@@ -183,14 +183,14 @@ func (f *signerFixture) start(t *testing.T) {
 
 // client dials the running service, trusting the server CA and presenting
 // clientCert (PEM cert and key) if given.
-func (f *signerFixture) client(t *testing.T, clientCert ...[]byte) signerpb.SignerServiceClient {
+func (f *signerFixture) client(t testing.TB, clientCert ...[]byte) signerpb.SignerServiceClient {
 	t.Helper()
 	return NewPreviewSignerClient(f.dial(t, clientCert...))
 }
 
 // dial connects to the running service over TLS, trusting the server CA
 // and presenting clientCert (PEM cert and key) if given.
-func (f *signerFixture) dial(t *testing.T, clientCert ...[]byte) *grpc.ClientConn {
+func (f *signerFixture) dial(t testing.TB, clientCert ...[]byte) *grpc.ClientConn {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(f.ca.cert)
@@ -210,7 +210,7 @@ func (f *signerFixture) dial(t *testing.T, clientCert ...[]byte) *grpc.ClientCon
 	return conn
 }
 
-func callCtx(t *testing.T) context.Context {
+func callCtx(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -223,7 +223,7 @@ func recoverableReq(id string, msg []byte) *signerpb.SignRequest {
 	}}
 }
 
-func wantCode(t *testing.T, what string, err error, code codes.Code) {
+func wantCode(t testing.TB, what string, err error, code codes.Code) {
 	t.Helper()
 	if status.Code(err) != code {
 		t.Errorf("%s: err = %v, want code %s", what, err, code)

@@ -49,7 +49,7 @@ func mustHex(t testing.TB, s string) []byte {
 
 // releasedFixture starts the released contract over TLS on 127.0.0.1 with
 // keys, and returns a client generated from the release's proto.
-func releasedFixture(t *testing.T, keys ...SignerKey) (signerservicepb.SignerServiceClient, *signerFixture) {
+func releasedFixture(t testing.TB, keys ...SignerKey) (signerservicepb.SignerServiceClient, *signerFixture) {
 	t.Helper()
 	f := newSignerFixture(t)
 	f.cfg.API = APIReleased
@@ -60,7 +60,7 @@ func releasedFixture(t *testing.T, keys ...SignerKey) (signerservicepb.SignerSer
 
 // fileVectorKeys writes the test-vector keys as cosmos/kms's file backend
 // reads them: hex for secp256k1eth, base64 of seed||pubkey for ed25519.
-func fileVectorKeys(t *testing.T, dir string) []SignerKey {
+func fileVectorKeys(t testing.TB, dir string) []SignerKey {
 	edKey := append(mustHex(t, vecEdSeed), mustHex(t, vecEdPub)...)
 	return []SignerKey{
 		{ID: "eth", Backend: BackendFile, Algorithm: AlgoSecp256k1Eth,

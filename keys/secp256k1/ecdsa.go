@@ -39,41 +39,77 @@ func (k *Key) SignDigest(ctx context.Context, digest []byte) ([]byte, error) {
 }
 
 // Normalize turns a raw r||s over digest, as a token or KMS produced it,
-// into the canonical form the SignerService answers: s moved to the lower
-// half of the group order, and the recovery id v (0 or 1) found by
-// recovering pub. A signature that does not verify against pub is
-// ErrBadSignature: a faulty backend must not get a wrong signature out.
+// into the canonical recoverable form: s moved to the lower half of the
+// group order, and the recovery id v (0 or 1). A signature that does not
+// verify against pub is ErrBadSignature, so a faulty backend never gets a
+// wrong signature out.
 func Normalize(pub *dsecp.PublicKey, digest, rs []byte) (low []byte, v byte, err error) {
+	r, s, err := lowS(digest, rs)
+	if err != nil {
+		return nil, 0, err
+	}
+	v, err = verify(pub, digest, &r, &s)
+	if err != nil {
+		return nil, 0, err
+	}
+	rb, sb := r.Bytes(), s.Bytes()
+	return append(rb[:], sb[:]...), v, nil
+}
+
+// NormalizeLowS is Normalize for a caller that needs no recovery id.
+func NormalizeLowS(pub *dsecp.PublicKey, digest, rs []byte) ([]byte, error) {
+	low, _, err := Normalize(pub, digest, rs)
+	return low, err
+}
+
+// verify is ECDSA verification that also yields the recovery id: the
+// point R = (e/s)G + (r/s)Q must have x = r, and the parity of its y is
+// the v that recovers Q from (r, s). One verification's work, where
+// finding v by trial recovery would cost one to two more.
+func verify(pub *dsecp.PublicKey, digest []byte, r, s *dsecp.ModNScalar) (byte, error) {
+	var e dsecp.ModNScalar
+	e.SetByteSlice(digest)
+	w := new(dsecp.ModNScalar).InverseValNonConst(s)
+	u1 := new(dsecp.ModNScalar).Mul2(&e, w)
+	u2 := new(dsecp.ModNScalar).Mul2(r, w)
+	var q, u1G, u2Q, R dsecp.JacobianPoint
+	pub.AsJacobian(&q)
+	dsecp.ScalarBaseMultNonConst(u1, &u1G)
+	dsecp.ScalarMultNonConst(u2, &q, &u2Q)
+	dsecp.AddNonConst(&u1G, &u2Q, &R)
+	if (R.X.IsZero() && R.Y.IsZero()) || R.Z.IsZero() {
+		return 0, ErrBadSignature
+	}
+	R.ToAffine()
+	xb := R.X.Bytes()
+	var x dsecp.ModNScalar
+	if overflow := x.SetBytes(xb); !x.Equals(r) {
+		return 0, ErrBadSignature
+	} else if overflow != 0 {
+		// R.x is at least the group order (odds about 2^-127): recovery
+		// ids 2 and 3, which v in {0, 1} cannot carry.
+		return 0, fmt.Errorf("%w: its recovery id is 2 or 3, which r||s||v cannot carry", ErrBadSignature)
+	}
+	if R.Y.IsOdd() {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+func lowS(digest, rs []byte) (r, s dsecp.ModNScalar, err error) {
 	if len(digest) != DigestSize {
-		return nil, 0, fmt.Errorf("keys/secp256k1: digest is %d bytes, want %d", len(digest), DigestSize)
+		return r, s, fmt.Errorf("keys/secp256k1: digest is %d bytes, want %d", len(digest), DigestSize)
 	}
 	if len(rs) != 64 {
-		return nil, 0, fmt.Errorf("%w: r||s is %d bytes, want 64", ErrBadSignature, len(rs))
+		return r, s, fmt.Errorf("%w: r||s is %d bytes, want 64", ErrBadSignature, len(rs))
 	}
-	var r, s dsecp.ModNScalar
 	if r.SetByteSlice(rs[:32]) || s.SetByteSlice(rs[32:]) || r.IsZero() || s.IsZero() {
-		return nil, 0, fmt.Errorf("%w: r or s is zero or not below the group order", ErrBadSignature)
+		return r, s, fmt.Errorf("%w: r or s is zero or not below the group order", ErrBadSignature)
 	}
 	if s.IsOverHalfOrder() {
 		s.Negate()
 	}
-	if !ecdsa.NewSignature(&r, &s).Verify(digest, pub) {
-		return nil, 0, ErrBadSignature
-	}
-	rb, sb := r.Bytes(), s.Bytes()
-	compact := make([]byte, 65)
-	copy(compact[1:33], rb[:])
-	copy(compact[33:], sb[:])
-	for id := byte(0); id <= 1; id++ {
-		compact[0] = 27 + id
-		got, _, err := ecdsa.RecoverCompact(compact, digest)
-		if err == nil && got.IsEqual(pub) {
-			return compact[1:], id, nil
-		}
-	}
-	// Recovery ids 2 and 3 (r overflowed the group order; odds about
-	// 2^-127) cannot be carried by v in {0, 1}.
-	return nil, 0, errors.New("keys/secp256k1: the signature's recovery id is 2 or 3, which r||s||v cannot carry")
+	return r, s, nil
 }
 
 // ParseDER decodes an ASN.1 DER ECDSA-Sig-Value (what AWS KMS and many

@@ -134,3 +134,15 @@ func TestSPKIRoundTripAndOtherCurvesRefused(t *testing.T) {
 		t.Errorf("a P-256 key: err = %v, want a curve error", err)
 	}
 }
+
+func TestNormalizeLowS(t *testing.T) {
+	k := newKey(t)
+	digest := sha256.Sum256([]byte("m"))
+	raw, _ := k.SignDigest(context.Background(), digest[:])
+	if low, err := NormalizeLowS(k.PubKey(), digest[:], highS(raw)); err != nil || !bytes.Equal(low, raw) {
+		t.Fatalf("NormalizeLowS = %x, %v; want %x", low, err, raw)
+	}
+	if _, err := NormalizeLowS(newKey(t).PubKey(), digest[:], raw); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("another key: err = %v", err)
+	}
+}
