@@ -37,6 +37,10 @@ type openedKey struct {
 	algorithm string
 	ecdsa     DigestSigner
 	ed        keys.Signer
+	// maxPayload bounds what ed signs (0: no bound): AWS KMS signs 1 to
+	// 4096 bytes with Ed25519, and a longer payload is the client's
+	// mistake, not a backend failure.
+	maxPayload int
 }
 
 // SignerKeys are the opened keys of a SignerService, by id.
@@ -92,6 +96,7 @@ func openSignerKey(k SignerKey, log *slog.Logger) (*openedKey, error) {
 		c.Logger = log.With("component", "awskms", "grpc_key", k.ID)
 		if ed {
 			o.ed, err = awskms.Open(ctx, c)
+			o.maxPayload = awskms.MaxMessageSize
 		} else {
 			o.ecdsa, err = awskms.OpenSecp256k1(ctx, c)
 		}
@@ -135,6 +140,10 @@ var errPayload = errors.New("invalid payload")
 func (k *openedKey) signPayload(ctx context.Context, payload []byte) ([]byte, error) {
 	switch k.algorithm {
 	case AlgoEd25519:
+		if k.maxPayload > 0 && (len(payload) == 0 || len(payload) > k.maxPayload) {
+			return nil, fmt.Errorf("%w: this ED25519 key is in AWS KMS, which signs payloads of 1 to %d bytes, got %d",
+				errPayload, k.maxPayload, len(payload))
+		}
 		return k.ed.Sign(ctx, payload)
 	case AlgoSecp256k1:
 		digest := sha256.Sum256(payload)

@@ -4,13 +4,16 @@ package grpcapi
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"testing"
 
 	"github.com/kms-ha/kms-ha/grpcapi/signerpb"
+	"github.com/kms-ha/kms-ha/grpcapi/signerservicepb"
 	"github.com/kms-ha/kms-ha/keys/awskms"
 	"github.com/kms-ha/kms-ha/keys/awskms/kmstest"
 	"github.com/kms-ha/kms-ha/keys/pkcs11"
 	"github.com/kms-ha/kms-ha/keys/pkcs11/pkcs11test"
+	"google.golang.org/grpc/codes"
 )
 
 const tokenPin = "pin-grpcapi-signerservice-5521"
@@ -67,6 +70,16 @@ func TestSignerServiceReleasedEveryBackend(t *testing.T) {
 		if differs[id] != w {
 			t.Errorf("%s: a second signature over the same bytes differs: %v, want %v", id, differs[id], w)
 		}
+	}
+	// AWS KMS signs 1 to 4096 bytes with Ed25519; the other backends any
+	// length.
+	ctx := callCtx(t)
+	for _, n := range []int{0, 4097} {
+		_, err := c.Sign(ctx, &signerservicepb.SignRequest{KeyId: "kms-ed", Payload: generic(make([]byte, n))})
+		wantCode(t, fmt.Sprintf("kms-ed: %d-byte payload", n), err, codes.InvalidArgument)
+	}
+	for _, id := range []string{"ed", "hsm-ed"} {
+		sign(ctx, t, c, id, make([]byte, 5000))
 	}
 }
 
