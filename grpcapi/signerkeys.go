@@ -30,8 +30,8 @@ type DigestSigner interface {
 // openTimeout bounds opening one backend key (token login, KMS calls).
 const openTimeout = 30 * time.Second
 
-// SignerKey is opened into exactly one of ecdsa (secp256k1, secp256k1eth)
-// and ed (ed25519).
+// openedKey is a SignerKey opened with its backend: exactly one of ecdsa
+// (secp256k1, secp256k1eth) and ed (ed25519) is set.
 type openedKey struct {
 	id        string
 	algorithm string
