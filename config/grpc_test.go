@@ -76,3 +76,32 @@ func TestGRPCKeyDefaults(t *testing.T) {
 		t.Errorf("awskms fields %+v", k)
 	}
 }
+
+// The grpc block `kms-ha init` writes, commented out, loads once
+// uncommented.
+func TestTemplateGRPCBlockLoads(t *testing.T) {
+	tmpl := string(Template(TemplateParams{NodeID: "n1", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}))
+	start := strings.Index(tmpl, "# grpc:")
+	if start < 0 {
+		t.Fatal("the template has no grpc block")
+	}
+	var block []string
+	for _, line := range strings.Split(tmpl[start:], "\n") {
+		if !strings.HasPrefix(line, "# ") {
+			break
+		}
+		line = strings.TrimPrefix(line, "# ")
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			block = append(block, line)
+		}
+	}
+	// The commented block stays where it is; the uncommented copy goes at
+	// the end, where a top-level key is valid YAML.
+	c, err := Parse([]byte(tmpl+"\n"+strings.Join(block, "\n")+"\n"), homeWithIdentity(t))
+	if err != nil {
+		t.Fatalf("the template's grpc block does not load: %v\n%s", err, strings.Join(block, "\n"))
+	}
+	if len(c.GRPC.Keys) != 2 || c.GRPC.API != "released" {
+		t.Fatalf("grpc block %+v", c.GRPC)
+	}
+}
