@@ -69,4 +69,10 @@ func TestSecp256k1KeyTypeChecked(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `key_label "eth" is not an Ed25519 key`) {
 		t.Errorf("Ed25519 open of the secp256k1 key: %v", err)
 	}
+	pkcs11test.GenerateP256(t, tk.module, tk.label, goodPin, "p256", nil)
+	cfg.KeyLabel = "p256"
+	_, err = OpenSecp256k1(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), `key_label "p256" is not on curve secp256k1`) {
+		t.Errorf("secp256k1 open of a P-256 key: %v", err)
+	}
 }
