@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kms-ha/kms-ha/grpcapi/signerservicepb"
+	"github.com/kms-ha/kms-ha/keys/awskms"
+	"github.com/kms-ha/kms-ha/keys/secp256k1"
 )
 
 // Test vectors. The secp256k1 key is SHA-256("kms-ha signerservice test
@@ -261,5 +263,22 @@ func TestSignerServiceReleasedWireContract(t *testing.T) {
 		"SignResponse{signature=1}"
 	if strings.Join(got, " ") != want {
 		t.Errorf("contract\n %s\nwant %s", strings.Join(got, " "), want)
+	}
+}
+
+// A signing failure reaches the client typed: its own mistake, a deadline,
+// a backend worth retrying elsewhere, or an internal failure.
+func TestSignStatusCodes(t *testing.T) {
+	for err, want := range map[error]codes.Code{
+		fmt.Errorf("%w: 31 bytes", errPayload):                 codes.InvalidArgument,
+		fmt.Errorf("token: %w", context.DeadlineExceeded):      codes.DeadlineExceeded,
+		fmt.Errorf("token: %w", context.Canceled):              codes.Canceled,
+		fmt.Errorf("kms: %w", awskms.ErrThrottled):             codes.Unavailable,
+		fmt.Errorf("kms: %w", awskms.ErrUnavailable):           codes.Unavailable,
+		fmt.Errorf("kms: %w", awskms.ErrBadSignature):          codes.Internal,
+		fmt.Errorf("normalise: %w", secp256k1.ErrBadSignature): codes.Internal,
+		fmt.Errorf("keys/pkcs11: sign: CKR_DEVICE_ERROR"):      codes.Internal,
+	} {
+		wantCode(t, err.Error(), signStatus("k", err), want)
 	}
 }
