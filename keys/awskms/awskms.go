@@ -5,6 +5,9 @@
 // Credentials come only from the AWS default chain (environment, shared
 // config and credentials files, SSO, container or instance role); kms.yaml
 // names the key, the region and at most a profile, never a secret.
+//
+// secp256k1.go holds the SignerService's ECC_SECG_P256K1 keys, on the same
+// client, retries and errors.
 package awskms
 
 import (

@@ -13,7 +13,8 @@
 // Close); config.go the kms.yaml fields, their validation and the PIN
 // sources; session.go the session pool and the bounded, retried-once token
 // calls; token.go finding the slot, the key objects and the public key;
-// module.go loading and sharing the PKCS#11 library.
+// module.go loading and sharing the PKCS#11 library; ecdsa.go the
+// SignerService's secp256k1 keys (CKM_ECDSA), on the same sessions.
 package pkcs11
 
 import (
