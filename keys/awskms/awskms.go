@@ -67,6 +67,8 @@ type Config struct {
 	// KeyID is a key id, a key ARN, an alias ("alias/NAME") or an alias
 	// ARN.
 	KeyID string
+	// Algorithm is the consensus key's algorithm; empty means ed25519.
+	Algorithm string
 	// Region of the key; when empty, the AWS environment or profile must
 	// supply one (AWS_REGION, `region` in ~/.aws/config).
 	Region string
@@ -331,6 +333,10 @@ func (k *Key) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 	}
 	return sig, nil
 }
+
+// Deterministic implements keys.Signer: ED25519_SHA_512 is RFC 8032
+// Ed25519, deterministic by construction.
+func (k *Key) Deterministic() bool { return true }
 
 // Close implements keys.Signer. KMS holds no session to end; Close only
 // makes later signs fail instead of using a key the node let go of.

@@ -195,6 +195,10 @@ func (k *Key) sign(ctx context.Context, op string, msg []byte) ([]byte, error) {
 	return sig, nil
 }
 
+// Deterministic implements keys.Signer: CKM_EDDSA is Ed25519 (RFC 8032),
+// deterministic by construction.
+func (k *Key) Deterministic() bool { return true }
+
 // Close implements keys.Signer. Calls still stuck in the token finish in
 // the background; the module is released after the last of them.
 func (k *Key) Close() error {
