@@ -13,7 +13,7 @@ import (
 
 // Algorithms are the consensus key algorithms an AWS KMS key signs for
 // kms-ha.
-var Algorithms = []string{keys.Ed25519}
+var Algorithms = []string{keys.Ed25519, keys.Secp256k1, keys.Secp256k1Eth, keys.MLDSA65}
 
 // Validate checks the configuration's shape without calling AWS. It
 // reports every problem at once; each is a *fielderr.Error naming the
