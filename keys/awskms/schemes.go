@@ -7,7 +7,6 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/cometbft/cometbft/crypto"
@@ -16,10 +15,9 @@ import (
 	"github.com/cometbft/cometbft/crypto/secp256k1"
 	"github.com/cometbft/cometbft/crypto/secp256k1eth"
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
-	"github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
-	"golang.org/x/crypto/sha3"
 
 	"github.com/kms-ha/kms-ha/keys"
+	"github.com/kms-ha/kms-ha/keys/internal/ecdsasig"
 )
 
 // scheme is how one consensus key algorithm maps onto AWS KMS: the key
@@ -82,13 +80,7 @@ var schemes = map[string]*scheme{
 			}
 			return secp256k1.PubKey(p.SerializeCompressed()), nil
 		},
-		finish: func(_ crypto.PubKey, _, sig []byte) ([]byte, error) {
-			r, s, err := lowS(sig)
-			if err != nil {
-				return nil, err
-			}
-			return append(r, s...), nil
-		},
+		finish: func(_ crypto.PubKey, _, sig []byte) ([]byte, error) { return ecdsasig.FromDER(sig) },
 	},
 	// secp256k1eth signs the Keccak-256 of the sign bytes, which KMS takes
 	// as a pre-hashed DIGEST; the recovery id v is found by recovering the
@@ -96,11 +88,7 @@ var schemes = map[string]*scheme{
 	keys.Secp256k1Eth: {
 		algorithm: keys.Secp256k1Eth, spec: types.KeySpecEccSecgP256k1, signing: types.SigningAlgorithmSpecEcdsaSha256,
 		messageType: types.MessageTypeDigest,
-		payload: func(msg []byte) ([]byte, error) {
-			h := sha3.NewLegacyKeccak256()
-			h.Write(msg)
-			return h.Sum(nil), nil
-		},
+		payload:     func(msg []byte) ([]byte, error) { return ecdsasig.Keccak256(msg), nil },
 		parsePub: func(der []byte) (crypto.PubKey, error) {
 			p, err := parseSecp256k1SPKI(der)
 			if err != nil {
@@ -108,7 +96,13 @@ var schemes = map[string]*scheme{
 			}
 			return secp256k1eth.PubKey(p.SerializeCompressed()), nil
 		},
-		finish: withRecoveryID,
+		finish: func(pub crypto.PubKey, digest, sig []byte) ([]byte, error) {
+			rs, err := ecdsasig.FromDER(sig)
+			if err != nil {
+				return nil, err
+			}
+			return ecdsasig.WithRecoveryID(pub.Bytes(), digest, rs)
+		},
 	},
 	keys.MLDSA65: {
 		algorithm: keys.MLDSA65, spec: types.KeySpecMlDsa65, signing: types.SigningAlgorithmSpecMlDsaShake256,
@@ -171,45 +165,4 @@ func parseSecp256k1SPKI(der []byte) (*dsecp.PublicKey, error) {
 		return nil, err
 	}
 	return dsecp.ParsePubKey(raw)
-}
-
-// lowS reads a DER ECDSA signature and returns r and s as 32 bytes each,
-// with s in the lower half of the order: CometBFT refuses a high s, and
-// KMS does not normalise it.
-func lowS(der []byte) (r, s []byte, err error) {
-	var sig struct{ R, S *big.Int }
-	rest, err := asn1.Unmarshal(der, &sig)
-	if err != nil || len(rest) > 0 || sig.R == nil || sig.S == nil {
-		return nil, nil, errors.New("not a DER ECDSA signature")
-	}
-	var rs, ss dsecp.ModNScalar
-	if sig.R.Sign() <= 0 || sig.S.Sign() <= 0 || len(sig.R.Bytes()) > 32 || len(sig.S.Bytes()) > 32 ||
-		rs.SetByteSlice(sig.R.Bytes()) || ss.SetByteSlice(sig.S.Bytes()) {
-		return nil, nil, errors.New("ECDSA signature values out of range")
-	}
-	if ss.IsOverHalfOrder() {
-		ss.Negate()
-	}
-	rb, sb := rs.Bytes(), ss.Bytes()
-	return rb[:], sb[:], nil
-}
-
-// withRecoveryID returns r||s||v (v in {0,1}) for a DER signature over
-// digest by pub.
-func withRecoveryID(pub crypto.PubKey, digest, der []byte) ([]byte, error) {
-	r, s, err := lowS(der)
-	if err != nil {
-		return nil, err
-	}
-	compact := make([]byte, 65)
-	copy(compact[1:33], r)
-	copy(compact[33:], s)
-	for v := byte(0); v < 2; v++ {
-		compact[0] = 27 + v
-		got, _, err := ecdsa.RecoverCompact(compact, digest)
-		if err == nil && string(got.SerializeCompressed()) == string(pub.Bytes()) {
-			return append(append(r, s...), v), nil
-		}
-	}
-	return nil, errors.New("the signature does not recover to the key's public key")
 }

@@ -70,7 +70,7 @@ func decodeKeyID(s string) ([]byte, error) {
 
 // Algorithms are the consensus key algorithms a PKCS#11 token signs for
 // kms-ha.
-var Algorithms = []string{keys.Ed25519}
+var Algorithms = []string{keys.Ed25519, keys.Secp256k1, keys.Secp256k1Eth}
 
 func checkAlgorithm(a string) error {
 	switch {
