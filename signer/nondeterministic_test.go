@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ import (
 
 	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/keys"
+	"github.com/kms-ha/kms-ha/keys/awskms"
+	"github.com/kms-ha/kms-ha/keys/awskms/kmstest"
+	"github.com/kms-ha/kms-ha/keys/file"
+	"github.com/kms-ha/kms-ha/keys/pkcs11"
+	"github.com/kms-ha/kms-ha/keys/pkcs11/pkcs11test"
 	"github.com/kms-ha/kms-ha/signer"
 )
 
@@ -71,18 +77,63 @@ func leaderSigner(t *testing.T, leader *cluster.Node, k keys.Signer) *signer.Sig
 	return s
 }
 
+// nonDeterministicKeys are the keys whose signatures are not deterministic,
+// on every backend that has them: a hedged ML-DSA-65 test key, an ECDSA
+// key generated on SoftHSM2 (secp256k1eth), and ML-DSA-65 and secp256k1
+// keys of the local AWS KMS endpoint through the real AWS SDK.
+func nonDeterministicKeys(t *testing.T) map[string]keys.Signer {
+	t.Helper()
+	ctx := context.Background()
+	quiet := slog.New(slog.DiscardHandler)
+	const label, pin = "kms-ha-nondet", "nondet-pin-1234"
+	module, _ := pkcs11test.NewToken(t, label, pin)
+	pkcs11test.GenerateSecp256k1Consensus(t, module, label, pin, "v", nil)
+	hsm, err := pkcs11.Open(ctx, pkcs11.Config{Module: module, TokenLabel: label, KeyLabel: "v", Pin: pin,
+		Algorithm: keys.Secp256k1Eth, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hsm.Close() })
+	kmstest.IsolateEnv(t)
+	srv := kmstest.New(t)
+	mlID, _ := srv.AddMLDSA65Key("alias/ml")
+	secpID, _ := srv.AddSecp256k1ConsensusKey("alias/secp")
+	out := map[string]keys.Signer{"hedged-mldsa65": newHedgedKey(t), "pkcs11-secp256k1eth": hsm}
+	for name, c := range map[string]awskms.Config{
+		"awskms-mldsa65":   {KeyID: mlID, Algorithm: keys.MLDSA65},
+		"awskms-secp256k1": {KeyID: secpID, Algorithm: keys.Secp256k1},
+	} {
+		c.Endpoint, c.Logger = srv.URL, quiet
+		k, err := awskms.Open(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k.Close() })
+		out[name] = k
+	}
+	return out
+}
+
 // A key whose signatures are not deterministic signs a prevote; the leader
 // dies; the new leader, asked again for the same vote and for the same vote
 // with only a later timestamp (what a validator sends after a failover),
 // answers with the identical signature bytes the first leader released:
-// never a second signature for one vote.
+// never a second signature for one vote. For every backend that has such
+// keys.
 func TestNonDeterministicKeyResignAfterFailover(t *testing.T) {
-	k := newHedgedKey(t)
-	a, _ := k.Sign(context.Background(), []byte("m"))
-	b, _ := k.Sign(context.Background(), []byte("m"))
-	if bytes.Equal(a, b) {
-		t.Fatal("the test key must sign non-deterministically")
+	for name, k := range nonDeterministicKeys(t) {
+		t.Run(name, func(t *testing.T) {
+			a, _ := k.Sign(context.Background(), []byte("m"))
+			b, _ := k.Sign(context.Background(), []byte("m"))
+			if bytes.Equal(a, b) || k.Deterministic() {
+				t.Fatal("the test key must sign non-deterministically, and say so")
+			}
+			resignAfterFailover(t, k)
+		})
 	}
+}
+
+func resignAfterFailover(t *testing.T, k keys.Signer) {
 	nodes, first, _, stop := startRaft(t, 3, chainID)
 	defer stop()
 
@@ -94,7 +145,7 @@ func TestNonDeterministicKeyResignAfterFailover(t *testing.T) {
 		t.Fatalf("first leader refused: %v", rerr)
 	}
 	released := got.Signature
-	if !k.pub.VerifySignature(types.VoteSignBytes(chainID, &got), released) {
+	if !k.PubKey().VerifySignature(types.VoteSignBytes(chainID, &got), released) {
 		t.Fatal("released signature does not verify")
 	}
 
@@ -121,11 +172,33 @@ func TestNonDeterministicKeyResignAfterFailover(t *testing.T) {
 	// The next position gets a fresh signature, recorded in turn.
 	next := &cmtproto.Vote{Type: cmtproto.PrecommitType, Height: 7, BlockID: bid(3), Timestamp: ts}
 	pc, rerr := signedVote(t, s2.Handle(context.Background(), chainID, voteReq(chainID, next)))
-	if rerr != nil || !k.pub.VerifySignature(types.VoteSignBytes(chainID, &pc), pc.Signature) {
+	if rerr != nil || !k.PubKey().VerifySignature(types.VoteSignBytes(chainID, &pc), pc.Signature) {
 		t.Fatalf("precommit: %v", rerr)
 	}
 	if w, _ := second.FSM().Watermark(chainID); !bytes.Equal(w.Signature, pc.Signature) {
 		t.Fatal("the precommit's signature is not the one recorded in the replicated state")
+	}
+}
+
+// A deterministic key needs no record: its re-sign re-creates the same
+// signature, and the replicated state holds none (no second commit).
+func TestDeterministicKeyRecordsNothing(t *testing.T) {
+	ml, err := mldsa65.GenPrivKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := file.New(ml)
+	_, leader, _, stop := startRaft(t, 1, chainID)
+	defer stop()
+	s := leaderSigner(t, leader, k)
+	v := &cmtproto.Vote{Type: cmtproto.PrevoteType, Height: 3, BlockID: bid(3), Timestamp: ts}
+	a, _ := signedVote(t, s.Handle(context.Background(), chainID, voteReq(chainID, v)))
+	b, _ := signedVote(t, s.Handle(context.Background(), chainID, voteReq(chainID, v)))
+	if len(a.Signature) == 0 || !bytes.Equal(a.Signature, b.Signature) {
+		t.Fatal("a deterministic key re-creates the same signature")
+	}
+	if w, _ := leader.FSM().Watermark(chainID); w.Signature != nil {
+		t.Fatal("a deterministic key's signature was recorded")
 	}
 }
 
