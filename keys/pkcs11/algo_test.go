@@ -69,3 +69,12 @@ func TestSecp256k1OnSoftHSM(t *testing.T) {
 		t.Fatalf("ed25519 on an EC key: %v", err)
 	}
 }
+
+// ML-DSA-65 has no PKCS#11 mechanism: Open refuses before touching the
+// token, saying so.
+func TestMLDSA65RefusedOnPKCS11(t *testing.T) {
+	_, err := Open(context.Background(), Config{Module: "/nonexistent/libsofthsm2.so", TokenLabel: "t", KeyLabel: "k", Pin: goodPin, Algorithm: keys.MLDSA65})
+	if err == nil || !strings.Contains(err.Error(), "define no ML-DSA mechanism") {
+		t.Fatalf("got %v", err)
+	}
+}
