@@ -49,3 +49,20 @@ func TestRecordedSignatureIsKeptAndReturned(t *testing.T) {
 		t.Fatal("a new watermark starts without a signature")
 	}
 }
+
+// The cluster's key check covers the type: one secp256k1 key used as
+// secp256k1 on one node and as secp256k1eth on another has the same 33
+// bytes, but signs other messages; the second registration does not match.
+func TestChainKeyTypeIsPartOfTheKey(t *testing.T) {
+	f := New()
+	pub := bytes.Repeat([]byte{0x02}, 33)
+	first := applyCmd(t, f, CmdSetChainKey, SetChainKey{ChainID: "c", PubKey: pub, KeyType: "secp256k1"}).(KeyResult)
+	other := applyCmd(t, f, CmdSetChainKey, SetChainKey{ChainID: "c", PubKey: pub, KeyType: "secp256k1eth"}).(KeyResult)
+	if !first.Matches || other.Matches || other.Recorded.KeyType != "secp256k1" {
+		t.Fatalf("first %+v, other %+v: the same bytes under another type must not match", first, other)
+	}
+	ml := bytes.Repeat([]byte{7}, 1952)
+	if r := applyCmd(t, f, CmdSetChainKey, SetChainKey{ChainID: "pq", PubKey: ml, KeyType: "ml_dsa_65"}).(KeyResult); !r.Matches || len(r.Recorded.PubKey) != 1952 {
+		t.Fatalf("ML-DSA-65 key: %+v", r.Recorded.KeyType)
+	}
+}
