@@ -160,9 +160,36 @@ func (n *CometNode) UseFileKeyOf(priv crypto.PrivKey) (ValidatorKey, error) {
 	if err != nil {
 		return v, err
 	}
+	return v, n.nameValidator(v)
+}
+
+// UseValidatorPubKey makes pub, a key of any type CometBFT v0.40 accepts
+// that lives outside this node (in an HSM, say), the chain's only
+// validator, as UseFileKeyOf does for a key file, and replaces the node's
+// priv_validator_key.json with a decoy Ed25519 key, so that nothing on the
+// node's disk can sign for the validator. KeyFile is cleared. Call it after
+// New, before Start.
+func (n *CometNode) UseValidatorPubKey(pub crypto.PubKey) (ValidatorKey, error) {
+	v := ValidatorKey{Address: pub.Address(), PubKey: pub}
+	if err := n.nameValidator(v); err != nil {
+		return v, err
+	}
+	keyFile := filepath.Join(n.Home, "config", "priv_validator_key.json")
+	stateFile := filepath.Join(n.Home, "data", "priv_validator_state.json")
+	if _, err := WriteFileKey(keyFile, stateFile); err != nil {
+		return v, err
+	}
+	n.KeyFile = ""
+	return v, nil
+}
+
+// nameValidator makes v the single genesis validator and the only key type
+// consensus_params.validator.pub_key_types allows, and checks the result
+// with CometBFT's genesis loader.
+func (n *CometNode) nameValidator(v ValidatorKey) error {
 	pubJSON, err := cmtjson.Marshal(v.PubKey)
 	if err != nil {
-		return v, err
+		return err
 	}
 	err = editGenesis(n.GenesisPath(), func(g map[string]any) error {
 		vals, ok := g["validators"].([]any)
@@ -184,14 +211,14 @@ func (n *CometNode) UseFileKeyOf(priv crypto.PrivKey) (ValidatorKey, error) {
 		return nil
 	})
 	if err != nil {
-		return v, err
+		return err
 	}
 	doc, err := types.GenesisDocFromFile(n.GenesisPath())
 	if err != nil {
-		return v, fmt.Errorf("genesis after naming a %s validator: %w", v.PubKey.Type(), err)
+		return fmt.Errorf("genesis after naming a %s validator: %w", v.PubKey.Type(), err)
 	}
 	if got := doc.Validators[0]; !got.PubKey.Equals(v.PubKey) || !bytes.Equal(got.Address, v.Address) {
-		return v, fmt.Errorf("genesis validator is %X after the rewrite, want %X", got.Address, v.Address)
+		return fmt.Errorf("genesis validator is %X after the rewrite, want %X", got.Address, v.Address)
 	}
-	return v, nil
+	return nil
 }
