@@ -204,6 +204,29 @@ func (n *Node) SetChainKey(ctx context.Context, k fsm.SetChainKey) (fsm.KeyResul
 	return r, nil
 }
 
+// RecordSignature commits the signature about to be released at a chain's
+// watermark and returns the one the cluster holds there (the first one
+// recorded wins). It refuses, as every write of a new type, while some
+// member's binary cannot apply it.
+func (n *Node) RecordSignature(ctx context.Context, r fsm.RecordSignature) (fsm.RecordResult, error) {
+	// Once a level 2 entry was applied no older member may join: skip
+	// reading the configuration on the sign path.
+	if n.fsm.MaxLevel() < fsm.RequiredLevel(fsm.CmdRecordSignature) {
+		if err := n.requireLevel(fsm.CmdRecordSignature); err != nil {
+			return fsm.RecordResult{}, fmt.Errorf("cluster: record signature of %s %s: %w", r.ChainID, r.HRS, err)
+		}
+	}
+	data, err := fsm.Encode(fsm.CmdRecordSignature, r)
+	if err != nil {
+		return fsm.RecordResult{}, err
+	}
+	res, err := applyAs[fsm.RecordResult](ctx, n, data)
+	if err != nil {
+		return res, fmt.Errorf("cluster: record signature of %s %s: %w", r.ChainID, r.HRS, err)
+	}
+	return res, nil
+}
+
 // Remove takes a member out of the configuration. The leader cannot remove
 // itself here: it transfers leadership first (see TransferLeadership), so
 // that the validators never wait for an election.

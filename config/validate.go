@@ -12,6 +12,7 @@ import (
 
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/internal/fielderr"
+	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/awskms"
 	"github.com/kms-ha/kms-ha/keys/pkcs11"
 	"github.com/kms-ha/kms-ha/transport"
@@ -190,8 +191,8 @@ func (c *Config) validateKeys(p *problems, chains map[string]bool) {
 			}
 			keyOf[id] = i
 		}
-		if k.Algorithm != "ed25519" {
-			p.bad(f+".algorithm", "%q is not supported; consensus keys are ed25519", k.Algorithm)
+		if _, ok := keys.CometType(k.Algorithm); !ok {
+			p.bad(f+".algorithm", "%q is not a consensus key algorithm; use one of %s", k.Algorithm, strings.Join(keys.Algorithms, ", "))
 		}
 		switch k.Backend {
 		case BackendFile:
@@ -208,9 +209,33 @@ func (c *Config) validateKeys(p *problems, chains map[string]bool) {
 			p.bad(f+".backend", "%q is unknown; use file, pkcs11 or awskms", k.Backend)
 		}
 	}
+	c.checkKeyProtocols(p, keyOf)
 	for id := range chains {
 		if _, ok := keyOf[id]; !ok {
 			p.bad("keys", "chain %q has no key; add a keys entry with chain_ids: [%s]", id, id)
+		}
+	}
+}
+
+// checkKeyProtocols refuses a key that a validator's privval line cannot
+// carry: the public key of v0.34, v0.37 and v1.0 has no field for
+// secp256k1eth or mldsa65, so the node would fail to read it (those chains
+// cannot have such validators anyway).
+func (c *Config) checkKeyProtocols(p *problems, keyOf map[string]int) {
+	for i, v := range c.Validators {
+		j, ok := keyOf[v.ChainID]
+		if !ok {
+			continue
+		}
+		proto, err := transport.ParseProtocol(v.Protocol)
+		if err != nil {
+			continue
+		}
+		algo := c.Keys[j].Algorithm
+		if !transport.CarriesKey(proto, algo) {
+			p.bad(fmt.Sprintf("validators[%d].protocol", i), "privval protocol %s cannot carry a %s key (keys[%d].algorithm): "+
+				"only CometBFT v0.40 (protocol v0.38, the default) accepts %s validator keys; use a v0.40 node, or an ed25519 or secp256k1 key",
+				proto, algo, j, algo)
 		}
 	}
 }
@@ -219,13 +244,13 @@ func (c *Config) validateKeys(p *problems, chains map[string]bool) {
 // logger.
 func (k Key) PKCS11() pkcs11.Config {
 	return pkcs11.Config{Module: k.Module, TokenLabel: k.TokenLabel, Slot: k.Slot, KeyLabel: k.KeyLabel, KeyID: k.KeyID,
-		Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile}
+		Pin: k.Pin, PinEnv: k.PinEnv, PinFile: k.PinFile, Algorithm: k.Algorithm}
 }
 
 // AWSKMS is the awskms backend's configuration of a key entry, without a
 // logger.
 func (k Key) AWSKMS() awskms.Config {
-	return awskms.Config{KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint}
+	return awskms.Config{KeyID: k.KeyID, Region: k.Region, Profile: k.Profile, Endpoint: k.Endpoint, Algorithm: k.Algorithm}
 }
 
 // SignerService is the SignerService's configuration of the grpc block.

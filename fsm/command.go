@@ -22,16 +22,20 @@ const (
 	// CmdSetChainKey records the public key a chain is signed with, so that
 	// a node whose backend holds another key never leads.
 	CmdSetChainKey CommandType = 4
+	// CmdRecordSignature records the signature released at a chain's
+	// watermark, for keys whose signatures are not deterministic: a new
+	// leader answers a repeated request with it instead of a new one.
+	CmdRecordSignature CommandType = 5
 )
 
 // Level is the command set this binary understands: 0 for types 1 and 2 at
 // version 1 (the first release); 1 adds CmdImport, CmdSetChainKey and
-// CmdReserve version 2. Members record their level; a leader writes an
+// CmdReserve version 2; 2 adds CmdRecordSignature. Members record their level; a leader writes an
 // entry only when every member's level covers it, because a member that
 // refuses an entry the others applied diverges from them. It is the
 // highest level in the commands table (a test checks it), kept a constant
 // because members send it to each other.
-const Level = 1
+const Level = 2
 
 // command is everything the FSM knows about one entry type: one row of
 // the commands table.
@@ -135,6 +139,17 @@ var commands = [...]*command{
 		},
 		apply: (*FSM).applySetChainKey,
 	}),
+	CmdRecordSignature: define(spec[RecordSignature, RecordResult]{
+		name:   "record-signature",
+		levels: []int{2},
+		check: func(_ uint8, r *RecordSignature) error {
+			if r.ChainID == "" || len(r.SignBytes) == 0 || len(r.Signature) == 0 {
+				return errors.New("empty chain id, sign bytes or signature")
+			}
+			return nil
+		},
+		apply: (*FSM).applyRecordSignature,
+	}),
 }
 
 // lookup returns the table row of a type, nil for a type this binary does
@@ -198,6 +213,15 @@ type SetChainKey struct {
 	// PubKey is the raw public key; KeyType is CometBFT's type name.
 	PubKey  []byte `json:"pub_key"`
 	KeyType string `json:"key_type"`
+}
+
+// RecordSignature is the body of CmdRecordSignature: the signature over
+// SignBytes at HRS that the leader is about to release.
+type RecordSignature struct {
+	ChainID   string `json:"chain_id"`
+	HRS       HRS    `json:"hrs"`
+	SignBytes []byte `json:"sign_bytes"`
+	Signature []byte `json:"signature"`
 }
 
 // Encode frames a command at its type's newest version: one byte of type,

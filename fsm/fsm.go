@@ -88,6 +88,19 @@ type KeyResult struct {
 	Matches  bool
 }
 
+// RecordResult is the result of applying a CmdRecordSignature.
+type RecordResult struct {
+	// Recorded is false when the chain's watermark is no longer the
+	// entry's position and bytes: the signature must not be released.
+	Recorded bool
+	// Signature is the signature the cluster holds for the watermark: the
+	// entry's, or the one recorded before it (the first one wins, and is
+	// the one to release).
+	Signature []byte
+	// Detail explains a refusal to an operator.
+	Detail string
+}
+
 // Apply applies one committed entry through its type's row of the commands
 // table. For CmdReserve it returns a Decision, for CmdImport an
 // ImportResult, for CmdSetChainKey a KeyResult, for CmdSetMember struct{};
@@ -152,6 +165,18 @@ func (f *FSM) applySetChainKey(k SetChainKey) KeyResult {
 		f.keys[k.ChainID] = cur
 	}
 	return KeyResult{Recorded: cur, Matches: bytes.Equal(cur.PubKey, k.PubKey) && cur.KeyType == k.KeyType}
+}
+
+func (f *FSM) applyRecordSignature(r RecordSignature) RecordResult {
+	cur, ok := f.chains[r.ChainID]
+	if !ok || cur.HRS != r.HRS || !bytes.Equal(cur.SignBytes, r.SignBytes) {
+		return RecordResult{Detail: fmt.Sprintf("the watermark of chain %s moved on from %s before its signature was recorded", r.ChainID, r.HRS)}
+	}
+	if len(cur.Signature) == 0 {
+		cur.Signature = bytes.Clone(r.Signature)
+		f.chains[r.ChainID] = cur
+	}
+	return RecordResult{Recorded: true, Signature: bytes.Clone(cur.Signature)}
 }
 
 // MaxLevel is the highest level an applied entry needed.
@@ -332,6 +357,10 @@ func checkNotLower(have, next map[string]Watermark) error {
 			// A watermark's bytes never change at its position, so other
 			// bytes there would let a second message be signed at it.
 			problems = append(problems, fmt.Sprintf("chain %s at %s would hold other sign bytes than this replica's", id, w.HRS))
+		case n.HRS == w.HRS && len(w.Signature) > 0 && !bytes.Equal(n.Signature, w.Signature):
+			// Without the released signature a new leader would sign again,
+			// and a key that is not deterministic would release a second one.
+			problems = append(problems, fmt.Sprintf("chain %s at %s would lose or change the signature released there", id, w.HRS))
 		}
 	}
 	if len(problems) > 0 {

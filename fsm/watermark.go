@@ -77,6 +77,10 @@ type Watermark struct {
 	// the same HRS is answered by signing these again (Ed25519 is
 	// deterministic), never by signing something new.
 	SignBytes []byte `json:"sign_bytes,omitempty"`
+	// Signature is the signature released over SignBytes, recorded only
+	// for keys whose signatures are not deterministic (CmdRecordSignature):
+	// a repeated request is answered with it, never with a second one.
+	Signature []byte `json:"signature,omitempty"`
 }
 
 // Outcome is the FSM's verdict on a reservation.
@@ -121,6 +125,10 @@ type Decision struct {
 	SignBytes []byte
 	// Timestamp is the stored message's timestamp for AllowStored.
 	Timestamp time.Time
+	// Signature is the signature already released at the watermark, when
+	// one was recorded: a request at the same position is answered with
+	// it (Allow of the same bytes, or AllowStored).
+	Signature []byte
 	// Watermark is the chain's watermark after the decision.
 	Watermark Watermark
 }
@@ -169,7 +177,7 @@ func Decide(cur Watermark, hrs HRS, signBytes []byte) Decision {
 		return refuse(ReasonConflict, "%s was signed before but its sign bytes are unknown", hrs)
 	}
 	if bytes.Equal(cur.SignBytes, signBytes) {
-		return Decision{Outcome: Allow, SignBytes: cur.SignBytes, Watermark: cur}
+		return Decision{Outcome: Allow, SignBytes: cur.SignBytes, Signature: cur.Signature, Watermark: cur}
 	}
 	ts, ok, err := onlyTimestampDiffers(hrs.Step, cur.SignBytes, signBytes)
 	if err != nil {
@@ -178,7 +186,7 @@ func Decide(cur Watermark, hrs HRS, signBytes []byte) Decision {
 	if !ok {
 		return refuse(ReasonConflict, "conflicting data at %s: a different message was already signed there", hrs)
 	}
-	return Decision{Outcome: AllowStored, SignBytes: cur.SignBytes, Timestamp: ts, Watermark: cur}
+	return Decision{Outcome: AllowStored, SignBytes: cur.SignBytes, Timestamp: ts, Signature: cur.Signature, Watermark: cur}
 }
 
 // onlyTimestampDiffers reports whether two canonical sign-byte encodings of

@@ -14,8 +14,25 @@ import (
 	"github.com/kms-ha/kms-ha/keys/pkcs11"
 )
 
-// OpenKey opens a kms.yaml key with its backend.
+// OpenKey opens a kms.yaml key with its backend and checks that it is of
+// the entry's algorithm.
 func OpenKey(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, error) {
+	s, err := openBackend(ctx, k, log)
+	if err != nil {
+		return nil, err
+	}
+	algo := k.Algorithm
+	if algo == "" {
+		algo = keys.Ed25519
+	}
+	if err := keys.CheckAlgorithm(algo, s.PubKey()); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("%s key: %w", k.Backend, err)
+	}
+	return s, nil
+}
+
+func openBackend(ctx context.Context, k config.Key, log *slog.Logger) (keys.Signer, error) {
 	switch k.Backend {
 	case config.BackendFile:
 		return file.Open(k.KeyFile)

@@ -246,6 +246,7 @@ func (n *Node) startRaft() error {
 	n.signer, err = signer.New(signer.Config{
 		NodeID:   n.cfg.Cluster.NodeID,
 		Reserver: cl,
+		Recorder: cl,
 		State:    f,
 		Keys:     n.keys,
 		Logger:   n.log,

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/crypto/mldsa65"
+	"github.com/cometbft/cometbft/crypto/secp256k1"
+	"github.com/cometbft/cometbft/crypto/secp256k1eth"
 	privvalproto "github.com/cometbft/cometbft/proto/tendermint/privval"
 	cmtproto "github.com/cometbft/cometbft/proto/tendermint/types"
 	cmttypes "github.com/cometbft/cometbft/types"
@@ -59,7 +62,47 @@ func openBenchBackends(b *testing.B) []benchBackend {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = kms.Close() })
-	return append(out, benchBackend{name: "awskms-local", key: kms})
+	out = append(out, benchBackend{name: "awskms-local", key: kms})
+	return append(out, openKeyTypeBackends(b, module, label, pin, srv)...)
+}
+
+// openKeyTypeBackends adds the other consensus key types: each on the file
+// backend, secp256k1 on SoftHSM2 and on the local KMS, ML-DSA-65 on the
+// local KMS. The non-deterministic ones (ECDSA on a token or KMS, ML-DSA
+// on KMS) also pay the second Raft commit that records their signature.
+func openKeyTypeBackends(b *testing.B, module, label, pin string, srv *kmstest.Server) []benchBackend {
+	ctx := context.Background()
+	quiet := slog.New(slog.DiscardHandler)
+	ml, err := mldsa65.GenPrivKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := []benchBackend{
+		{name: "file-secp256k1", key: file.New(secp256k1.GenPrivKey())},
+		{name: "file-secp256k1eth", key: file.New(secp256k1eth.GenPrivKey())},
+		{name: "file-mldsa65", key: file.New(ml)},
+	}
+	pkcs11test.GenerateSecp256k1Consensus(b, module, label, pin, "bench-secp", nil)
+	hsm, err := pkcs11.Open(ctx, pkcs11.Config{Module: module, TokenLabel: label, KeyLabel: "bench-secp", Pin: pin,
+		Algorithm: keys.Secp256k1, Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = hsm.Close() })
+	out = append(out, benchBackend{name: "pkcs11-softhsm-secp256k1", key: hsm})
+	secpID, _ := srv.AddSecp256k1ConsensusKey("alias/bench-secp")
+	mlID, _ := srv.AddMLDSA65Key("alias/bench-mldsa")
+	for _, k := range []struct{ name, id, algo string }{
+		{"awskms-local-secp256k1", secpID, keys.Secp256k1}, {"awskms-local-mldsa65", mlID, keys.MLDSA65},
+	} {
+		kk, err := awskms.Open(ctx, awskms.Config{KeyID: k.id, Endpoint: srv.URL, Algorithm: k.algo, Logger: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = kk.Close() })
+		out = append(out, benchBackend{name: k.name, key: kk})
+	}
+	return out
 }
 
 // reserveTimes records the Raft commit (Reserve) of every request of the
@@ -122,7 +165,7 @@ func BenchmarkBackendSignLatency(b *testing.B) {
 	leader, log, stop := benchRaft(b, 3, chains...)
 	defer stop()
 	obs := &reserveTimes{d: map[string][]time.Duration{}}
-	s, err := signer.New(signer.Config{Reserver: leader, State: leader.FSM(), Logger: log, Keys: keyByChain, Observer: obs})
+	s, err := signer.New(signer.Config{Reserver: leader, Recorder: leader, State: leader.FSM(), Logger: log, Keys: keyByChain, Observer: obs})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -161,7 +204,13 @@ func BenchmarkBackendSignLatency(b *testing.B) {
 					start := time.Now()
 					resp := s.Handle(ctx, chain, req)
 					lat = append(lat, time.Since(start))
-					r := resp.Sum.(*privvalproto.Message_SignedVoteResponse).SignedVoteResponse
+					sv, ok := resp.Sum.(*privvalproto.Message_SignedVoteResponse)
+					if !ok {
+						// An empty answer: the leader lost leadership (the
+						// machine stalled past an election timeout).
+						b.Fatalf("no answer at height %d: the connection would be dropped (leadership lost?)", height)
+					}
+					r := sv.SignedVoteResponse
 					if r.Error != nil {
 						b.Fatal(r.Error.Description)
 					}

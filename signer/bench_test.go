@@ -40,6 +40,13 @@ func benchCluster(b *testing.B, n int) (*signer.Signer, func()) {
 // with a fresh (empty) watermark committed for each of chains.
 func benchRaft(b *testing.B, n int, chains ...string) (*cluster.Node, *slog.Logger, func()) {
 	b.Helper()
+	_, leader, log, stop := startRaft(b, n, chains...)
+	return leader, log, stop
+}
+
+// startRaft is benchRaft for tests too; it also returns every node.
+func startRaft(b testing.TB, n int, chains ...string) ([]*cluster.Node, *cluster.Node, *slog.Logger, func()) {
+	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := b.TempDir()
 	// Raft runs over mutual TLS only, as in production: one CA, a
@@ -106,7 +113,7 @@ func benchRaft(b *testing.B, n int, chains ...string) (*cluster.Node, *slog.Logg
 			b.Fatal(err)
 		}
 	}
-	return leader, log, func() {
+	return nodes, leader, log, func() {
 		for _, nd := range nodes {
 			nd.Shutdown()
 		}

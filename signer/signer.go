@@ -31,6 +31,12 @@ type Reserver interface {
 	Reserve(ctx context.Context, chainID string, hrs fsm.HRS, signBytes []byte) (fsm.Decision, error)
 }
 
+// Recorder commits the signature released at a watermark (cluster.Node),
+// for keys that are not deterministic.
+type Recorder interface {
+	RecordSignature(ctx context.Context, r fsm.RecordSignature) (fsm.RecordResult, error)
+}
+
 // StateReader reads the local replica's watermarks (fsm.FSM).
 type StateReader interface {
 	Watermark(chainID string) (fsm.Watermark, bool)
@@ -50,6 +56,8 @@ type Release struct {
 type Config struct {
 	NodeID   string
 	Reserver Reserver
+	// Recorder is required when a key is not deterministic.
+	Recorder Recorder
 	State    StateReader
 	// Keys maps each chain id to its consensus key.
 	Keys map[string]keys.Signer
@@ -143,6 +151,9 @@ func New(cfg Config) (*Signer, error) {
 	for id, k := range cfg.Keys {
 		if k == nil {
 			return nil, fmt.Errorf("signer: chain %s has no key", id)
+		}
+		if !k.Deterministic() && cfg.Recorder == nil {
+			return nil, fmt.Errorf("signer: the key of chain %s does not sign deterministically, and no recorder keeps its released signatures", id)
 		}
 		s.chains[id] = &chain{id: id, key: k}
 	}
@@ -380,11 +391,9 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 	if err != nil {
 		return err
 	}
-	keyStart := time.Now()
-	sig, err := c.key.Sign(ctx, d.SignBytes)
-	s.cfg.Observer.ObserveKeySign(c.id, s.cfg.Backends[c.id], time.Since(keyStart))
+	sig, err := s.signOnce(ctx, c, hrs, d)
 	if err != nil {
-		return &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign %s: %w", hrs, err)}
+		return err
 	}
 	if err := finish(d, sig); err != nil {
 		return err
@@ -406,6 +415,38 @@ func (s *Signer) reserveAndSign(ctx context.Context, c *chain, hrs fsm.HRS, sign
 			SignBytes: d.SignBytes, Signature: sig, Outcome: d.Outcome})
 	}
 	return nil
+}
+
+// signOnce returns the one signature the cluster releases over the
+// allowed bytes: the one already recorded at the watermark if there is
+// one; else a new one, which for a key that is not deterministic is first
+// recorded through raft, so that a later leader answers a repeated request
+// with these signature bytes and never with a second, different signature.
+func (s *Signer) signOnce(ctx context.Context, c *chain, hrs fsm.HRS, d fsm.Decision) ([]byte, error) {
+	if len(d.Signature) > 0 {
+		if !c.key.PubKey().VerifySignature(d.SignBytes, d.Signature) {
+			return nil, &requestError{code: CodeKey, reason: "key", err: fmt.Errorf(
+				"the signature recorded at %s does not verify against this node's key; refusing to sign again", hrs)}
+		}
+		return d.Signature, nil
+	}
+	keyStart := time.Now()
+	sig, err := c.key.Sign(ctx, d.SignBytes)
+	s.cfg.Observer.ObserveKeySign(c.id, s.cfg.Backends[c.id], time.Since(keyStart))
+	if err != nil {
+		return nil, &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign %s: %w", hrs, err)}
+	}
+	if c.key.Deterministic() {
+		return sig, nil
+	}
+	rec, err := s.cfg.Recorder.RecordSignature(ctx, fsm.RecordSignature{ChainID: c.id, HRS: hrs, SignBytes: d.SignBytes, Signature: sig})
+	if err != nil {
+		return nil, &requestError{code: CodeUnavailable, reason: "unavailable", err: fmt.Errorf("record the signature at %s: %w", hrs, err)}
+	}
+	if !rec.Recorded {
+		return nil, &requestError{code: CodeRefused, reason: fsm.ReasonRegression, err: &fsm.RefusalError{Reason: fsm.ReasonRegression, Detail: rec.Detail}}
+	}
+	return rec.Signature, nil
 }
 
 // reserve pre-checks hrs against the local replica and commits the

@@ -69,3 +69,16 @@ func checkSchemeProtocol(scheme string, p Protocol) error {
 	}
 	return nil
 }
+
+// CarriesKey reports whether the line's PubKeyResponse can carry a key of
+// algorithm (keys[].algorithm). The v0.38 format is CometBFT v0.40's
+// tendermint.crypto.PublicKey, which has every type; v0.34 and v0.37 know
+// only ed25519 and secp256k1, and v1.0's type names do not include
+// secp256k1eth or ml_dsa_65.
+func CarriesKey(p Protocol, algorithm string) bool {
+	switch algorithm {
+	case "secp256k1eth", "mldsa65":
+		return p == ProtocolV038
+	}
+	return true
+}

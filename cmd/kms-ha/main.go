@@ -485,7 +485,7 @@ func printStatus(w io.Writer, s statusJSON) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	keys := map[string]string{}
 	for _, k := range s.Keys {
-		keys[k.ChainID] = k.KeyType + " " + k.PubKey
+		keys[k.ChainID] = k.KeyType + " " + shortKey(k.PubKey)
 	}
 	fmt.Fprintln(tw, "CHAIN\tHEIGHT\tROUND\tSTEP\tKEY")
 	for _, c := range s.Chains {
@@ -496,4 +496,13 @@ func printStatus(w io.Writer, s statusJSON) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", c.ChainID, c.Height, c.Round, step, cmp(keys[c.ChainID], "(not recorded)"))
 	}
 	tw.Flush()
+}
+
+// shortKey abbreviates a hex public key longer than a secp256k1 one (an
+// ML-DSA-65 key is 1952 bytes) for the status table; --json has it whole.
+func shortKey(hexKey string) string {
+	if len(hexKey) <= 66 {
+		return hexKey
+	}
+	return fmt.Sprintf("%s...%s (%d bytes; --json shows it whole)", hexKey[:16], hexKey[len(hexKey)-8:], len(hexKey)/2)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/crypto/ed25519"
+	cmtjson "github.com/cometbft/cometbft/libs/json"
 	"github.com/cometbft/cometbft/privval"
 	"github.com/cometbft/cometbft/types"
 )
@@ -130,4 +133,92 @@ func setGenesisValidator(path string, v ValidatorKey) error {
 		return fmt.Errorf("%s: validator is %X after the rewrite, want %X", path, got.Address, v.Address)
 	}
 	return os.WriteFile(path, out, 0o644)
+}
+
+// UseFileKeyOf replaces the chain's validator key with priv, of any type
+// CometBFT v0.40 accepts (ed25519, secp256k1, secp256k1eth, ml_dsa_65):
+// it writes priv as the node's priv_validator_key.json (KeyFile, the file
+// kms-ha is given), names it the genesis validator, and sets
+// consensus_params.validator.pub_key_types to its type, so that the chain
+// accepts only that kind of validator key. Call it after New, before
+// Start.
+func (n *CometNode) UseFileKeyOf(priv crypto.PrivKey) (ValidatorKey, error) {
+	stateFile := filepath.Join(n.Home, "data", "priv_validator_state.json")
+	var err error
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("write %s: %v", n.KeyFile, r)
+			}
+		}()
+		privval.NewFilePV(priv, n.KeyFile, stateFile).Save()
+	}()
+	if err != nil {
+		return ValidatorKey{}, err
+	}
+	v, err := LoadValidatorKey(n.KeyFile)
+	if err != nil {
+		return v, err
+	}
+	return v, n.nameValidator(v)
+}
+
+// UseValidatorPubKey makes pub, a key of any type CometBFT v0.40 accepts
+// that lives outside this node (in an HSM, say), the chain's only
+// validator, as UseFileKeyOf does for a key file, and replaces the node's
+// priv_validator_key.json with a decoy Ed25519 key, so that nothing on the
+// node's disk can sign for the validator. KeyFile is cleared. Call it after
+// New, before Start.
+func (n *CometNode) UseValidatorPubKey(pub crypto.PubKey) (ValidatorKey, error) {
+	v := ValidatorKey{Address: pub.Address(), PubKey: pub}
+	if err := n.nameValidator(v); err != nil {
+		return v, err
+	}
+	keyFile := filepath.Join(n.Home, "config", "priv_validator_key.json")
+	stateFile := filepath.Join(n.Home, "data", "priv_validator_state.json")
+	if _, err := WriteFileKey(keyFile, stateFile); err != nil {
+		return v, err
+	}
+	n.KeyFile = ""
+	return v, nil
+}
+
+// nameValidator makes v the single genesis validator and the only key type
+// consensus_params.validator.pub_key_types allows, and checks the result
+// with CometBFT's genesis loader.
+func (n *CometNode) nameValidator(v ValidatorKey) error {
+	pubJSON, err := cmtjson.Marshal(v.PubKey)
+	if err != nil {
+		return err
+	}
+	err = editGenesis(n.GenesisPath(), func(g map[string]any) error {
+		vals, ok := g["validators"].([]any)
+		if !ok || len(vals) != 1 {
+			return fmt.Errorf("want the single validator of `cometbft init`, got %v", g["validators"])
+		}
+		val := vals[0].(map[string]any)
+		val["address"] = fmt.Sprintf("%X", []byte(v.Address))
+		val["pub_key"] = json.RawMessage(pubJSON)
+		cp, ok := g["consensus_params"].(map[string]any)
+		if !ok {
+			return errors.New("no consensus_params")
+		}
+		vp, ok := cp["validator"].(map[string]any)
+		if !ok {
+			return errors.New("no consensus_params.validator")
+		}
+		vp["pub_key_types"] = []string{v.PubKey.Type()}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	doc, err := types.GenesisDocFromFile(n.GenesisPath())
+	if err != nil {
+		return fmt.Errorf("genesis after naming a %s validator: %w", v.PubKey.Type(), err)
+	}
+	if got := doc.Validators[0]; !got.PubKey.Equals(v.PubKey) || !bytes.Equal(got.Address, v.Address) {
+		return fmt.Errorf("genesis validator is %X after the rewrite, want %X", got.Address, v.Address)
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
-// Package awskms is the AWS KMS key backend: an Ed25519 consensus key
-// (key spec ECC_NIST_EDWARDS25519, algorithm ED25519_SHA_512, i.e.
-// PureEd25519 as CometBFT verifies it) whose private half never leaves KMS.
+// Package awskms is the AWS KMS key backend: a consensus key whose private
+// half never leaves KMS. Ed25519 (key spec ECC_NIST_EDWARDS25519, algorithm
+// ED25519_SHA_512, i.e. PureEd25519 as CometBFT verifies it), secp256k1 and
+// secp256k1eth (ECC_SECG_P256K1, ECDSA_SHA_256 over a digest) and ML-DSA-65
+// (ML_DSA_65, ML_DSA_SHAKE_256); schemes.go maps each onto KMS.
 //
 // Credentials come only from the AWS default chain (environment, shared
 // config and credentials files, SSO, container or instance role); kms.yaml
@@ -12,8 +14,6 @@ package awskms
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,7 +28,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/cometbft/cometbft/crypto"
-	cmted25519 "github.com/cometbft/cometbft/crypto/ed25519"
+
+	"github.com/kms-ha/kms-ha/keys"
 )
 
 const (
@@ -70,6 +71,8 @@ type Config struct {
 	// KeyID is a key id, a key ARN, an alias ("alias/NAME") or an alias
 	// ARN.
 	KeyID string
+	// Algorithm is the consensus key's algorithm; empty means ed25519.
+	Algorithm string
 	// Region of the key; when empty, the AWS environment or profile must
 	// supply one (AWS_REGION, `region` in ~/.aws/config).
 	Region string
@@ -90,14 +93,14 @@ type Config struct {
 	httpClient aws.HTTPClient
 }
 
-// Key is an Ed25519 consensus key held by AWS KMS. It is safe for
-// concurrent use.
+// Key is a consensus key held by AWS KMS. It is safe for concurrent use.
 type Key struct {
 	name    string // the KeyID as the operator wrote it, for messages
 	arn     string
 	region  string
 	client  *kms.Client
-	pub     ed25519.PublicKey
+	scheme  *scheme
+	pub     crypto.PubKey
 	timeout time.Duration
 	log     *slog.Logger
 	closed  atomic.Bool
@@ -124,7 +127,7 @@ func Open(ctx context.Context, cfg Config) (*Key, error) {
 	}
 	k.log.Info("AWS KMS key ready",
 		"key_id", cfg.KeyID, "arn", k.arn, "region", k.region, "endpoint", cfg.Endpoint,
-		"pub_key", fmt.Sprintf("%X", []byte(k.pub)), "address", k.PubKey().Address().String())
+		"algorithm", k.scheme.algorithm, "pub_key", fmt.Sprintf("%X", k.pub.Bytes()), "address", k.PubKey().Address().String())
 	return k, nil
 }
 
@@ -191,7 +194,12 @@ func connect(ctx context.Context, cfg Config) (*Key, error) {
 		o.RetryMaxAttempts = maxAttempts
 	})
 
+	sch := schemes[cfg.Algorithm]
+	if cfg.Algorithm == "" {
+		sch = schemes[keys.Ed25519]
+	}
 	k := &Key{
+		scheme:  sch,
 		name:    cfg.KeyID,
 		arn:     cfg.KeyID,
 		region:  awsCfg.Region,
@@ -246,14 +254,14 @@ func (k *Key) inspect(ctx context.Context) error {
 		return err
 	}
 	if md.KeyUsage != types.KeyUsageTypeSignVerify {
-		return k.unsuitable("has key usage %s; kms-ha needs SIGN_VERIFY (create the key with %s)", md.KeyUsage, createHint)
+		return k.unsuitable("has key usage %s; kms-ha needs SIGN_VERIFY (create the key with %s)", md.KeyUsage, k.scheme.createHint())
 	}
 	if md.KeyState != types.KeyStateEnabled {
 		return k.stateError(md.KeyState)
 	}
-	if !hasAlgorithm(md.SigningAlgorithms, types.SigningAlgorithmSpecEd25519Sha512) {
-		return k.unsuitable("does not offer the ED25519_SHA_512 signing algorithm (it offers %v); kms-ha needs an ECC_NIST_EDWARDS25519 key (create it with %s)",
-			md.SigningAlgorithms, createHint)
+	if !hasAlgorithm(md.SigningAlgorithms, k.scheme.signing) {
+		return k.unsuitable("does not offer the %s signing algorithm (it offers %v); kms-ha needs an %s key (create it with %s)",
+			k.scheme.signing, md.SigningAlgorithms, k.scheme.spec, k.scheme.createHint())
 	}
 
 	callCtx, cancel = context.WithTimeout(ctx, k.timeout)
@@ -268,23 +276,18 @@ func (k *Key) inspect(ctx context.Context) error {
 	if err := k.checkSpec(pk.KeySpec); err != nil {
 		return err
 	}
-	parsed, err := x509.ParsePKIXPublicKey(pk.PublicKey)
+	pub, err := k.scheme.parsePub(pk.PublicKey)
 	if err != nil {
-		return &Error{kind: ErrUnsuitableKey, msg: fmt.Sprintf("keys/awskms: key %s: GetPublicKey returned a public key that is not a valid SubjectPublicKeyInfo", k.name), err: err}
-	}
-	pub, ok := parsed.(ed25519.PublicKey)
-	if !ok || len(pub) != ed25519.PublicKeySize {
-		return k.unsuitable("has a %T public key, not Ed25519 (create the key with %s)", parsed, createHint)
+		return &Error{kind: ErrUnsuitableKey, msg: fmt.Sprintf("keys/awskms: key %s: GetPublicKey returned an unusable %s public key (create the key with %s)",
+			k.name, k.scheme.spec, k.scheme.createHint()), err: err}
 	}
 	k.pub = pub
 	return nil
 }
 
-const createHint = "aws kms create-key --key-spec ECC_NIST_EDWARDS25519 --key-usage SIGN_VERIFY"
-
 func (k *Key) checkSpec(spec types.KeySpec) error {
-	if spec != types.KeySpecEccNistEdwards25519 {
-		return k.unsuitable("has key spec %s; kms-ha needs ECC_NIST_EDWARDS25519 (create it with --key-spec ECC_NIST_EDWARDS25519 --key-usage SIGN_VERIFY)", spec)
+	if spec != k.scheme.spec {
+		return k.unsuitable("has key spec %s; kms-ha needs %s (create it with --key-spec %s --key-usage SIGN_VERIFY)", spec, k.scheme.spec, k.scheme.spec)
 	}
 	return nil
 }
@@ -303,7 +306,7 @@ func hasAlgorithm(algs []types.SigningAlgorithmSpec, want types.SigningAlgorithm
 }
 
 // PubKey implements keys.Signer.
-func (k *Key) PubKey() crypto.PubKey { return cmted25519.PubKey(k.pub) }
+func (k *Key) PubKey() crypto.PubKey { return k.pub }
 
 // ARN is the key's ARN as KMS reported it at Open; every call uses it.
 func (k *Key) ARN() string { return k.arn }
@@ -316,34 +319,39 @@ func (k *Key) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 	if k.closed.Load() {
 		return nil, fmt.Errorf("keys/awskms: key %s: %w", k.name, ErrClosed)
 	}
-	if len(msg) == 0 || len(msg) > MaxMessageSize {
-		return nil, fmt.Errorf("keys/awskms: key %s: cannot sign a %d-byte message: AWS KMS signs 1 to %d bytes with Ed25519",
-			k.name, len(msg), MaxMessageSize)
+	payload, err := k.scheme.payload(msg)
+	if err != nil {
+		return nil, fmt.Errorf("keys/awskms: key %s: %w", k.name, err)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
 	defer cancel()
 	out, err := k.client.Sign(callCtx, &kms.SignInput{
 		KeyId:            aws.String(k.arn),
-		Message:          msg,
-		MessageType:      types.MessageTypeRaw,
-		SigningAlgorithm: types.SigningAlgorithmSpecEd25519Sha512,
+		Message:          payload,
+		MessageType:      k.scheme.messageType,
+		SigningAlgorithm: k.scheme.signing,
 	})
 	if err != nil {
 		return nil, k.apiError("Sign", ctx, callCtx, err)
 	}
-	sig := out.Signature
-	if len(sig) != ed25519.SignatureSize {
-		k.log.Error("AWS KMS returned a malformed signature; refusing it", "key_id", k.name, "arn", k.arn, "len", len(sig))
+	sig, err := k.scheme.finish(k.pub, payload, out.Signature)
+	if err != nil {
+		k.log.Error("AWS KMS returned a malformed signature; refusing it", "key_id", k.name, "arn", k.arn, "len", len(out.Signature), "err", err)
 		return nil, &Error{kind: ErrBadSignature, msg: fmt.Sprintf(
-			"keys/awskms: key %s: AWS KMS returned a %d-byte signature, want %d; refusing it", k.name, len(sig), ed25519.SignatureSize)}
+			"keys/awskms: key %s: AWS KMS returned a malformed %d-byte %s signature (%v); refusing it", k.name, len(out.Signature), k.scheme.signing, err)}
 	}
-	if !ed25519.Verify(k.pub, msg, sig) {
+	if !k.pub.VerifySignature(msg, sig) {
 		k.log.Error("AWS KMS returned a signature that does not verify; refusing it", "key_id", k.name, "arn", k.arn)
 		return nil, &Error{kind: ErrBadSignature, msg: fmt.Sprintf(
 			"keys/awskms: key %s: AWS KMS returned a signature that does not verify against the key's public key; refusing it", k.name)}
 	}
 	return sig, nil
 }
+
+// Deterministic implements keys.Signer: ED25519_SHA_512 is RFC 8032
+// Ed25519, deterministic by construction; AWS KMS's ECDSA draws a new nonce
+// per call, and its ML-DSA is not documented as deterministic.
+func (k *Key) Deterministic() bool { return k.scheme.deterministic }
 
 // Close implements keys.Signer. KMS holds no session to end; Close only
 // makes later signs fail instead of using a key the node let go of.

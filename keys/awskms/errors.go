@@ -30,8 +30,9 @@ var (
 	ErrKeyDisabled = errors.New("AWS KMS key not usable")
 	// ErrKeyNotFound: no such key or alias in the region and account.
 	ErrKeyNotFound = errors.New("AWS KMS key not found")
-	// ErrUnsuitableKey: the key is not an Ed25519 signing key.
-	ErrUnsuitableKey = errors.New("AWS KMS key is not an Ed25519 signing key")
+	// ErrUnsuitableKey: the key is not a signing key of the configured
+	// algorithm.
+	ErrUnsuitableKey = errors.New("AWS KMS key is not a signing key of the configured algorithm")
 	// ErrBadSignature: KMS answered with a signature that does not verify.
 	ErrBadSignature = errors.New("AWS KMS returned an invalid signature")
 	// ErrUnavailable: KMS could not be reached or failed internally, or did
@@ -118,7 +119,7 @@ func (k *Key) apiError(op string, parent, callCtx context.Context, err error) er
 	case errors.As(err, &notFound):
 		e.kind, e.msg = ErrKeyNotFound, fmt.Sprintf("keys/awskms: key %s not found in region %s: check key_id and region, and that the node's credentials belong to the key's account", k.name, k.region)
 	case errors.As(err, &usage):
-		e.kind, e.msg = ErrUnsuitableKey, fmt.Sprintf("keys/awskms: key %s cannot sign with ED25519_SHA_512; kms-ha needs an ECC_NIST_EDWARDS25519 SIGN_VERIFY key (create it with %s)", k.name, createHint)
+		e.kind, e.msg = ErrUnsuitableKey, fmt.Sprintf("keys/awskms: key %s cannot sign with %s; kms-ha needs an %s SIGN_VERIFY key (create it with %s)", k.name, k.scheme.signing, k.scheme.spec, k.scheme.createHint())
 	case errors.As(err, &apiErr) && throttleCodes[apiErr.ErrorCode()]:
 		e.kind, e.msg = ErrThrottled, fmt.Sprintf("keys/awskms: AWS KMS is throttling requests for key %s (raise the KMS request quota for the account and region)", k.name)
 	case errors.As(err, &apiErr) && apiErr.ErrorCode() == "AccessDeniedException":

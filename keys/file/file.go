@@ -1,5 +1,6 @@
-// Package file is the file key backend: an Ed25519 key read from disk and
-// held in memory. It is for tests and small setups, not production custody.
+// Package file is the file key backend: a consensus key (ed25519,
+// secp256k1, secp256k1eth or mldsa65) read from disk and held in memory. It
+// is for tests and small setups, not production custody.
 package file
 
 import (
@@ -14,12 +15,18 @@ import (
 
 	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/crypto/ed25519"
+	"github.com/cometbft/cometbft/crypto/mldsa65"
+	"github.com/cometbft/cometbft/crypto/secp256k1"
+	"github.com/cometbft/cometbft/crypto/secp256k1eth"
 	cmtjson "github.com/cometbft/cometbft/libs/json"
+	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
+
+	"github.com/kms-ha/kms-ha/keys"
 )
 
-// Key is an in-memory Ed25519 consensus key.
+// Key is an in-memory consensus key.
 type Key struct {
-	priv ed25519.PrivKey
+	priv crypto.PrivKey
 }
 
 // Open reads path: a CometBFT priv_validator_key.json, a file holding the
@@ -39,7 +46,7 @@ func Open(path string) (*Key, error) {
 	return &Key{priv: priv}, nil
 }
 
-func parse(data []byte) (ed25519.PrivKey, error) {
+func parse(data []byte) (crypto.PrivKey, error) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) > 0 && trimmed[0] == '{' {
 		return parseJSON(trimmed)
@@ -73,7 +80,7 @@ func parse(data []byte) (ed25519.PrivKey, error) {
 	}
 }
 
-func parseJSON(data []byte) (ed25519.PrivKey, error) {
+func parseJSON(data []byte) (crypto.PrivKey, error) {
 	var probe map[string]json.RawMessage
 	if json.Unmarshal(data, &probe) == nil {
 		for _, f := range []string{"privateShard", "privShare", "secretShare"} {
@@ -90,20 +97,52 @@ func parseJSON(data []byte) (ed25519.PrivKey, error) {
 	if err := cmtjson.Unmarshal(data, &f); err != nil {
 		return nil, errors.New("not a valid priv_validator_key.json (expected a typed \"priv_key\" field)")
 	}
-	priv, ok := f.PrivKey.(ed25519.PrivKey)
-	if !ok {
-		return nil, fmt.Errorf("priv_key is %T; only ed25519 consensus keys are supported", f.PrivKey)
+	if f.PrivKey == nil {
+		return nil, errors.New("not a valid priv_validator_key.json (no \"priv_key\" field)")
 	}
-	if len(priv) != ed25519.PrivateKeySize {
-		return nil, fmt.Errorf("priv_key has %d bytes, want %d", len(priv), ed25519.PrivateKeySize)
-	}
-	if _, ok := consistent(priv); !ok {
-		return nil, errors.New("priv_key is not a consistent Ed25519 key (its public half is not the public key of its seed); the file is corrupt or edited")
+	priv, err := checkPriv(f.PrivKey)
+	if err != nil {
+		return nil, err
 	}
 	if f.PubKey != nil && !f.PubKey.Equals(priv.PubKey()) {
 		return nil, errors.New("pub_key does not match priv_key; the file is corrupt or edited")
 	}
 	return priv, nil
+}
+
+// checkPriv accepts the key types CometBFT v0.40 takes as validator keys,
+// each checked for what its JSON decoder leaves unchecked.
+func checkPriv(k crypto.PrivKey) (crypto.PrivKey, error) {
+	switch priv := k.(type) {
+	case ed25519.PrivKey:
+		if len(priv) != ed25519.PrivateKeySize {
+			return nil, fmt.Errorf("priv_key has %d bytes, want %d", len(priv), ed25519.PrivateKeySize)
+		}
+		if _, ok := consistent(priv); !ok {
+			return nil, errors.New("priv_key is not a consistent Ed25519 key (its public half is not the public key of its seed); the file is corrupt or edited")
+		}
+		return priv, nil
+	case secp256k1.PrivKey:
+		// CometBFT's decoder takes any length, and decred reduces an
+		// out-of-range scalar silently: sign only with a valid one.
+		if !validScalar(priv) {
+			return nil, fmt.Errorf("priv_key is not a valid secp256k1 key (want a 32-byte scalar in (0, N)); the file is corrupt or edited")
+		}
+		return priv, nil
+	case secp256k1eth.PrivKey, mldsa65.PrivKey:
+		// Their decoders check length and range.
+		return priv, nil
+	}
+	return nil, fmt.Errorf("priv_key is a %s key; consensus keys are ed25519, secp256k1, secp256k1eth or mldsa65", k.Type())
+}
+
+func validScalar(b []byte) bool {
+	if len(b) != secp256k1.PrivKeySize {
+		return false
+	}
+	var d dsecp.ModNScalar
+	overflow := d.SetByteSlice(b)
+	return !overflow && !d.IsZero()
 }
 
 // consistent reports whether a 64-byte key is a seed followed by that
@@ -114,8 +153,19 @@ func consistent(raw []byte) (ed25519.PrivKey, bool) {
 	return ed25519.PrivKey(want), bytes.Equal(want, raw)
 }
 
-// New wraps an in-memory key (tests, generated keys).
-func New(priv ed25519.PrivKey) *Key { return &Key{priv: priv} }
+// New wraps an in-memory key (tests, generated keys). It panics on a
+// key of another type than the four consensus types: that is a bug in the
+// caller, not an operator's mistake.
+func New(priv crypto.PrivKey) *Key {
+	k, err := checkPriv(priv)
+	if err != nil {
+		panic("keys/file: New: " + err.Error())
+	}
+	return &Key{priv: k}
+}
+
+// Algorithm names the key's algorithm (keys.Ed25519, ...).
+func (k *Key) Algorithm() string { return keys.AlgorithmOf(k.priv.PubKey()) }
 
 // PubKey implements keys.Signer.
 func (k *Key) PubKey() crypto.PubKey { return k.priv.PubKey() }
@@ -127,6 +177,12 @@ func (k *Key) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 	}
 	return k.priv.Sign(msg)
 }
+
+// Deterministic implements keys.Signer: every file key type signs
+// deterministically (Ed25519 by RFC 8032, secp256k1 and secp256k1eth with
+// RFC 6979 nonces, ML-DSA-65 in CometBFT's deterministic mode); a test
+// checks each.
+func (k *Key) Deterministic() bool { return true }
 
 // Close implements keys.Signer.
 func (k *Key) Close() error { return nil }

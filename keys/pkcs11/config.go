@@ -21,6 +21,9 @@ type Config struct {
 	Pin        string // pin: exactly one of pin, pin_env and pin_file
 	PinEnv     string // pin_env: name of an environment variable
 	PinFile    string // pin_file: trailing whitespace is trimmed
+	// Algorithm (algorithm) is the consensus key's algorithm; empty means
+	// ed25519.
+	Algorithm string
 	// SignTimeout bounds each Sign together with the caller's context
 	// (whichever ends first); zero means DefaultSignTimeout.
 	SignTimeout time.Duration

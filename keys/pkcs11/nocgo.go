@@ -42,5 +42,8 @@ func (*Key) PubKey() crypto.PubKey { return nil }
 // Sign implements keys.Signer.
 func (*Key) Sign(context.Context, []byte) ([]byte, error) { return nil, ErrNotBuilt }
 
+// Deterministic implements keys.Signer.
+func (*Key) Deterministic() bool { return true }
+
 // Close implements keys.Signer.
 func (*Key) Close() error { return nil }

@@ -1,8 +1,9 @@
 //go:build cgo
 
-// Package pkcs11 is the PKCS#11 key backend: an Ed25519 consensus key that
-// lives on a hardware token or HSM (SoftHSM2 in tests) and signs there with
-// CKM_EDDSA. The private key never leaves the token.
+// Package pkcs11 is the PKCS#11 key backend: a consensus key that lives on
+// a hardware token or HSM (SoftHSM2 in tests) and signs there, Ed25519 with
+// CKM_EDDSA, secp256k1 and secp256k1eth with CKM_ECDSA (algo.go). The
+// private key never leaves the token.
 //
 // A validator cannot wait for a wedged HSM, and an HSM that restarts or
 // fails over must not need a kms-ha restart. So every Sign is bounded by a
@@ -28,7 +29,6 @@ import (
 	"time"
 
 	"github.com/cometbft/cometbft/crypto"
-	"github.com/cometbft/cometbft/crypto/ed25519"
 	"github.com/miekg/pkcs11"
 
 	"github.com/kms-ha/kms-ha/keys"
@@ -53,7 +53,7 @@ var selfTestMsg = []byte("\x00kms-ha keys/pkcs11 self-test")
 
 var _ keys.Signer = (*Key)(nil)
 
-// Key is an Ed25519 key on a PKCS#11 token. It is safe for concurrent use.
+// Key is a consensus key on a PKCS#11 token. It is safe for concurrent use.
 type Key struct {
 	mod        *module
 	desc       string // token "x" or slot n, for errors
@@ -66,7 +66,8 @@ type Key struct {
 	pin     func() string
 	timeout time.Duration
 	log     *slog.Logger
-	pub     ed25519.PubKey
+	algo    *algo
+	pub     crypto.PubKey
 
 	sem  chan struct{} // one token per C call in flight
 	hook atomic.Pointer[callHook]
@@ -129,6 +130,7 @@ func newKey(cfg Config) (*Key, error) {
 		timeout:    timeout,
 		log:        log.With(tokenAttrs(cfg)...),
 		sem:        make(chan struct{}, poolSize),
+		algo:       algoFor(cfg.Algorithm),
 	}
 	if cfg.Slot != nil {
 		slot := *cfg.Slot
@@ -138,7 +140,7 @@ func newKey(cfg Config) (*Key, error) {
 }
 
 func (k *Key) init(ctx context.Context) error {
-	var pub ed25519.PubKey
+	var pub crypto.PubKey
 	err := k.do(ctx, "open", func(c *pkcs11.Ctx, s *session) error {
 		if err := k.checkKeyType(c, s); err != nil {
 			return err
@@ -154,13 +156,13 @@ func (k *Key) init(ctx context.Context) error {
 	sig, err := k.sign(ctx, "self-test", selfTestMsg)
 	if err != nil {
 		if errors.Is(err, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID)) {
-			return fmt.Errorf("self-test signature: the token does not offer CKM_EDDSA: %w", err)
+			return fmt.Errorf("self-test signature: the token does not offer the mechanism for %s (CKM_EDDSA or CKM_ECDSA): %w", k.algo.name, err)
 		}
 		return fmt.Errorf("self-test signature: %w", err)
 	}
 	if !pub.VerifySignature(selfTestMsg, sig) {
 		return fmt.Errorf("self-test signature does not verify against the public key %X: the public key object found for %s belongs to another key pair",
-			[]byte(pub), k.keyDesc())
+			pub.Bytes(), k.keyDesc())
 	}
 	return nil
 }
@@ -178,15 +180,13 @@ func (k *Key) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 	return sig, nil
 }
 
-var eddsa = []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}
-
 func (k *Key) sign(ctx context.Context, op string, msg []byte) ([]byte, error) {
 	// The C call may outlive this function (timeout); it signs a private
 	// copy so a caller reusing its buffer cannot change the bytes under it.
-	m := bytes.Clone(msg)
+	m := k.algo.payload(bytes.Clone(msg))
 	var sig []byte
 	err := k.do(ctx, op, func(c *pkcs11.Ctx, s *session) error {
-		if err := c.SignInit(s.h, eddsa, s.key); err != nil {
+		if err := c.SignInit(s.h, k.algo.mech, s.key); err != nil {
 			return err
 		}
 		out, err := c.Sign(s.h, m)
@@ -199,11 +199,12 @@ func (k *Key) sign(ctx context.Context, op string, msg []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(sig) != ed25519.SignatureSize {
-		return nil, fmt.Errorf("the token returned a %d-byte signature, want %d", len(sig), ed25519.SignatureSize)
-	}
-	return sig, nil
+	return k.algo.finish(k.pub, m, sig)
 }
+
+// Deterministic implements keys.Signer: CKM_EDDSA is Ed25519 (RFC 8032),
+// deterministic by construction; CKM_ECDSA is not.
+func (k *Key) Deterministic() bool { return k.algo.deterministic }
 
 // Close implements keys.Signer. Calls still stuck in the token finish in
 // the background; the module is released after the last of them.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cometbft/cometbft/crypto"
 	"github.com/cometbft/cometbft/crypto/ed25519"
 	"github.com/miekg/pkcs11"
 )
@@ -164,9 +165,13 @@ func (k *Key) checkKeyType(c *pkcs11.Ctx, s *session) error {
 	if err != nil {
 		return fmt.Errorf("read the key type of %s: %w", k.keyDesc(), err)
 	}
-	if t, ok := ulong(attrs[0].Value); !ok || t != ckkECEdwards {
-		return fmt.Errorf("%s is not an Ed25519 key (CKA_KEY_TYPE 0x%X, want CKK_EC_EDWARDS 0x%X)",
-			k.keyDesc(), attrs[0].Value, ckkECEdwards)
+	if t, ok := ulong(attrs[0].Value); !ok || t != uint64(k.algo.keyType) {
+		want := "an Ed25519 key (CKK_EC_EDWARDS"
+		if k.algo.keyType == pkcs11.CKK_EC {
+			want = "a secp256k1 key (CKK_EC"
+		}
+		return fmt.Errorf("%s is not %s 0x%X; CKA_KEY_TYPE is 0x%X), as keys[].algorithm %s needs",
+			k.keyDesc(), want, k.algo.keyType, attrs[0].Value, k.algo.name)
 	}
 	return nil
 }
@@ -174,7 +179,7 @@ func (k *Key) checkKeyType(c *pkcs11.Ctx, s *session) error {
 // readPublicKey reads CKA_EC_POINT from the public key object that goes
 // with the private key (same label/id). A few HSMs store no public object
 // but expose the point on the private key, so that is the fallback.
-func (k *Key) readPublicKey(c *pkcs11.Ctx, s *session) (ed25519.PubKey, error) {
+func (k *Key) readPublicKey(c *pkcs11.Ctx, s *session) (crypto.PubKey, error) {
 	objs, err := findObjects(c, s.h, template(pkcs11.CKO_PUBLIC_KEY, k.keyLabel, k.keyID))
 	if err != nil {
 		return nil, err
@@ -188,14 +193,24 @@ func (k *Key) readPublicKey(c *pkcs11.Ctx, s *session) (ed25519.PubKey, error) {
 	default:
 		return nil, fmt.Errorf("several public keys match %s; set key_id (or both) to choose one", k.keyDesc())
 	}
-	attrs, err := c.GetAttributeValue(s.h, obj, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+	want := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)}
+	if k.algo.keyType == pkcs11.CKK_EC {
+		// Only a secp256k1 key's curve needs checking; an Ed25519 token
+		// may not expose the parameters at all.
+		want = append(want, pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, nil))
+	}
+	attrs, err := c.GetAttributeValue(s.h, obj, want)
 	if err != nil {
 		if len(objs) == 0 {
 			return nil, fmt.Errorf("no public key object with %s on the token, and the private key does not expose CKA_EC_POINT (%v); store the public key on the token", k.keyDesc(), err)
 		}
 		return nil, fmt.Errorf("read CKA_EC_POINT of %s: %w", k.keyDesc(), err)
 	}
-	return parseECPoint(attrs[0].Value)
+	var params []byte
+	if len(attrs) > 1 {
+		params = attrs[1].Value
+	}
+	return k.algo.parsePub(params, attrs[0].Value)
 }
 
 // parseECPoint accepts CKA_EC_POINT both as the DER OCTET STRING that

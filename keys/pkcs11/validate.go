@@ -1,6 +1,10 @@
 package pkcs11
 
 import (
+	"slices"
+
+	"github.com/kms-ha/kms-ha/keys"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,6 +45,9 @@ func (c Config) Validate() error {
 	if n != 1 {
 		bad("pin", "set exactly one of pin, pin_env and pin_file (pin_env or pin_file keep the PIN out of kms.yaml)")
 	}
+	if err := checkAlgorithm(c.Algorithm); err != nil {
+		bad("algorithm", "%v", err)
+	}
 	if c.SignTimeout < 0 {
 		errs = append(errs, fmt.Errorf("%s: sign timeout %v is negative", errPrefix, c.SignTimeout))
 	}
@@ -59,4 +66,19 @@ func decodeKeyID(s string) ([]byte, error) {
 		return nil, fielderr.New(errPrefix, "key_id", "%q is not hex (the CKA_ID of the key, e.g. 01)", s)
 	}
 	return id, nil
+}
+
+// Algorithms are the consensus key algorithms a PKCS#11 token signs for
+// kms-ha.
+var Algorithms = []string{keys.Ed25519, keys.Secp256k1, keys.Secp256k1Eth}
+
+func checkAlgorithm(a string) error {
+	switch {
+	case a == "" || slices.Contains(Algorithms, a):
+		return nil
+	case a == keys.MLDSA65:
+		return errors.New("mldsa65 is not available on pkcs11: PKCS#11 v2.40 and v3.0 (SoftHSM2 2.6 included) define no ML-DSA " +
+			"mechanism; keep an ML-DSA-65 consensus key on the file or awskms backend")
+	}
+	return fmt.Errorf("%q is not supported on pkcs11; use one of %s", a, strings.Join(Algorithms, ", "))
 }
