@@ -5,14 +5,13 @@
 package ecdsasig
 
 import (
-	"bytes"
-	"encoding/asn1"
 	"errors"
-	"math/big"
+	"fmt"
 
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
-	"github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 	"golang.org/x/crypto/sha3"
+
+	"github.com/kms-ha/kms-ha/keys/secp256k1"
 )
 
 // Keccak256 is the legacy Keccak-256 (not FIPS SHA3-256) secp256k1eth
@@ -25,15 +24,10 @@ func Keccak256(msg []byte) []byte {
 
 // FromDER reads a DER ECDSA signature into 64 bytes r||s with low S.
 func FromDER(der []byte) ([]byte, error) {
-	var sig struct{ R, S *big.Int }
-	rest, err := asn1.Unmarshal(der, &sig)
-	if err != nil || len(rest) > 0 || sig.R == nil || sig.S == nil || sig.R.Sign() <= 0 || sig.S.Sign() <= 0 ||
-		sig.R.BitLen() > 256 || sig.S.BitLen() > 256 {
-		return nil, errors.New("not a DER ECDSA signature of two 256-bit values")
+	rs, err := secp256k1.ParseDER(der)
+	if err != nil {
+		return nil, err
 	}
-	rs := make([]byte, 64)
-	sig.R.FillBytes(rs[:32])
-	sig.S.FillBytes(rs[32:])
 	return LowS(rs)
 }
 
@@ -57,20 +51,16 @@ func LowS(rs []byte) ([]byte, error) {
 }
 
 // WithRecoveryID returns rs (low S) followed by v in {0,1}, the recovery
-// id that makes r||s over digest recover to pub (33-byte compressed).
+// id that makes r||s over digest recover to pub (33-byte compressed). A
+// signature that does not verify against pub is secp256k1.ErrBadSignature.
 func WithRecoveryID(pub, digest, rs []byte) ([]byte, error) {
-	rs, err := LowS(rs)
+	pk, err := dsecp.ParsePubKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("the key's public key: %w", err)
+	}
+	low, v, err := secp256k1.Normalize(pk, digest, rs)
 	if err != nil {
 		return nil, err
 	}
-	compact := make([]byte, 65)
-	copy(compact[1:], rs)
-	for v := byte(0); v < 2; v++ {
-		compact[0] = 27 + v
-		got, _, err := ecdsa.RecoverCompact(compact, digest)
-		if err == nil && bytes.Equal(got.SerializeCompressed(), pub) {
-			return append(rs, v), nil
-		}
-	}
-	return nil, errors.New("the signature does not recover to the key's public key")
+	return append(low, v), nil
 }
