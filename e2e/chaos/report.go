@@ -203,7 +203,11 @@ func (r *Run) writeOutputs(rep report, heights []int64, seen func(int64) time.Ti
 			_ = os.WriteFile(filepath.Join(logDir, filepath.Base(p)), data, 0o644)
 		}
 	}
-	if r.o.docs != "" {
+	switch {
+	case r.o.docs == "":
+	case r.o.kinds != "" || r.o.handover != "":
+		logf("docs: %s left alone: a run restricted to some faults or with a non-default handover is not the published one", r.o.docs)
+	default:
 		if err := r.writeDocs(rep.summary, png); err != nil {
 			logf("docs: %v", err)
 		}
@@ -372,6 +376,12 @@ func (r *Run) command() string {
 	if r.o.critical {
 		cmd += " CHAOS_CRITICAL=1"
 	}
+	if r.o.kinds != "" {
+		cmd += " CHAOS_KINDS=" + r.o.kinds
+	}
+	if r.o.handover != "" {
+		cmd += " CHAOS_HANDOVER=" + r.o.handover
+	}
 	return cmd
 }
 
@@ -417,11 +427,14 @@ func fillRect(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
 	}
 }
 
-const docsBegin, docsEnd = "<!-- chaos:summary:begin -->", "<!-- chaos:summary:end -->"
-
-// writeDocs replaces the summary section of the docs page and copies the
-// plot next to it.
+// writeDocs replaces the summary section of the docs page (the critical
+// run has its own) and copies the plot next to it.
 func (r *Run) writeDocs(summary, png string) error {
+	section, plotName := "summary", "chaos.png"
+	if r.o.critical {
+		section, plotName = "critical", "chaos-critical.png"
+	}
+	docsBegin, docsEnd := "<!-- chaos:"+section+":begin -->", "<!-- chaos:"+section+":end -->"
 	data, err := os.ReadFile(r.o.docs)
 	if err != nil {
 		return err
@@ -431,7 +444,7 @@ func (r *Run) writeDocs(summary, png string) error {
 	if i < 0 || j < i {
 		return fmt.Errorf("%s: no %s ... %s section", r.o.docs, docsBegin, docsEnd)
 	}
-	out := s[:i+len(docsBegin)] + "\n" + summary + "\n![signed and missed heights over time](chaos.png)\n" + s[j:]
+	out := s[:i+len(docsBegin)] + "\n" + summary + "\n![signed and missed heights over time](" + plotName + ")\n" + s[j:]
 	if err := os.WriteFile(r.o.docs, []byte(out), 0o644); err != nil {
 		return err
 	}
@@ -439,5 +452,5 @@ func (r *Run) writeDocs(summary, png string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(filepath.Dir(r.o.docs), "chaos.png"), img, 0o644)
+	return os.WriteFile(filepath.Join(filepath.Dir(r.o.docs), plotName), img, 0o644)
 }
