@@ -54,6 +54,8 @@ var kindWeights = []kindWeight{
 	{"loss", 1},               // random packet loss on a node's link (iptables statistic)
 	{"disk-full", 1},          // node3's tmpfs data dir filled
 	{"validator-restart", 1},  // the kms-ha validator's cometbft node SIGKILLed and restarted
+	{"validator-latency", 1},  // proxy delay + jitter on the leader's privval link to val4
+	{"p2p-latency", 1},        // proxy delay + jitter on every p2p link of val4
 }
 
 func pickKind(rng *rand.Rand, kinds []string) string {
@@ -121,7 +123,10 @@ func newFault(rng *rand.Rand, kind string, leaderP float64) Fault {
 		f.Leader = false
 	case "pause":
 		f.Dur = time.Duration(1500+rng.IntN(2500)) * time.Millisecond
-	case "latency":
+	case "validator-latency":
+		f.Leader = true
+		fallthrough
+	case "latency", "p2p-latency":
 		f.Delay = time.Duration(50+rng.IntN(250)) * time.Millisecond
 		f.Jitter = f.Delay / 2
 	case "loss":
@@ -271,6 +276,10 @@ func (r *Run) setup(ctx context.Context) error {
 		}
 	}
 
+	if err := r.proxyValidatorLinks(); err != nil {
+		return err
+	}
+
 	// node3's Raft data on a 64 MiB tmpfs. This process has a mount
 	// namespace of its own (ip netns exec made it), so the mount is seen
 	// only by it and the processes it starts, and goes away with them.
@@ -393,7 +402,7 @@ func (r *Run) step(ctx context.Context, i int, s Step) error {
 		if f.Kind == "disk-full" {
 			target = diskNode
 		}
-		if f.Kind == "validator-restart" {
+		if f.Kind == "validator-restart" || f.Kind == "p2p-latency" {
 			target = "val4"
 		}
 		used[target] = true
