@@ -166,6 +166,10 @@ type Window struct {
 	Recovery   time.Duration
 	Recovered  bool
 	NextSigned int64
+	// Stall is the longest time without a new block from the fault's
+	// start to the recovery: with kms-ha's validator critical, the chain
+	// halts instead of missing blocks.
+	Stall time.Duration
 }
 
 // Run is the inner process's state.
