@@ -19,6 +19,11 @@ var ErrLeaderItself = errors.New("that node is the leader")
 // ErrNotLeader is returned by writes on a node that is not the leader.
 var ErrNotLeader = errors.New("not the leader")
 
+// ErrNotCommitted is returned by a write that did not commit within its
+// timeout (no quorum answered in time, or this process was paused). The
+// entry may still commit later; nothing was decided for the caller.
+var ErrNotCommitted = errors.New("not committed")
+
 // Reserve commits a reservation of hrs for chainID through raft and returns
 // the FSM's decision once the entry is committed by a quorum and applied.
 // It never waits longer than the apply timeout or ctx allows; on error
@@ -115,7 +120,7 @@ func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration
 	case <-timer.C:
 		// The entry may still commit later; that only moves the watermark
 		// up, and nothing was signed for it.
-		return nil, fmt.Errorf("not committed within %s (is a quorum reachable?)", timeout)
+		return nil, fmt.Errorf("%w within %s (is a quorum reachable?)", ErrNotCommitted, timeout)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -69,6 +69,12 @@ type Cluster struct {
 	// until the chain reaches it.
 	MaxImportJump int64 `yaml:"max_import_jump"`
 
+	// ValidatorHandoverAfter is how long a leader that hears from none of
+	// its validators waits before handing leadership to another voter,
+	// which may still reach them; 0 turns the handover off. A pointer so
+	// that an explicit 0 differs from a missing line (the default).
+	ValidatorHandoverAfter *time.Duration `yaml:"validator_handover_after"`
+
 	// Mutual TLS for raft and the cluster API: the cluster CA, and this
 	// node's certificate and key issued by it (`kms-ha certs`). There is no
 	// plaintext mode.
@@ -241,6 +247,25 @@ func Parse(data []byte, home string) (*Config, error) {
 // chain, far beyond a signer swap, and well short of a mistyped digit.
 const DefaultMaxImportJump = 1_000_000
 
+// DefaultValidatorHandoverAfter sits above CometBFT's ping interval (its
+// 5 s read timeout × 2/3 = 3.3 s): a healthy but idle validator, between
+// heights of a chain with a long timeout_commit, is silent for up to that
+// long, and must not look unreachable.
+const DefaultValidatorHandoverAfter = 5 * time.Second
+
+// MinValidatorHandoverAfter is the shortest wait validate accepts, for the
+// same reason.
+const MinValidatorHandoverAfter = 4 * time.Second
+
+// HandoverAfter is ValidatorHandoverAfter with its default applied; 0
+// means off.
+func (cl Cluster) HandoverAfter() time.Duration {
+	if cl.ValidatorHandoverAfter == nil {
+		return DefaultValidatorHandoverAfter
+	}
+	return *cl.ValidatorHandoverAfter
+}
+
 // setDefaults fills what kms.yaml left out. The raft timings are the raft
 // node's own defaults (package cluster), so a kms.yaml without them and a
 // cluster.Config built without them run the same.
@@ -272,6 +297,10 @@ func (c *Config) setDefaults() {
 	}
 	if cl.MaxImportJump == 0 {
 		cl.MaxImportJump = DefaultMaxImportJump
+	}
+	if cl.ValidatorHandoverAfter == nil {
+		d := DefaultValidatorHandoverAfter
+		cl.ValidatorHandoverAfter = &d
 	}
 	if cl.TLSCA == "" {
 		cl.TLSCA = DefaultTLSCA

@@ -129,6 +129,10 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"grpc file secp256k1", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, algorithm: secp256k1, key_file: a.hex}]\n",
 			`grpc.keys[0].algorithm: "secp256k1" is not offered by backend file`},
 		{"grpc pkcs11 needs its fields", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  keys: [{id: a, backend: pkcs11}]\n", "grpc.keys[0].module: is required"},
+		{"handover below the ping interval", singleChain + "  validator_handover_after: 3s\n", "cluster.validator_handover_after: 3s is too short: at least 4s, or 0 to turn the handover off"},
+		{"handover negative", singleChain + "  validator_handover_after: -1s\n", "cluster.validator_handover_after"},
+		{"handover off", singleChain + "  validator_handover_after: 0s\n", ""},
+		{"handover ok", singleChain + "  validator_handover_after: 8s\n", ""},
 		{"grpc without keys", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n", "grpc.keys: is empty"},
 		{"grpc ok", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n  client_ca: ca\n  keys: [{id: a, key_file: a.hex}]\n", ""},
 		{"grpc only", "cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:7001\n  api_addr: 127.0.0.1:7101\n" +
@@ -164,6 +168,30 @@ func TestValidationNamesTheField(t *testing.T) {
 	dup := strings.Replace(multiChain, "chain_ids: [osmosis-1]", "chain_ids: [cosmoshub-4, osmosis-1]", 1)
 	if _, err := Parse([]byte(dup), homeWithIdentity(t)); err == nil || !strings.Contains(err.Error(), "already has a key") {
 		t.Fatalf("two keys for one chain: %v", err)
+	}
+}
+
+// TestHandoverAfter: a missing line is the default, an explicit 0 turns
+// the handover off, and both survive Parse.
+func TestHandoverAfter(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want time.Duration
+	}{
+		{"", DefaultValidatorHandoverAfter},
+		{"  validator_handover_after: 0s\n", 0},
+		{"  validator_handover_after: 12s\n", 12 * time.Second},
+	} {
+		c, err := Parse([]byte(singleChain+tc.line), homeWithIdentity(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Cluster.HandoverAfter(); got != tc.want {
+			t.Errorf("%q: handover after %s, want %s", tc.line, got, tc.want)
+		}
+	}
+	if got := (Cluster{}).HandoverAfter(); got != DefaultValidatorHandoverAfter {
+		t.Errorf("a Cluster built without Parse hands over after %s, want the default %s", got, DefaultValidatorHandoverAfter)
 	}
 }
 

@@ -187,6 +187,7 @@ func TestDocsClusterDefaults(t *testing.T) {
 		"leader_lease_timeout": cl.LeaderLeaseTimeout.String(), "commit_timeout": cl.CommitTimeout.String(),
 		"apply_timeout": cl.ApplyTimeout.String(), "snapshot_interval": cl.SnapshotInterval.String(),
 		"snapshot_threshold": fmt.Sprint(cl.SnapshotThreshold), "max_import_jump": fmt.Sprint(cl.MaxImportJump),
+		"validator_handover_after": cl.HandoverAfter().String(),
 	}
 	data, err := os.ReadFile("../docs/configuration.md")
 	if err != nil {

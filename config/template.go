@@ -42,6 +42,9 @@ cluster:
   # A signature waits at most this long for its watermark to commit; keep it
   # well under the validator's 5 s timeout.
   # apply_timeout: 2s
+  # A leader that hears from none of its validators this long hands
+  # leadership to another node, which may reach them; 0s turns it off.
+  # validator_handover_after: 5s
 
 # One entry per chain to sign for (the chain id from genesis.json).
 chains: []

@@ -103,6 +103,10 @@ func (c *Config) validateCluster(p *problems) {
 	if cl.MaxImportJump < 0 {
 		p.bad("cluster.max_import_jump", "%d must be positive (heights an import may raise a watermark without --force)", cl.MaxImportJump)
 	}
+	if d := cl.HandoverAfter(); d != 0 && d < MinValidatorHandoverAfter {
+		p.bad("cluster.validator_handover_after", "%s is too short: at least %s, or 0 to turn the handover off (a healthy idle validator "+
+			"sends nothing for up to 3.3 s between its pings, and must not look unreachable)", d, MinValidatorHandoverAfter)
+	}
 	if cl.ApplyTimeout <= 0 || cl.ApplyTimeout >= 5*time.Second {
 		p.bad("cluster.apply_timeout", "%s must be above 0 and below 5s: the validator drops a connection whose answer takes 5s", cl.ApplyTimeout)
 	}

@@ -150,6 +150,9 @@ const validatorStopped = "stopped"
 // onValidatorState is the transport's OnState: the state feeds /readyz and
 // the validator connection metric.
 func (n *Node) onValidatorState(v transport.Validator, state string) {
+	if state == transport.StateConnected && n.handover != nil {
+		n.handover.heardFrom(v.ChainID, time.Now())
+	}
 	n.setValidatorState(v, state)
 	n.metrics.ValidatorState(v.ChainID, v.Addr, state)
 }

@@ -70,6 +70,13 @@ func (n *Node) lead(ctx context.Context) {
 			n.serveValidator(ctx, cl, v)
 		}()
 	}
+	if n.handover != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.watchValidatorReach(ctx, cl)
+		}()
+	}
 	wg.Wait()
 }
 
@@ -163,8 +170,12 @@ const (
 // on /readyz instead.
 func (n *Node) serveValidator(ctx context.Context, cl *cluster.Node, v transport.Validator) {
 	b := backoff.New(restartMin, restartMax)
+	var h transport.Handler = n.signer
+	if n.handover != nil {
+		h = heardHandler{Handler: n.signer, h: n.handover}
+	}
 	for restarts := 0; ; restarts++ {
-		err := n.runValidator(ctx, v, n.signer, transport.Options{
+		err := n.runValidator(ctx, v, h, transport.Options{
 			Logger: n.log,
 			// Checked before every dial: a node that is no longer
 			// leader must not open a validator connection, even in the

@@ -99,6 +99,9 @@ type Node struct {
 	// keyProblem is set while this node's key differs from the one the
 	// cluster recorded; it then refuses to lead.
 	keyProblem atomic.Pointer[string]
+	// handover decides when a leader that hears from none of its
+	// validators hands leadership on; nil when turned off.
+	handover *handover
 }
 
 // TLSFiles are the cluster TLS files of a configuration.
@@ -150,6 +153,7 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 	if n.validators, err = loadValidators(c); err != nil {
 		return nil, err
 	}
+	n.handover = newHandover(c.Cluster.HandoverAfter(), handoverChains(n.validators))
 
 	srvTLS, err := pki.ServerConfig(TLSFiles(c), pki.WithLogger(log))
 	if err != nil {

@@ -3,7 +3,6 @@ package signer_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -75,7 +74,7 @@ func TestRetryAtWatermarkStillReserves(t *testing.T) {
 		fail error
 	}{
 		// A leader cut off from its quorum: the entry does not commit.
-		{"lease lost", errors.New("cluster: reserve: not committed within 2s (is a quorum reachable?)")},
+		{"lease lost", fmt.Errorf("cluster: reserve: %w within 2s (is a quorum reachable?)", cluster.ErrNotCommitted)},
 		// Leadership moved while it waited: the connection is dropped.
 		{"not leader", fmt.Errorf("cluster: reserve: %w: leadership lost while committing", cluster.ErrNotLeader)},
 	} {

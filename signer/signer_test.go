@@ -374,32 +374,40 @@ func TestMalformedBlockIDIsRefusedNotPanicking(t *testing.T) {
 	}
 }
 
-type lostLeaderReserver struct{}
+type failingReserver struct{ err error }
 
-func (lostLeaderReserver) Reserve(context.Context, string, fsm.HRS, []byte) (fsm.Decision, error) {
-	return fsm.Decision{}, fmt.Errorf("cluster: reserve: %w: leadership lost while committing", cluster.ErrNotLeader)
+func (r failingReserver) Reserve(context.Context, string, fsm.HRS, []byte) (fsm.Decision, error) {
+	return fsm.Decision{}, r.err
 }
 
-// TestLostLeadershipDropsTheConnection: a request whose reservation failed
-// because this node stopped leading gets no answer (the transport then
-// drops the connection and CometBFT retries with the new leader), and
-// nothing is signed.
-func TestLostLeadershipDropsTheConnection(t *testing.T) {
-	f := freshFSM(t, chainID)
-	k := &countingKey{Signer: file.New(ed25519.GenPrivKey())}
-	s, err := signer.New(signer.Config{Reserver: lostLeaderReserver{}, State: f,
-		Keys: map[string]keys.Signer{chainID: k}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp := s.Handle(context.Background(), chainID, voteReq(chainID, &cmtproto.Vote{
-		Type: cmtproto.PrevoteType, Height: 5, Round: 0, BlockID: bid(1), Timestamp: time.Now(),
-		ValidatorAddress: k.PubKey().Address(),
-	}))
-	if resp.Sum != nil {
-		t.Fatalf("answered %v; want no answer so the connection is dropped", resp.Sum)
-	}
-	if k.signs != 0 {
-		t.Fatal("signed without a reservation")
+// TestRetryableFailureDropsTheConnection: a request whose reservation
+// failed because this node stopped leading, or because it did not commit
+// within apply_timeout, gets no answer (the transport then drops the
+// connection and CometBFT retries, with the new leader or once the quorum
+// answers), and nothing is signed. An error answer would be final:
+// CometBFT never retries a RemoteSignerError, and a lost precommit halts a
+// chain whose other validators cannot outvote it.
+func TestRetryableFailureDropsTheConnection(t *testing.T) {
+	for _, fail := range []error{
+		fmt.Errorf("cluster: reserve: %w: leadership lost while committing", cluster.ErrNotLeader),
+		fmt.Errorf("cluster: reserve: %w within 2s (is a quorum reachable?)", cluster.ErrNotCommitted),
+	} {
+		f := freshFSM(t, chainID)
+		k := &countingKey{Signer: file.New(ed25519.GenPrivKey())}
+		s, err := signer.New(signer.Config{Reserver: failingReserver{fail}, State: f,
+			Keys: map[string]keys.Signer{chainID: k}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp := s.Handle(context.Background(), chainID, voteReq(chainID, &cmtproto.Vote{
+			Type: cmtproto.PrecommitType, Height: 5, Round: 0, BlockID: bid(1), Timestamp: time.Now(),
+			ValidatorAddress: k.PubKey().Address(),
+		}))
+		if resp.Sum != nil {
+			t.Fatalf("%v: answered %v; want no answer so the connection is dropped", fail, resp.Sum)
+		}
+		if k.signs != 0 {
+			t.Fatalf("%v: signed without a reservation", fail)
+		}
 	}
 }

@@ -128,6 +128,19 @@ func (r *Run) apply(f Fault, target, leader string) (string, func(), error) {
 		}
 		set(f.Delay, f.Jitter)
 		return fmt.Sprintf("%s Raft links +%s ±%s each way", target, f.Delay, f.Jitter/2), func() { set(0, 0) }, nil
+	case "validator-latency", "p2p-latency":
+		peers := []string{"val4"}
+		if f.Kind == "p2p-latency" {
+			peers = []string{"val1", "val2", "val3"}
+		}
+		set := func(d, j time.Duration) {
+			for _, o := range peers {
+				r.proxy.Update(target, o, func(s *LinkState) { s.Delay, s.Jitter = d, j })
+				r.proxy.Update(o, target, func(s *LinkState) { s.Delay, s.Jitter = d, j })
+			}
+		}
+		set(f.Delay, f.Jitter)
+		return fmt.Sprintf("%s links to %s +%s ±%s each way", target, strings.Join(peers, ", "), f.Delay, f.Jitter/2), func() { set(0, 0) }, nil
 	case "loss":
 		p := fmt.Sprintf("%.2f", f.Loss)
 		h, err := r.rules(r.topo.Host(target).NS, [][]string{

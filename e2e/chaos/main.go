@@ -35,6 +35,8 @@ type options struct {
 	docs     string
 	critical bool
 	keep     bool
+	kinds    string
+	handover string
 
 	inner    bool
 	work     string
@@ -58,6 +60,8 @@ func main() {
 	flag.StringVar(&o.docs, "docs", "", "Markdown file whose chaos summary section is rewritten (e.g. docs/chaos.md)")
 	flag.BoolVar(&o.critical, "critical", os.Getenv("CHAOS_CRITICAL") == "1", "kms-ha holds 40% of the power: the chain cannot commit without it (env CHAOS_CRITICAL=1)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (homes, logs) after a passing run")
+	flag.StringVar(&o.kinds, "kinds", os.Getenv("CHAOS_KINDS"), "comma-separated fault kinds to draw from (default all; env CHAOS_KINDS), e.g. leader-validator")
+	flag.StringVar(&o.handover, "handover", os.Getenv("CHAOS_HANDOVER"), "kms-ha's cluster.validator_handover_after (default kms-ha's; 0s turns it off; env CHAOS_HANDOVER)")
 	flag.BoolVar(&o.inner, "inner", false, "internal: run inside the router namespace")
 	flag.StringVar(&o.work, "work", "", "internal")
 	flag.StringVar(&o.prefix, "prefix", "", "internal")
@@ -85,6 +89,10 @@ func runOuter(o options) int {
 	}
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano()%1_000_000_000) + 1
+	}
+	if err := checkKinds(o.kindList()); err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		return 2
 	}
 	var err error
 	if o.out, err = filepath.Abs(o.out); err != nil {
@@ -114,9 +122,10 @@ func runOuter(o options) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	SweepStale(logf)
 	topo := newTopologyDesc(fmt.Sprintf("kc%d", os.Getpid()))
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer topo.Destroy()
 	if err := topo.Create(); err != nil {
 		fmt.Fprintln(os.Stderr, "chaos: creating the namespaces:", err)
@@ -130,10 +139,14 @@ func runOuter(o options) int {
 	}
 	args := []string{"netns", "exec", topo.Router, self, "-inner",
 		"-faults", strconv.Itoa(o.faults), "-seed", strconv.FormatUint(o.seed, 10),
-		"-out", o.out, "-docs", o.docs, fmt.Sprintf("-critical=%v", o.critical),
+		"-out", o.out, "-docs", o.docs, fmt.Sprintf("-critical=%v", o.critical), "-kinds", o.kinds, "-handover", o.handover,
 		"-work", work, "-prefix", topo.Prefix, "-kmsha", bins.KMSHA, "-cometbft", bins.CometBFT}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// ip netns exec becomes the inner program: should this process die
+	// without cleaning up, the inner one still stops its processes, and
+	// the next run sweeps the namespaces.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

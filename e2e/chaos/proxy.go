@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -146,4 +147,57 @@ func (p *FaultProxy) Close() {
 	for _, ln := range p.lns {
 		ln.Close()
 	}
+}
+
+// proxyPair relays from's connections to to's address at port through a
+// proxy listener on the router's side of from's link (DNAT), so that the
+// link from -> to can be delayed or held.
+func (r *Run) proxyPair(from, to string, port, listenPort int) error {
+	hf, ht := r.topo.Host(from), r.topo.Host(to)
+	listen := fmt.Sprintf("%s:%d", hf.RouterIP, listenPort)
+	if err := r.proxy.Listen(listen, fmt.Sprintf("%s:%d", ht.IP, port), from, to); err != nil {
+		return err
+	}
+	return run("iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-i", hf.Link, "-p", "tcp",
+		"-d", ht.IP, "--dport", strconv.Itoa(port), "-j", "DNAT", "--to-destination", listen)
+}
+
+// proxyValidatorLinks puts the kms-ha nodes' privval connections to val4
+// and every validator's p2p connections through the proxy, for latency on
+// those links (the kernel has no netem). The proxy dials the target from
+// the router's address; allow_duplicate_ip is on in the testnet, so
+// CometBFT accepts several peers behind that one address.
+func (r *Run) proxyValidatorLinks() error {
+	portOf := func(addr string) (int, error) {
+		_, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			return 0, err
+		}
+		return strconv.Atoi(p)
+	}
+	val4 := r.tn.Remote[0]
+	pv, err := portOf(val4.PrivvalAddr)
+	if err != nil {
+		return fmt.Errorf("val4 privval address %q: %w", val4.PrivvalAddr, err)
+	}
+	for i, n := range r.c.Nodes {
+		if err := r.proxyPair(n.ID, val4.Name, pv, 21000+i+1); err != nil {
+			return err
+		}
+	}
+	for i, a := range r.tn.Nodes {
+		for j, b := range r.tn.Nodes {
+			if i == j {
+				continue
+			}
+			pp, err := portOf(b.P2PAddr)
+			if err != nil {
+				return fmt.Errorf("%s p2p address %q: %w", b.Name, b.P2PAddr, err)
+			}
+			if err := r.proxyPair(a.Name, b.Name, pp, 22000+10*(i+1)+(j+1)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

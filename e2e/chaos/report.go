@@ -153,7 +153,7 @@ func (r *Run) liveness(latest int64, end time.Time) (heights []int64, seen func(
 		if i+1 < len(r.windows) {
 			limit = r.windows[i+1].Start
 		}
-		recAt := time.Time{}
+		recAt, prev := time.Time{}, w.Start
 		for _, h := range heights {
 			t := seen(h)
 			if t.IsZero() || t.Before(w.Start) || !t.Before(limit) {
@@ -163,6 +163,7 @@ func (r *Run) liveness(latest int64, end time.Time) (heights []int64, seen func(
 				break
 			}
 			inWindow[h] = true
+			w.Stall, prev = max(w.Stall, t.Sub(prev)), t
 			if r.signed[h] && t.After(w.Heal) {
 				recAt, w.NextSigned, w.Recovered = t, h, true
 				w.Recovery = t.Sub(w.Heal)
@@ -171,6 +172,15 @@ func (r *Run) liveness(latest int64, end time.Time) (heights []int64, seen func(
 			if !r.signed[h] {
 				w.Missed++
 			}
+		}
+	}
+	for i, w := range r.windows {
+		if !w.Recovered { // the chain may have halted until the next step
+			limit := end
+			if i+1 < len(r.windows) {
+				limit = r.windows[i+1].Start
+			}
+			w.Stall = max(w.Stall, limit.Sub(w.Start))
 		}
 	}
 	for _, h := range heights {
@@ -203,7 +213,11 @@ func (r *Run) writeOutputs(rep report, heights []int64, seen func(int64) time.Ti
 			_ = os.WriteFile(filepath.Join(logDir, filepath.Base(p)), data, 0o644)
 		}
 	}
-	if r.o.docs != "" {
+	switch {
+	case r.o.docs == "":
+	case r.o.kinds != "" || r.o.handover != "":
+		logf("docs: %s left alone: a run restricted to some faults or with a non-default handover is not the published one", r.o.docs)
+	default:
 		if err := r.writeDocs(rep.summary, png); err != nil {
 			logf("docs: %v", err)
 		}
@@ -280,7 +294,16 @@ type report struct{ summary, full string }
 
 type agg struct {
 	n, missed, maxMissed, notRecovered int
-	rec                                []time.Duration
+	rec, stall                         []time.Duration
+}
+
+// medMax formats the median and the maximum of ds, sorting it.
+func medMax(ds []time.Duration) (string, string) {
+	if len(ds) == 0 {
+		return "–", "–"
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2].Round(10 * time.Millisecond).String(), ds[len(ds)-1].Round(10 * time.Millisecond).String()
 }
 
 func (r *Run) report(latest int64, signed, baseline, sigs, connects, evidence, conflicts, regressions int) report {
@@ -296,6 +319,7 @@ func (r *Run) report(latest int64, signed, baseline, sigs, connects, evidence, c
 			per[key] = a
 		}
 		a.n++
+		a.stall = append(a.stall, w.Stall)
 		a.missed += w.Missed
 		a.maxMissed = max(a.maxMissed, w.Missed)
 		if w.Recovered {
@@ -314,17 +338,13 @@ func (r *Run) report(latest int64, signed, baseline, sigs, connects, evidence, c
 		r.o.seed, len(r.windows), time.Since(r.start).Round(time.Second), latest, signed, crit)
 	fmt.Fprintf(&s, "**Safety: %d evidence, %d conflicting sign bytes, %d watermark regressions, %d signatures outside leadership** (%d signatures, %d validator connections checked).\n\n",
 		evidence, conflicts, regressions, boolInt(strings.Contains(strings.Join(r.violations, "\n"), "OUTSIDE LEADERSHIP")), sigs, connects)
-	s.WriteString("| fault (target) | runs | missed blocks (total) | missed per run (max) | heal → next signed block, median | max | not recovered in 30 s |\n")
-	s.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("| fault (target) | runs | missed blocks (total) | missed per run (max) | heal → next signed block, median | max | not recovered in 30 s | longest block gap, median | max |\n")
+	s.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range sortedKeys(per) {
 		a := per[k]
-		med, mx := "–", "–"
-		if len(a.rec) > 0 {
-			sort.Slice(a.rec, func(i, j int) bool { return a.rec[i] < a.rec[j] })
-			med = a.rec[len(a.rec)/2].Round(10 * time.Millisecond).String()
-			mx = a.rec[len(a.rec)-1].Round(10 * time.Millisecond).String()
-		}
-		fmt.Fprintf(&s, "| %s | %d | %d | %d | %s | %s | %d |\n", k, a.n, a.missed, a.maxMissed, med, mx, a.notRecovered)
+		med, mx := medMax(a.rec)
+		smed, smx := medMax(a.stall)
+		fmt.Fprintf(&s, "| %s | %d | %d | %d | %s | %s | %d | %s | %s |\n", k, a.n, a.missed, a.maxMissed, med, mx, a.notRecovered, smed, smx)
 	}
 	fmt.Fprintf(&s, "\nMissed blocks outside any fault window: %d.\n", baseline)
 
@@ -348,14 +368,15 @@ func (r *Run) report(latest int64, signed, baseline, sigs, connects, evidence, c
 		}
 		f.WriteString("\n")
 	}
-	f.WriteString("## Steps\n\n| step | fault | detail | duration | height at start | missed | heal → next signed |\n|---:|---|---|---:|---:|---:|---:|\n")
+	f.WriteString("Longest block gap: the longest time without a new block from the fault's start to that block (to the next step when it never came): what a fault costs when the chain cannot commit without kms-ha.\n\n")
+	f.WriteString("## Steps\n\n| step | fault | detail | duration | height at start | missed | heal → next signed | longest block gap |\n|---:|---|---|---:|---:|---:|---:|---:|\n")
 	for _, w := range r.windows {
 		rec := "not recovered"
 		if w.Recovered {
 			rec = w.Recovery.Round(10 * time.Millisecond).String()
 		}
-		fmt.Fprintf(&f, "| %d | %s | %s | %s | %d | %d | %s |\n", w.Step, w.Label, w.Detail,
-			w.Heal.Sub(w.Start).Round(100*time.Millisecond), w.HeightStart, w.Missed, rec)
+		fmt.Fprintf(&f, "| %d | %s | %s | %s | %d | %d | %s | %s |\n", w.Step, w.Label, w.Detail,
+			w.Heal.Sub(w.Start).Round(100*time.Millisecond), w.HeightStart, w.Missed, rec, w.Stall.Round(10*time.Millisecond))
 	}
 	return report{summary: s.String(), full: f.String()}
 }
@@ -371,6 +392,12 @@ func (r *Run) command() string {
 	cmd := fmt.Sprintf("make chaos CHAOS_FAULTS=%d CHAOS_SEED=%d", r.o.faults, r.o.seed)
 	if r.o.critical {
 		cmd += " CHAOS_CRITICAL=1"
+	}
+	if r.o.kinds != "" {
+		cmd += " CHAOS_KINDS=" + r.o.kinds
+	}
+	if r.o.handover != "" {
+		cmd += " CHAOS_HANDOVER=" + r.o.handover
 	}
 	return cmd
 }
@@ -417,11 +444,14 @@ func fillRect(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
 	}
 }
 
-const docsBegin, docsEnd = "<!-- chaos:summary:begin -->", "<!-- chaos:summary:end -->"
-
-// writeDocs replaces the summary section of the docs page and copies the
-// plot next to it.
+// writeDocs replaces the summary section of the docs page (the critical
+// run has its own) and copies the plot next to it.
 func (r *Run) writeDocs(summary, png string) error {
+	section, plotName := "summary", "chaos.png"
+	if r.o.critical {
+		section, plotName = "critical", "chaos-critical.png"
+	}
+	docsBegin, docsEnd := "<!-- chaos:"+section+":begin -->", "<!-- chaos:"+section+":end -->"
 	data, err := os.ReadFile(r.o.docs)
 	if err != nil {
 		return err
@@ -431,7 +461,7 @@ func (r *Run) writeDocs(summary, png string) error {
 	if i < 0 || j < i {
 		return fmt.Errorf("%s: no %s ... %s section", r.o.docs, docsBegin, docsEnd)
 	}
-	out := s[:i+len(docsBegin)] + "\n" + summary + "\n![signed and missed heights over time](chaos.png)\n" + s[j:]
+	out := s[:i+len(docsBegin)] + "\n" + summary + "\n![signed and missed heights over time](" + plotName + ")\n" + s[j:]
 	if err := os.WriteFile(r.o.docs, []byte(out), 0o644); err != nil {
 		return err
 	}
@@ -439,5 +469,5 @@ func (r *Run) writeDocs(summary, png string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(filepath.Dir(r.o.docs), "chaos.png"), img, 0o644)
+	return os.WriteFile(filepath.Join(filepath.Dir(r.o.docs), plotName), img, 0o644)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,10 +38,12 @@ type Fault struct {
 // Step is one or two faults applied together and healed together.
 type Step struct{ Faults []Fault }
 
-var kindWeights = []struct {
+type kindWeight struct {
 	kind string
 	w    int
-}{
+}
+
+var kindWeights = []kindWeight{
 	{"partition-leader", 2},   // leader | both followers (leader in the minority)
 	{"partition-follower", 1}, // one follower | leader + other follower
 	{"leader-validator", 1},   // leader | validator node, Raft intact
@@ -51,6 +54,8 @@ var kindWeights = []struct {
 	{"loss", 1},               // random packet loss on a node's link (iptables statistic)
 	{"disk-full", 1},          // node3's tmpfs data dir filled
 	{"validator-restart", 1},  // the kms-ha validator's cometbft node SIGKILLed and restarted
+	{"validator-latency", 1},  // proxy delay + jitter on the leader's privval link to val4
+	{"p2p-latency", 1},        // proxy delay + jitter on every p2p link of val4
 }
 
 func pickKind(rng *rand.Rand, kinds []string) string {
@@ -73,6 +78,28 @@ func pickKind(rng *rand.Rand, kinds []string) string {
 	panic("unreachable")
 }
 
+// kindList is -kinds split, nil for every kind.
+func (o options) kindList() []string {
+	if o.kinds == "" {
+		return nil
+	}
+	return strings.Split(o.kinds, ",")
+}
+
+// checkKinds refuses a -kinds value naming a fault the nemesis lacks.
+func checkKinds(kinds []string) error {
+	for _, k := range kinds {
+		if !slices.ContainsFunc(kindWeights, func(w kindWeight) bool { return w.kind == k }) {
+			var all []string
+			for _, w := range kindWeights {
+				all = append(all, w.kind)
+			}
+			return fmt.Errorf("unknown fault kind %q in -kinds (CHAOS_KINDS); the kinds are %s", k, strings.Join(all, ", "))
+		}
+	}
+	return nil
+}
+
 func contains(l []string, s string) bool {
 	for _, x := range l {
 		if x == s {
@@ -86,13 +113,20 @@ func newFault(rng *rand.Rand, kind string, leaderP float64) Fault {
 	f := Fault{Kind: kind, Leader: rng.Float64() < leaderP, Follower: rng.IntN(2),
 		Dur: time.Duration(2000+rng.IntN(3000)) * time.Millisecond}
 	switch kind {
-	case "partition-leader", "leader-validator", "one-way":
+	case "leader-validator":
+		// A link cut lasts: shorter than the validator's own 5 s wait on
+		// its connection, no handover could ever help.
+		f.Leader, f.Dur = true, 3*f.Dur
+	case "partition-leader", "one-way":
 		f.Leader = true
 	case "partition-follower":
 		f.Leader = false
 	case "pause":
 		f.Dur = time.Duration(1500+rng.IntN(2500)) * time.Millisecond
-	case "latency":
+	case "validator-latency":
+		f.Leader = true
+		fallthrough
+	case "latency", "p2p-latency":
 		f.Delay = time.Duration(50+rng.IntN(250)) * time.Millisecond
 		f.Jitter = f.Delay / 2
 	case "loss":
@@ -101,13 +135,14 @@ func newFault(rng *rand.Rand, kind string, leaderP float64) Fault {
 	return f
 }
 
-// Schedule draws every step from the seed before the run starts.
-func Schedule(seed uint64, n int) []Step {
+// Schedule draws every step from the seed before the run starts: from
+// every kind with overlaps, or, with kinds, one fault of those at a time.
+func Schedule(seed uint64, n int, kinds []string) []Step {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var steps []Step
 	for i := 0; i < n; i++ {
-		s := Step{Faults: []Fault{newFault(rng, pickKind(rng, nil), 0.6)}}
-		if rng.Float64() < 0.2 {
+		s := Step{Faults: []Fault{newFault(rng, pickKind(rng, kinds), 0.6)}}
+		if kinds == nil && rng.Float64() < 0.2 {
 			second := newFault(rng, pickKind(rng, []string{"pause", "kill", "latency", "loss"}), 0)
 			second.Leader = false
 			s.Faults = append(s.Faults, second)
@@ -131,6 +166,10 @@ type Window struct {
 	Recovery   time.Duration
 	Recovered  bool
 	NextSigned int64
+	// Stall is the longest time without a new block from the fault's
+	// start to the recovery: with kms-ha's validator critical, the chain
+	// halts instead of missing blocks.
+	Stall time.Duration
 }
 
 // Run is the inner process's state.
@@ -165,7 +204,7 @@ func runInner(o options) int {
 		r.tails()
 		return 2
 	}
-	steps := Schedule(o.seed, o.faults)
+	steps := Schedule(o.seed, o.faults, o.kindList())
 	r.start = time.Now()
 	for i, s := range steps {
 		if ctx.Err() != nil {
@@ -203,6 +242,7 @@ func (r *Run) setup(ctx context.Context) error {
 		Bin:      harness.Binaries{KMSHA: r.o.kmsha, CometBFT: r.o.cometbft},
 		Nodes:    3,
 		Testnet:  &harness.TestnetOptions{ChainID: "chaos-testnet", Powers: powers, Remote: 4, Host: hostIP},
+		Raft:     harness.RaftTimings{ValidatorHandoverAfter: r.o.handover},
 		NodeHost: hostIP,
 		Logf:     logf,
 	})
@@ -238,6 +278,10 @@ func (r *Run) setup(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+
+	if err := r.proxyValidatorLinks(); err != nil {
+		return err
 	}
 
 	// node3's Raft data on a 64 MiB tmpfs. This process has a mount
@@ -362,7 +406,7 @@ func (r *Run) step(ctx context.Context, i int, s Step) error {
 		if f.Kind == "disk-full" {
 			target = diskNode
 		}
-		if f.Kind == "validator-restart" {
+		if f.Kind == "validator-restart" || f.Kind == "p2p-latency" {
 			target = "val4"
 		}
 		used[target] = true

@@ -4,10 +4,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Host is one machine of the chaos run: a network namespace with one veth
@@ -131,4 +133,37 @@ func (t *Topology) Destroy() {
 // ipt runs iptables in a host's namespace.
 func ipt(ns string, args ...string) error {
 	return run("ip", append([]string{"netns", "exec", ns, "iptables", "-w"}, args...)...)
+}
+
+// SweepStale removes the namespaces of earlier runs whose program is gone
+// (killed with SIGKILL, or a machine's CI job cut short): their names carry
+// the pid of the run that made them, and only this program makes kc<pid>-*
+// namespaces. A run still alive keeps its own.
+func SweepStale(logf func(string, ...any)) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	stale := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		pfx, _, ok := strings.Cut(name, "-")
+		if !ok || !strings.HasPrefix(pfx, "kc") {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimPrefix(pfx, "kc"))
+		if err != nil || pid <= 0 || processAlive(pid) {
+			continue
+		}
+		stale[pfx] = true
+	}
+	for pfx := range stale {
+		logf("removing the namespaces %s-* of an earlier run that did not clean up", pfx)
+		newTopologyDesc(pfx).Destroy()
+	}
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

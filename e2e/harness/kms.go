@@ -17,6 +17,10 @@ type RaftTimings struct {
 	HeartbeatTimeout   time.Duration // default 500ms
 	ElectionTimeout    time.Duration // default 500ms
 	LeaderLeaseTimeout time.Duration // default 250ms
+	// ValidatorHandoverAfter, if set, is written as
+	// cluster.validator_handover_after ("0s" turns the handover off);
+	// empty leaves kms-ha's default.
+	ValidatorHandoverAfter string
 }
 
 func (r *RaftTimings) defaults() {
@@ -150,6 +154,9 @@ cluster:
   leader_lease_timeout: %s
 `, n.ID, n.RaftAddr, n.RaftAddr, n.APIAddr,
 		t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout)
+	if t.ValidatorHandoverAfter != "" {
+		fmt.Fprintf(&b, "  validator_handover_after: %s\n", t.ValidatorHandoverAfter)
+	}
 	b.WriteString("chains:\n")
 	for _, c := range chains {
 		fmt.Fprintf(&b, "  - id: %s\n", c.ChainID)
