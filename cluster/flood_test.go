@@ -29,6 +29,7 @@ type flooder struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	open    map[net.Conn]time.Time
+	target  map[net.Conn]string
 	longest time.Duration // longest life of a connection the server closed
 	dials   atomic.Int64
 }
@@ -36,9 +37,10 @@ type flooder struct {
 func startFlood(t *testing.T, src string, targets []string, perTarget int, redialEvery time.Duration) *flooder {
 	t.Helper()
 	f := &flooder{
-		src:  &net.TCPAddr{IP: net.ParseIP(src)},
-		stop: make(chan struct{}),
-		open: map[net.Conn]time.Time{},
+		src:    &net.TCPAddr{IP: net.ParseIP(src)},
+		stop:   make(chan struct{}),
+		open:   map[net.Conn]time.Time{},
+		target: map[net.Conn]string{},
 	}
 	for _, target := range targets {
 		tokens := time.NewTicker(redialEvery)
@@ -75,6 +77,7 @@ func (f *flooder) hold(target string, tokens <-chan time.Time) {
 		opened := time.Now()
 		f.mu.Lock()
 		f.open[c] = opened
+		f.target[c] = target
 		f.mu.Unlock()
 		// Nothing is ever written; a read returns when the server closes.
 		io.Copy(io.Discard, c)
@@ -206,9 +209,18 @@ func TestFailoverDuringHandshakeFlood(t *testing.T) {
 		t.Fatal("no flood socket was holding a handshake slot; the test floods nothing")
 	}
 	const closeBound = 4500 * time.Millisecond
-	waitFor(t, closeBound, "the server closes every idle flood socket", func() bool {
-		return flood.stillOpen() == 0
-	})
+	if !waitUntil(closeBound, func() bool { return flood.stillOpen() == 0 }) {
+		flood.mu.Lock()
+		per := map[string]int{}
+		var oldest time.Duration
+		for c, opened := range flood.open {
+			per[flood.target[c]]++
+			oldest = max(oldest, time.Since(opened))
+		}
+		flood.mu.Unlock()
+		t.Fatalf("the server did not close every idle flood socket within %v: still open per target %v (oldest %v); targets %v",
+			closeBound, per, oldest.Round(time.Millisecond), targets)
+	}
 	flood.mu.Lock()
 	longest := flood.longest
 	flood.mu.Unlock()
@@ -232,4 +244,16 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 		case <-tick.C:
 		}
 	}
+}
+
+// waitUntil polls cond until it holds (true) or within passes (false).
+func waitUntil(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
