@@ -5,7 +5,7 @@ BUILD   := build
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench proto clean chaos images compose-up compose-down compose-status compose-test
+.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench loadgen proto clean chaos images compose-up compose-down compose-status compose-test
 
 all: build
 
@@ -80,9 +80,20 @@ chaos:
 	$(BUILD)/chaos -faults $(CHAOS_FAULTS) -seed $(CHAOS_SEED) -out $(BUILD)/chaos-report -docs docs/chaos.md 2>&1 | tee $(BUILD)/chaos.log; exit $${PIPESTATUS[0]}
 
 # Sign latency (1-node baseline vs 3 nodes; each key backend alone and
-# through the cluster) and read latency (follower, linearizable).
-bench: deps
+# through the cluster) and read latency (follower, linearizable); then the
+# load generator (e2e/cmd/loadgen): validators played with CometBFT's own
+# privval listener against real processes, CometBFT's FilePV signer, kms-ha
+# 1-node and 3-node, interleaved round by round (docs/performance.md).
+# LOADGEN_FLAGS adds flags, e.g. -nodes 5, or -kmsha-old OLD -systems
+# old-kms3,kms3 for an A/B of two builds.
+LOADGEN_FLAGS ?=
+bench: deps build loadgen
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./signer/ ./grpcapi/
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -systems filepv,kms1,kms3 -validators 1 -pairs 3 -window 10s \
+	  -md $(BUILD)/bench-sequential.md $(LOADGEN_FLAGS)
+
+loadgen:
+	$(GO) build -o $(BUILD)/loadgen ./e2e/cmd/loadgen
 
 # Regenerate gRPC code (needs protoc; the generated files are committed).
 proto:
