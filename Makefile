@@ -5,7 +5,7 @@ BUILD   := build
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench loadgen proto clean chaos images compose-up compose-down compose-status compose-test
+.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench bench-scale loadgen proto clean chaos images compose-up compose-down compose-status compose-test
 
 all: build
 
@@ -94,6 +94,15 @@ bench: deps build loadgen
 
 loadgen:
 	$(GO) build -o $(BUILD)/loadgen ./e2e/cmd/loadgen
+
+# One 3-node cluster per chain count, each chain a validator at 1 block/s:
+# latency, CPU, memory, raft entries and disk writes per second; the table
+# goes to $(BUILD)/bench-scale.md, the plot to $(BUILD)/bench-scale.png
+# (docs/performance.md quotes both). About 5 minutes.
+SCALE_CHAINS ?= 1,10,50,100,200
+bench-scale: build loadgen
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -scale $(SCALE_CHAINS) -rate 1 -proposal-every 4 -window 30s -warmup 5s \
+	  -md $(BUILD)/bench-scale.md -png $(BUILD)/bench-scale.png $(LOADGEN_FLAGS)
 
 # Regenerate gRPC code (needs protoc; the generated files are committed).
 proto:

@@ -77,7 +77,7 @@ func compareReport(o *options, systems []*system, results [][]window) string {
 	fmt.Fprintf(&b, "%d validator(s), %s, a proposal every %d height(s); %d rounds of %s per system, interleaved; load at the end %s\n\n",
 		o.validators, rate, o.spec.proposalEvery, o.rounds, o.window, loadAvg())
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
-	b.WriteString("| signer | signed | failed | p50 ms | p99 ms | max ms | signatures/s | CPU s per process | CPU µs per signature | peak RSS MiB per process |\n")
+	b.WriteString("| signer | signed | failed | p50 ms | p99 ms | max ms | signatures/s | CPU s per process (leader first) | CPU µs per signature | peak RSS MiB per process |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, s := range systems {
 		var all []sample

@@ -99,6 +99,9 @@ func startSystem(ctx context.Context, spec systemSpec, bins binaries, dir string
 	if err == nil {
 		err = s.connect(60 * time.Second)
 	}
+	if err == nil {
+		s.leaderFirst(ctx)
+	}
 	if err != nil {
 		s.close()
 		return nil, fmt.Errorf("%s: %w", s.name, err)
@@ -176,5 +179,21 @@ func (s *system) close() {
 	}
 	for _, p := range s.procs {
 		_ = p.Kill()
+	}
+}
+
+// leaderFirst puts the leader's process first, where the tables expect it.
+func (s *system) leaderFirst(ctx context.Context) {
+	if s.cluster == nil {
+		return
+	}
+	ln, _, err := s.cluster.Leader(ctx)
+	if err != nil {
+		return
+	}
+	for i, p := range s.procs {
+		if p == ln.Proc {
+			s.procs[0], s.procs[i] = s.procs[i], s.procs[0]
+		}
 	}
 }

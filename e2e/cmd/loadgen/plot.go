@@ -1,0 +1,67 @@
+package main
+
+import (
+	"image/color"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// plotScale draws latency and the nodes' CPU and memory against the chain
+// count, side by side, into a PNG.
+func plotScale(path string, rows []scaleRow) error {
+	lat := plot.New()
+	lat.Title.Text = "sign latency"
+	lat.X.Label.Text = "chains (one validator each, 1 block/s)"
+	lat.Y.Label.Text = "ms"
+	res := plot.New()
+	res.Title.Text = "leader resources"
+	res.X.Label.Text = lat.X.Label.Text
+	res.Y.Label.Text = "CPU % of one core / RSS MiB"
+	series := []struct {
+		p     *plot.Plot
+		name  string
+		value func(scaleRow) float64
+		c     color.RGBA
+	}{
+		{lat, "p50", func(r scaleRow) float64 { return ms(r.lat.p50) }, color.RGBA{0, 90, 200, 255}},
+		{lat, "p99", func(r scaleRow) float64 { return ms(r.lat.p99) }, color.RGBA{220, 60, 0, 255}},
+		{res, "leader CPU %", func(r scaleRow) float64 { return 100 * first(r.cpu) }, color.RGBA{0, 150, 0, 255}},
+		{res, "leader RSS MiB", func(r scaleRow) float64 { return first(r.rss) }, color.RGBA{140, 0, 160, 255}},
+	}
+	for _, s := range series {
+		pts := make(plotter.XYs, len(rows))
+		for i, r := range rows {
+			pts[i].X, pts[i].Y = float64(r.chains), s.value(r)
+		}
+		l, p, err := plotter.NewLinePoints(pts)
+		if err != nil {
+			return err
+		}
+		l.Color, p.Color = s.c, s.c
+		s.p.Add(l, p)
+		s.p.Legend.Add(s.name, l, p)
+	}
+	for _, p := range []*plot.Plot{lat, res} {
+		p.Legend.Top, p.Legend.Left = true, true
+		p.Y.Min = 0
+		p.Add(plotter.NewGrid())
+	}
+	img := vgimg.New(12*vg.Inch, 4.5*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
+	canvases := plot.Align([][]*plot.Plot{{lat, res}}, tiles, dc)
+	lat.Draw(canvases[0][0])
+	res.Draw(canvases[0][1])
+	return savePNG(img, path)
+}
+
+func first(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return xs[0]
+}
