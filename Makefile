@@ -91,6 +91,8 @@ bench: deps build loadgen
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./signer/ ./grpcapi/
 	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -systems filepv,kms1,kms3 -validators 1 -pairs 3 -window 10s \
 	  -md $(BUILD)/bench-sequential.md $(LOADGEN_FLAGS)
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -systems filepv,kms1,kms3 -validators 20 -rate 2 -proposal-every 4 \
+	  -pairs 3 -window 10s -md $(BUILD)/bench-20chains.md $(LOADGEN_FLAGS)
 
 loadgen:
 	$(GO) build -o $(BUILD)/loadgen ./e2e/cmd/loadgen

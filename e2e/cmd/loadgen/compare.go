@@ -36,6 +36,7 @@ func runCompare(ctx context.Context, o *options) error {
 		logf("warm-up %s for %s", s.name, o.warmup)
 		runAll(s.vals, o.spec, o.warmup)
 	}
+	disk := []string{"before: " + fsyncLine(dir)}
 	results := make([][]window, len(systems))
 	for r := 0; r < o.rounds; r++ {
 		for i, s := range systems {
@@ -48,7 +49,8 @@ func runCompare(ctx context.Context, o *options) error {
 			results[i] = append(results[i], w)
 		}
 	}
-	rep := compareReport(o, systems, results)
+	disk = append(disk, "after: "+fsyncLine(dir))
+	rep := compareReport(o, systems, results, disk)
 	fmt.Print(rep)
 	if o.md != "" {
 		if err := os.WriteFile(o.md, []byte(rep), 0o644); err != nil {
@@ -68,7 +70,7 @@ func runCompare(ctx context.Context, o *options) error {
 // compareReport is the markdown report: one row per system over all its
 // windows, then each system's ratios to the first, per round and their
 // median.
-func compareReport(o *options, systems []*system, results [][]window) string {
+func compareReport(o *options, systems []*system, results [][]window, disk []string) string {
 	var b strings.Builder
 	rate := "back to back"
 	if o.spec.rate > 0 {
@@ -76,6 +78,7 @@ func compareReport(o *options, systems []*system, results [][]window) string {
 	}
 	fmt.Fprintf(&b, "%d validator(s), %s, a proposal every %d height(s); %d rounds of %s per system, interleaved; load at the end %s\n\n",
 		o.validators, rate, o.spec.proposalEvery, o.rounds, o.window, loadAvg())
+	fmt.Fprintf(&b, "%s\n\n", strings.Join(disk, "; "))
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
 	b.WriteString("| signer | signed | failed | p50 ms | p99 ms | max ms | signatures/s | CPU s per process (leader first) | CPU µs per signature | peak RSS MiB per process |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")

@@ -53,7 +53,7 @@ func runScale(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	rep := scaleReport(o, rows)
+	rep := scaleReport(o, rows, fsyncLine(dir))
 	fmt.Print(rep)
 	if o.md != "" {
 		if err := os.WriteFile(o.md, []byte(rep), 0o644); err != nil {
@@ -73,10 +73,10 @@ func runScale(ctx context.Context, o *options) error {
 	return nil
 }
 
-func scaleReport(o *options, rows []scaleRow) string {
+func scaleReport(o *options, rows []scaleRow, disk string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "one %d-node kms-ha cluster per row, each chain a validator at %g blocks/s (a proposal every %d heights, a prevote and a precommit at each), %s measured after %s; load at the end %s\n\n",
-		o.scaleNodes, o.spec.rate, o.spec.proposalEvery, o.window, o.warmup, loadAvg())
+	fmt.Fprintf(&b, "one %d-node kms-ha cluster per row, each chain a validator at %g blocks/s (a proposal every %d heights, a prevote and a precommit at each), %s measured after %s; load at the end %s; %s\n\n",
+		o.scaleNodes, o.spec.rate, o.spec.proposalEvery, o.window, o.warmup, loadAvg(), disk)
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
 	b.WriteString("| chains | signatures/s | p50 ms | p99 ms | max ms | failed | CPU % per node (leader first) | RSS MiB per node | raft entries/s | write syscalls/s per node | disk KiB/s per node |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
