@@ -47,7 +47,7 @@ type options struct {
 	md            string
 	scale         []int
 	png           string
-	scaleNodes    int
+	scaleSystems  []systemSpec
 	commandString string
 }
 
@@ -96,7 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.dir, "dir", "", "work directory (default: a new one under the temp dir, removed at the end)")
 	fs.StringVar(&o.md, "md", "", "also write the report (markdown) to this file")
 	scale := fs.String("scale", "", "scale mode: chain counts, e.g. 1,10,50,100,200 (one kms-ha cluster each)")
-	fs.IntVar(&o.scaleNodes, "scale-nodes", 3, "cluster size in scale mode")
+	scaleSystems := fs.String("scale-systems", "kms3,filepv", "scale mode: the systems measured at each chain count, in turn")
 	fs.StringVar(&o.png, "png", "", "scale mode: write the plot here")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -106,6 +106,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	var err error
 	if o.systems, err = parseSystems(*systems); err != nil {
+		return nil, err
+	}
+	if o.scaleSystems, err = parseSystems(*scaleSystems); err != nil {
 		return nil, err
 	}
 	if *nodes > 0 && !slices.ContainsFunc(o.systems, func(s systemSpec) bool { return s.nodes == *nodes && !s.old }) {
@@ -130,7 +133,7 @@ func parseFlags(args []string) (*options, error) {
 	if o.bins.kmsha, err = execPath(*kmsha, "-kmsha"); err != nil {
 		return nil, err
 	}
-	if slices.ContainsFunc(o.systems, func(s systemSpec) bool { return s.old }) {
+	if slices.ContainsFunc(append(o.systems, o.scaleSystems...), func(s systemSpec) bool { return s.old }) {
 		if o.bins.old, err = execPath(*old, "-kmsha-old"); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"image/color"
 
 	"gonum.org/v1/plot"
@@ -10,47 +11,55 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
-// plotScale draws latency and the nodes' CPU and memory against the chain
-// count, side by side, into a PNG.
+// plotScale draws, against the chain count, each system's latency and its
+// first process's CPU and memory, side by side, into a PNG.
 func plotScale(path string, rows []scaleRow) error {
 	lat := plot.New()
 	lat.Title.Text = "sign latency"
 	lat.X.Label.Text = "chains (one validator each, 1 block/s)"
 	lat.Y.Label.Text = "ms"
 	res := plot.New()
-	res.Title.Text = "leader resources"
+	res.Title.Text = "leader (first process) resources"
 	res.X.Label.Text = lat.X.Label.Text
 	res.Y.Label.Text = "CPU % of one core / RSS MiB"
-	series := []struct {
-		p     *plot.Plot
-		name  string
-		value func(scaleRow) float64
-		c     color.RGBA
-	}{
-		{lat, "p50", func(r scaleRow) float64 { return ms(r.lat.p50) }, color.RGBA{0, 90, 200, 255}},
-		{lat, "p99", func(r scaleRow) float64 { return ms(r.lat.p99) }, color.RGBA{220, 60, 0, 255}},
-		{res, "leader CPU %", func(r scaleRow) float64 { return 100 * first(r.cpu) }, color.RGBA{0, 150, 0, 255}},
-		{res, "leader RSS MiB", func(r scaleRow) float64 { return first(r.rss) }, color.RGBA{140, 0, 160, 255}},
-	}
-	for _, s := range series {
-		pts := make(plotter.XYs, len(rows))
-		for i, r := range rows {
-			pts[i].X, pts[i].Y = float64(r.chains), s.value(r)
+	palette := []color.RGBA{{0, 90, 200, 255}, {220, 60, 0, 255}, {0, 150, 0, 255}, {140, 0, 160, 255}}
+	for si, sys := range systemsOf(rows) {
+		series := []struct {
+			p     *plot.Plot
+			name  string
+			value func(scaleRow) float64
+		}{
+			{lat, "p50", func(r scaleRow) float64 { return ms(r.lat.p50) }},
+			{lat, "p99", func(r scaleRow) float64 { return ms(r.lat.p99) }},
+			{res, "CPU %", func(r scaleRow) float64 { return 100 * first(r.cpu) }},
+			{res, "RSS MiB", func(r scaleRow) float64 { return first(r.rss) }},
 		}
-		l, p, err := plotter.NewLinePoints(pts)
-		if err != nil {
-			return err
+		for i, s := range series {
+			pts := make(plotter.XYs, len(sys))
+			for j, r := range sys {
+				pts[j].X, pts[j].Y = float64(r.chains), s.value(r)
+			}
+			l, p, err := plotter.NewLinePoints(pts)
+			if err != nil {
+				return err
+			}
+			c := palette[i%len(palette)]
+			l.Color, p.Color = c, c
+			if si > 0 {
+				// Later systems (the baseline) dashed, in the same colours.
+				l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+				p.Shape = draw.BoxGlyph{}
+			}
+			s.p.Add(l, p)
+			s.p.Legend.Add(fmt.Sprintf("%s: %s", sys[0].system, s.name), l, p)
 		}
-		l.Color, p.Color = s.c, s.c
-		s.p.Add(l, p)
-		s.p.Legend.Add(s.name, l, p)
 	}
 	for _, p := range []*plot.Plot{lat, res} {
 		p.Legend.Top, p.Legend.Left = true, true
 		p.Y.Min = 0
 		p.Add(plotter.NewGrid())
 	}
-	img := vgimg.New(12*vg.Inch, 4.5*vg.Inch)
+	img := vgimg.New(13*vg.Inch, 5*vg.Inch)
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
 	canvases := plot.Align([][]*plot.Plot{{lat, res}}, tiles, dc)

@@ -8,8 +8,9 @@ import (
 	"strings"
 )
 
-// scaleRow is one chain count's figures.
+// scaleRow is one chain count's figures on one system.
 type scaleRow struct {
+	system string
 	chains int
 	lat    latencies
 	sigsPS float64
@@ -27,30 +28,16 @@ func runScale(ctx context.Context, o *options) error {
 		return err
 	}
 	defer done()
-	spec := systemSpec{name: fmt.Sprintf("kms%d", o.scaleNodes), nodes: o.scaleNodes}
 	var rows []scaleRow
 	for _, n := range o.scale {
-		logf("scale: %d chains on %s", n, spec.label())
-		s, err := startSystem(ctx, spec, o.bins, filepath.Join(dir, fmt.Sprintf("chains-%d", n)), chainIDs(n))
-		if err != nil {
-			return err
-		}
-		runAll(s.vals, o.spec, o.warmup)
-		w := measure(ctx, s, o.spec, o.window)
-		end := s.snapshot()
-		s.close()
-		row := scaleRow{chains: n, lat: summarise(w.samples), entriesPS: float64(w.entries) / w.dur.Seconds()}
-		row.sigsPS = float64(row.lat.n) / w.dur.Seconds()
-		for i := range w.cpu {
-			row.cpu = append(row.cpu, w.cpu[i]/w.dur.Seconds())
-			row.rss = append(row.rss, float64(end[i].rssKiB)/1024)
-			row.syscw = append(row.syscw, float64(w.syscw[i])/w.dur.Seconds())
-			row.writeKiB = append(row.writeKiB, float64(w.writeB[i])/1024/w.dur.Seconds())
-		}
-		logf("scale: %d chains: p50 %.2f ms p99 %.2f ms, %d signed, %d failed", n, ms(row.lat.p50), ms(row.lat.p99), row.lat.n, row.lat.errs)
-		rows = append(rows, row)
-		if err := ctx.Err(); err != nil {
-			return err
+		// Each chain count on every system in turn, so that a baseline
+		// row meets the same machine as the kms-ha row beside it.
+		for i, spec := range o.scaleSystems {
+			row, err := scaleOne(ctx, o, spec, filepath.Join(dir, fmt.Sprintf("chains-%d-%d", n, i)), n)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, row)
 		}
 	}
 	rep := scaleReport(o, rows, fsyncLine(dir))
@@ -73,25 +60,75 @@ func runScale(ctx context.Context, o *options) error {
 	return nil
 }
 
+// scaleOne measures one fresh system signing for n chains.
+func scaleOne(ctx context.Context, o *options, spec systemSpec, dir string, n int) (scaleRow, error) {
+	logf("scale: %d chains on %s", n, spec.label())
+	s, err := startSystem(ctx, spec, o.bins, dir, chainIDs(n))
+	if err != nil {
+		return scaleRow{}, err
+	}
+	defer s.close()
+	runAll(s.vals, o.spec, o.warmup)
+	w := measure(ctx, s, o.spec, o.window)
+	end := s.snapshot()
+	row := scaleRow{system: s.name, chains: n, lat: summarise(w.samples), entriesPS: float64(w.entries) / w.dur.Seconds()}
+	row.sigsPS = float64(row.lat.n) / w.dur.Seconds()
+	for i := range w.cpu {
+		row.cpu = append(row.cpu, w.cpu[i]/w.dur.Seconds())
+		row.rss = append(row.rss, float64(end[i].rssKiB)/1024)
+		row.syscw = append(row.syscw, float64(w.syscw[i])/w.dur.Seconds())
+		row.writeKiB = append(row.writeKiB, float64(w.writeB[i])/1024/w.dur.Seconds())
+	}
+	logf("scale: %d chains on %s: p50 %.2f ms p99 %.2f ms, %d signed, %d failed", n, s.name, ms(row.lat.p50), ms(row.lat.p99), row.lat.n, row.lat.errs)
+	return row, ctx.Err()
+}
+
 func scaleReport(o *options, rows []scaleRow, disk string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "one %d-node kms-ha cluster per row, each chain a validator at %g blocks/s (a proposal every %d heights, a prevote and a precommit at each), %s measured after %s; load at the end %s; %s\n\n",
-		o.scaleNodes, o.spec.rate, o.spec.proposalEvery, o.window, o.warmup, loadAvg(), disk)
+	fmt.Fprintf(&b, "a fresh signer per row, each chain a validator at %g blocks/s (a proposal every %d heights, a prevote and a precommit at each), %s measured after %s; load at the end %s; %s\n\n",
+		o.spec.rate, o.spec.proposalEvery, o.window, o.warmup, loadAvg(), disk)
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
-	b.WriteString("| chains | signatures/s | p50 ms | p99 ms | max ms | failed | CPU % per node (leader first) | RSS MiB per node | raft entries/s | write syscalls/s per node | disk KiB/s per node |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| signer | chains | signatures/s | p50 ms | p99 ms | max ms | failed | CPU % per process (leader first) | RSS MiB per process | raft entries/s | write syscalls/s per process | disk KiB/s per process |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %d | %.0f | %.2f | %.2f | %.2f | %d | %s | %s | %.0f | %s | %s |\n", r.chains, r.sigsPS,
+		fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %.2f | %d | %s | %s | %.0f | %s | %s |\n", r.system, r.chains, r.sigsPS,
 			ms(r.lat.p50), ms(r.lat.p99), ms(r.lat.max), r.lat.errs, join(r.cpu, 100, "%.0f"), join(r.rss, 1, "%.0f"),
 			r.entriesPS, join(r.syscw, 1, "%.0f"), join(r.writeKiB, 1, "%.0f"))
 	}
-	if len(rows) > 1 {
-		first, last := rows[0], rows[len(rows)-1]
-		per := (mean(last.rss) - mean(first.rss)) / float64(last.chains-first.chains) * 1024
-		fmt.Fprintf(&b, "\nMemory per chain: %.0f KiB of resident set per node per chain added (%d to %d chains, mean of the nodes).\n",
-			per, first.chains, last.chains)
+	for _, sys := range systemsOf(rows) {
+		first, last := sys[0], sys[len(sys)-1]
+		if last.chains == first.chains || len(first.rss) == 0 {
+			continue
+		}
+		per := func(i int) float64 { return (last.rss[i] - first.rss[i]) / float64(last.chains-first.chains) * 1024 }
+		var rest []float64
+		for i := 1; i < len(first.rss); i++ {
+			rest = append(rest, per(i))
+		}
+		if len(rest) > 0 {
+			fmt.Fprintf(&b, "\n%s: resident set grows by %.0f KiB per chain on the leader, %.0f KiB on the followers (mean)", first.system, per(0), mean(rest))
+		} else {
+			fmt.Fprintf(&b, "\n%s: resident set grows by %.0f KiB per chain", first.system, per(0))
+		}
+		fmt.Fprintf(&b, ", from %d to %d chains.\n", first.chains, last.chains)
 	}
 	return b.String()
+}
+
+// systemsOf groups rows by system, in the order they first appear.
+func systemsOf(rows []scaleRow) [][]scaleRow {
+	var out [][]scaleRow
+	idx := map[string]int{}
+	for _, r := range rows {
+		i, ok := idx[r.system]
+		if !ok {
+			i = len(out)
+			idx[r.system] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], r)
+	}
+	return out
 }
 
 func join(xs []float64, scale float64, format string) string {
