@@ -11,12 +11,12 @@ import (
 
 // runCompare starts every system, then measures them in turn, round after
 // round, and prints the report.
-func runCompare(ctx context.Context, o *options) error {
+func runCompare(ctx context.Context, o *options) (err error) {
 	dir, done, err := workDir(o)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer func() { done(err != nil) }()
 	chains := chainIDs(o.validators)
 	var systems []*system
 	defer func() {
@@ -80,7 +80,7 @@ func compareReport(o *options, systems []*system, results [][]window, disk []str
 		o.validators, rate, o.spec.proposalEvery, o.rounds, o.window, loadAvg())
 	fmt.Fprintf(&b, "%s\n\n", strings.Join(disk, "; "))
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
-	b.WriteString("| signer | signed | failed | p50 ms | p99 ms | max ms | signatures/s | CPU s per process (leader first) | CPU µs per signature | peak RSS MiB per process |\n")
+	b.WriteString("| signer | signed | failed (refused) | p50 ms | p99 ms | max ms | signatures/s | CPU s per process (leader first) | CPU µs per signature | peak RSS MiB per process |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for i, s := range systems {
 		var all []sample
@@ -105,7 +105,7 @@ func compareReport(o *options, systems []*system, results [][]window, disk []str
 		if l.n > 0 {
 			perSig = total / float64(l.n) * 1e6
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %.2f | %.2f | %.2f | %.0f | %s | %.0f | %s |\n", s.name, l.n, l.errs,
+		fmt.Fprintf(&b, "| %s | %d | %s | %.2f | %.2f | %.2f | %.0f | %s | %.0f | %s |\n", s.name, l.n, l.failed(),
 			ms(l.p50), ms(l.p99), ms(l.max), float64(l.n)/dur.Seconds(), strings.Join(cpus, " / "), perSig, strings.Join(rss, " / "))
 	}
 	if len(systems) < 2 {

@@ -159,13 +159,20 @@ func execPath(path, flagName string) (string, error) {
 	return abs, nil
 }
 
-// workDir is o.dir, or a fresh temporary directory that done removes.
-func workDir(o *options) (dir string, done func(), err error) {
+// workDir is o.dir, or a fresh temporary directory that done removes
+// after a run that succeeded; a failed run keeps it for its logs.
+func workDir(o *options) (dir string, done func(failed bool), err error) {
 	if o.dir != "" {
-		return o.dir, func() {}, os.MkdirAll(o.dir, 0o755)
+		return o.dir, func(bool) {}, os.MkdirAll(o.dir, 0o755)
 	}
 	dir, err = os.MkdirTemp("", "kmsha-loadgen-")
-	return dir, func() { os.RemoveAll(dir) }, err
+	return dir, func(failed bool) {
+		if failed {
+			logf("kept the work directory with every process's log: %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}, err
 }
 
 func loadAvg() string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -42,8 +43,13 @@ func measure(ctx context.Context, s *system, spec loadSpec, d time.Duration) win
 // and how many failed.
 type latencies struct {
 	n, errs       int
+	refused       int // of errs
 	p50, p99, max time.Duration
 }
+
+// failed says how many requests failed and how many of them the signer
+// refused (the rest lost their connection or timed out).
+func (l latencies) failed() string { return fmt.Sprintf("%d (%d)", l.errs, l.refused) }
 
 func summarise(samples []sample) latencies {
 	var ok []time.Duration
@@ -51,6 +57,9 @@ func summarise(samples []sample) latencies {
 	for _, s := range samples {
 		if s.err {
 			l.errs++
+			if s.refused {
+				l.refused++
+			}
 			continue
 		}
 		ok = append(ok, s.lat)

@@ -22,12 +22,12 @@ type scaleRow struct {
 
 // runScale measures one fresh kms-ha cluster per chain count, each chain a
 // validator at o.spec.rate, and writes the table and the plot.
-func runScale(ctx context.Context, o *options) error {
+func runScale(ctx context.Context, o *options) (err error) {
 	dir, done, err := workDir(o)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer func() { done(err != nil) }()
 	var rows []scaleRow
 	for _, n := range o.scale {
 		// Each chain count on every system in turn, so that a baseline
@@ -88,11 +88,11 @@ func scaleReport(o *options, rows []scaleRow, disk string) string {
 	fmt.Fprintf(&b, "a fresh signer per row, each chain a validator at %g blocks/s (a proposal every %d heights, a prevote and a precommit at each), %s measured after %s; load at the end %s; %s\n\n",
 		o.spec.rate, o.spec.proposalEvery, o.window, o.warmup, loadAvg(), disk)
 	fmt.Fprintf(&b, "`%s`\n\n", o.commandString)
-	b.WriteString("| signer | chains | signatures/s | p50 ms | p99 ms | max ms | failed | CPU % per process (leader first) | RSS MiB per process | raft entries/s | write syscalls/s per process | disk KiB/s per process |\n")
+	b.WriteString("| signer | chains | signatures/s | p50 ms | p99 ms | max ms | failed (refused) | CPU % per process (leader first) | RSS MiB per process | raft entries/s | write syscalls/s per process | disk KiB/s per process |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %.2f | %d | %s | %s | %.0f | %s | %s |\n", r.system, r.chains, r.sigsPS,
-			ms(r.lat.p50), ms(r.lat.p99), ms(r.lat.max), r.lat.errs, join(r.cpu, 100, "%.0f"), join(r.rss, 1, "%.0f"),
+		fmt.Fprintf(&b, "| %s | %d | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %.0f | %s | %s |\n", r.system, r.chains, r.sigsPS,
+			ms(r.lat.p50), ms(r.lat.p99), ms(r.lat.max), r.lat.failed(), join(r.cpu, 100, "%.0f"), join(r.rss, 1, "%.0f"),
 			r.entriesPS, join(r.syscw, 1, "%.0f"), join(r.writeKiB, 1, "%.0f"))
 	}
 	for _, sys := range systemsOf(rows) {

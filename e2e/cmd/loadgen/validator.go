@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -67,6 +68,9 @@ func (v *validator) close() { _ = v.client.Close() }
 type sample struct {
 	lat time.Duration
 	err bool
+	// refused: the signer answered with a RemoteSignerError (a refusal);
+	// other errors are a dropped or timed-out connection.
+	refused bool
 }
 
 // loadSpec is how each validator asks during a window.
@@ -116,7 +120,8 @@ func (v *validator) run(ctx context.Context, spec loadSpec) []sample {
 func (v *validator) timed(fn func() error) sample {
 	start := time.Now()
 	err := fn()
-	return sample{lat: time.Since(start), err: err != nil}
+	var rse *privval.RemoteSignerError
+	return sample{lat: time.Since(start), err: err != nil, refused: errors.As(err, &rse)}
 }
 
 // blockID is a block id that differs per height, as real ones do.
