@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -17,7 +18,11 @@ func plotScale(path string, rows []scaleRow) error {
 	lat := plot.New()
 	lat.Title.Text = "sign latency"
 	lat.X.Label.Text = "chains (one validator each, 1 block/s)"
-	lat.Y.Label.Text = "ms"
+	lat.Y.Label.Text = "ms (log scale)"
+	// One stall of a shared machine would flatten every other point on a
+	// linear axis.
+	lat.Y.Scale = plot.LogScale{}
+	lat.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	res := plot.New()
 	res.Title.Text = "leader (first process) resources"
 	res.X.Label.Text = lat.X.Label.Text
@@ -51,14 +56,14 @@ func plotScale(path string, rows []scaleRow) error {
 				p.Shape = draw.BoxGlyph{}
 			}
 			s.p.Add(l, p)
-			s.p.Legend.Add(fmt.Sprintf("%s: %s", sys[0].system, s.name), l, p)
+			s.p.Legend.Add(fmt.Sprintf("%s: %s", short(sys[0].system), s.name), l, p)
 		}
 	}
 	for _, p := range []*plot.Plot{lat, res} {
 		p.Legend.Top, p.Legend.Left = true, true
-		p.Y.Min = 0
 		p.Add(plotter.NewGrid())
 	}
+	res.Y.Min = 0
 	img := vgimg.New(13*vg.Inch, 5*vg.Inch)
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
@@ -73,4 +78,12 @@ func first(xs []float64) float64 {
 		return 0
 	}
 	return xs[0]
+}
+
+// short names a system in a legend.
+func short(system string) string {
+	if strings.HasPrefix(system, "file signer") {
+		return "FilePV"
+	}
+	return system
 }
