@@ -5,7 +5,7 @@ BUILD   := build
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench proto clean chaos chaos-short images compose-up compose-down compose-status compose-test
+.PHONY: all build cometbft demo test deps unit fuzz e2e race vet fmt bench proto clean chaos chaos-short bench-scale loadgen images compose-up compose-down compose-status compose-test
 
 all: build
 
@@ -91,10 +91,33 @@ chaos-short:
 	$(MAKE) chaos CHAOS_FAULTS=20 CHAOS_OUT=$(BUILD)/chaos-short CHAOS_DOCS=
 
 # Sign latency (1-node baseline vs 3 nodes; each key backend alone and
-# through the cluster), read latency (follower, linearizable), and the
-# SignerService's Sign per backend and scheme.
-bench: deps
+# through the cluster), read latency (follower, linearizable), the
+# SignerService's Sign per backend and scheme; then the
+# load generator (e2e/cmd/loadgen): validators played with CometBFT's own
+# privval listener against real processes, CometBFT's FilePV signer, kms-ha
+# 1-node and 3-node, interleaved round by round (docs/performance.md).
+# LOADGEN_FLAGS adds flags, e.g. -nodes 5, or -kmsha-old OLD -systems
+# old-kms3,kms3 for an A/B of two builds.
+LOADGEN_FLAGS ?=
+bench: deps build loadgen
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./signer/ ./grpcapi/
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -systems filepv,kms1,kms3 -validators 1 -pairs 3 -window 10s \
+	  -md $(BUILD)/bench-sequential.md $(LOADGEN_FLAGS)
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -systems filepv,kms1,kms3 -validators 20 -rate 2 -proposal-every 4 \
+	  -pairs 3 -window 10s -md $(BUILD)/bench-20chains.md $(LOADGEN_FLAGS)
+
+loadgen:
+	$(GO) build -o $(BUILD)/loadgen ./e2e/cmd/loadgen
+
+# Per chain count, a fresh 3-node cluster, then a fresh FilePV signer (the
+# same machine minutes apart), each chain a validator at 1 block/s: latency,
+# CPU, memory, raft entries and disk writes per second; the table goes to
+# $(BUILD)/bench-scale.md, the plot to $(BUILD)/bench-scale.png
+# (docs/performance.md quotes both). About 8 minutes.
+SCALE_CHAINS ?= 1,10,50,100,200
+bench-scale: build loadgen
+	$(BUILD)/loadgen -kmsha $(BUILD)/kms-ha -scale $(SCALE_CHAINS) -rate 1 -proposal-every 4 -window 20s -warmup 5s \
+	  -md $(BUILD)/bench-scale.md -png $(BUILD)/bench-scale.png $(LOADGEN_FLAGS)
 
 # Regenerate gRPC code (needs protoc; the generated files are committed).
 proto:

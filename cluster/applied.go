@@ -70,7 +70,7 @@ func (n *Node) fsmApplied(idx uint64) bool {
 	done := n.applied.index.Load()
 	for i := idx; i > done; i-- {
 		var l raft.Log
-		if err := n.st.bolt.GetLog(i, &l); err != nil {
+		if err := n.st.logs.GetLog(i, &l); err != nil {
 			// Not in the log: compacted into a snapshot, so applied by now
 			// (the next look sees the raised index), or unreadable, which
 			// makes the wait fail at its deadline rather than read stale.

@@ -395,7 +395,7 @@ func (n *Node) rewritesApplied(cmd any) error {
 				break
 			}
 			var l raft.Log
-			if err := n.st.bolt.GetLog(e.Index, &l); err == nil && l.Term != e.Term {
+			if err := n.st.logs.GetLog(e.Index, &l); err == nil && l.Term != e.Term {
 				return fmt.Errorf("cluster: raft AppendEntries would replace applied entry %d of term %d with one of term %d: %w",
 					e.Index, l.Term, e.Term, ErrRewritesHistory)
 			}

@@ -188,7 +188,12 @@ func checkBoltFile(path string, lockWait time.Duration) (err error) {
 			err = damaged("reading it failed: " + fmt.Sprint(r))
 		}
 	}()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, PreLoadFreelist: true, Timeout: lockWait})
+	// The free list is loaded by the consistency check below, after the
+	// walk: a raft.db written without freelist sync (see boltOptions) has
+	// its list rebuilt by a traversal on a goroutine of bbolt's own, where
+	// a wild page pointer would crash the process instead of reaching the
+	// recover above. The walk meets every such pointer first, here.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: lockWait})
 	if err != nil {
 		return openError(err, damaged)
 	}
