@@ -69,6 +69,14 @@ func (f *flooder) hold(target string, tokens <-chan time.Time) {
 			}
 		}
 		first = false
+		// A select with a token and the stop both ready picks either: a
+		// halted flood must not dial again (it did, and the new socket
+		// counted as one the server failed to close).
+		select {
+		case <-f.stop:
+			return
+		default:
+		}
 		c, err := d.Dial("tcp", target)
 		if err != nil {
 			continue
