@@ -34,12 +34,11 @@ cluster:
   # tls_ca: tls/ca.crt
   # tls_cert: tls/node.crt
   # tls_key: tls/node.key
-  # Raft timing, LAN defaults (a failover under half a second). For nodes in
-  # different regions raise all three (e.g. heartbeat 1s, election 1s,
-  # lease 500ms).
-  # heartbeat_timeout: 150ms
-  # election_timeout: 150ms
-  # leader_lease_timeout: 100ms
+  # Raft timing, LAN defaults. For nodes in different regions raise all three
+  # (e.g. heartbeat 1500ms, election 1500ms, lease 750ms).
+  # heartbeat_timeout: 500ms
+  # election_timeout: 500ms
+  # leader_lease_timeout: 250ms
   # A signature waits at most this long for its watermark to commit; keep it
   # well under the validator's 5 s timeout.
   # apply_timeout: 2s

@@ -148,7 +148,7 @@ func horcruxRest(r *Result, c *horcruxConfig) {
 		}
 		if t.RaftTimeout != "" {
 			r.note("thresholdMode.raftTimeout", "%s: kms-ha's raft timings are cluster.heartbeat_timeout, "+
-				"election_timeout and leader_lease_timeout (LAN defaults 150ms/150ms/100ms; raise them together "+
+				"election_timeout and leader_lease_timeout (LAN defaults 500ms/500ms/250ms; raise them together "+
 				"across regions)", t.RaftTimeout)
 		}
 		if t.GRPCTimeout != "" {

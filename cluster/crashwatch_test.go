@@ -1,0 +1,63 @@
+package cluster
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// A leader that dies closes its raft connections; its followers elect a new
+// leader about a fifth of a heartbeat timeout later instead of after one to
+// three heartbeat timeouts.
+func TestCrashedLeaderReplacedBeforeHeartbeatTimeout(t *testing.T) {
+	const hb = 2 * time.Second
+	p := newAuthPKI(t)
+	dir := t.TempDir()
+	var ms []*tlsMember
+	var servers []Server
+	for _, id := range []string{"A", "B", "C"} {
+		m := &tlsMember{cfg: Config{NodeID: id, DataDir: filepath.Join(dir, id), BindAddr: freeTCP(t), Logger: quiet,
+			HeartbeatTimeout: hb, ElectionTimeout: hb, LeaderLeaseTimeout: hb / 2, ApplyTimeout: time.Second,
+			TLS: p.tls(t, p.files(t, id, ""))}}
+		ms = append(ms, m)
+		servers = append(servers, Server{ID: id, Address: m.cfg.BindAddr})
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	})
+	A, B, C := ms[0], ms[1], ms[2]
+	if err := Bootstrap(A.cfg, servers); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*tlsMember{B, C} {
+		if err := MarkJoined(m.cfg, time.Second, []string{"A", "B", "C"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range ms {
+		m.start(t)
+	}
+	waitTrue(t, "A to lead", 10*time.Second, func() bool { return A.node.termReady.Load() })
+	waitTrue(t, "B and C to follow A", 5*time.Second, func() bool {
+		_, lb := B.node.raft.LeaderWithID()
+		_, lc := C.node.raft.LeaderWithID()
+		return lb == "A" && lc == "A"
+	})
+	term := B.node.raft.CurrentTerm()
+
+	// As far as B and C can tell, A's process died: its connections close
+	// and nothing more comes from it.
+	crashed := time.Now()
+	A.stop()
+	waitTrue(t, "B or C to lead", hb, func() bool { return B.node.termReady.Load() || C.node.termReady.Load() })
+	took := time.Since(crashed)
+	if took >= hb/2 {
+		t.Fatalf("a new leader after %s; the crash watch should act within about %s", took, hb/5+hb/10)
+	}
+	if got := B.node.raft.CurrentTerm(); got != term+1 {
+		t.Errorf("term %d -> %d: want one election", term, got)
+	}
+	t.Logf("new leader %s after %s (heartbeat timeout %s)", map[bool]string{true: "B", false: "C"}[B.node.IsLeader()], took.Round(time.Millisecond), hb)
+}
