@@ -1,8 +1,8 @@
 package cluster
 
 import (
-	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -138,23 +138,23 @@ func (n *Node) watchLeaderCrash(t *authTransport) {
 
 // peerGone runs when the last raft connection from id closed. If id is
 // this voter's leader, it waits out the leader's longest heartbeat
-// interval (raft sends one every tenth to fifth of the heartbeat timeout),
-// plus a random share of it so that one follower goes first rather than
-// all splitting the vote, and starts an election if id sent nothing since
-// and is still the leader.
+// interval (raft sends one every tenth to fifth of the heartbeat timeout)
+// and starts an election if id sent nothing since and is still the
+// leader. The followers take turns, one such interval apart in the order
+// of their ids: two that stood at once would split the vote and leave the
+// election to the election timeout.
 func (n *Node) peerGone(t *authTransport, id string) {
 	if _, leader := n.raft.LeaderWithID(); string(leader) != id || n.raft.State() != raft.Follower {
 		return
 	}
 	term, since := n.raft.CurrentTerm(), time.Now()
-	hb := n.cfg.HeartbeatTimeout
-	wait := hb/5 + rand.N(hb/10+1)
 	go func() {
-		if !n.isVoter() {
+		rank, ok := n.voterRank(id)
+		if !ok {
 			return
 		}
 		select {
-		case <-time.After(wait):
+		case <-time.After(time.Duration(rank+1) * n.cfg.HeartbeatTimeout / 5):
 		case <-n.done:
 			return
 		}
@@ -173,17 +173,21 @@ func (n *Node) peerGone(t *authTransport, id string) {
 	}()
 }
 
-// isVoter reports whether this node votes in the latest configuration:
-// a non-voter must never stand for election.
-func (n *Node) isVoter() bool {
+// voterRank is this node's place among the voters other than leader, in
+// the order of their ids; ok is false for a non-voter, which must never
+// stand for election.
+func (n *Node) voterRank(leader string) (rank int, ok bool) {
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return false
+		return 0, false
 	}
+	var ids []string
 	for _, s := range f.Configuration().Servers {
-		if s.ID == raft.ServerID(n.cfg.NodeID) {
-			return s.Suffrage == raft.Voter
+		if s.Suffrage == raft.Voter && string(s.ID) != leader {
+			ids = append(ids, string(s.ID))
 		}
 	}
-	return false
+	slices.Sort(ids)
+	rank = slices.Index(ids, n.cfg.NodeID)
+	return rank, rank >= 0
 }
