@@ -15,8 +15,8 @@ import (
 // a failover one to three heartbeat timeouts, because raft's pre-vote and
 // leader stickiness refuse a candidate until a quorum of followers has
 // timed out by itself. So a follower that sees the last connection from
-// its leader close, and hears nothing from it for longer than the leader's
-// heartbeat interval, starts an election at once, as raft's own leadership
+// its leader close, and hears nothing from it for two of the leader's
+// heartbeat intervals, starts an election at once, as raft's own leadership
 // transfer does (TimeoutNow: no pre-vote, and voters set their leader
 // aside). The heartbeat timeout is then free to be long enough to ride out
 // a busy machine, and still covers the failures that close no connection
@@ -137,12 +137,13 @@ func (n *Node) watchLeaderCrash(t *authTransport) {
 }
 
 // peerGone runs when the last raft connection from id closed. If id is
-// this voter's leader, it waits out the leader's longest heartbeat
-// interval (raft sends one every tenth to fifth of the heartbeat timeout)
-// and starts an election if id sent nothing since and is still the
-// leader. The followers take turns, one such interval apart in the order
-// of their ids: two that stood at once would split the vote and leave the
-// election to the election timeout.
+// this voter's leader, it waits out two of the leader's longest heartbeat
+// intervals (raft sends one every tenth to fifth of the heartbeat timeout;
+// a live leader whose connection broke redials for the next one) and
+// starts an election if id sent nothing since and is still the leader.
+// The followers take turns, one such interval apart in the order of their
+// ids: two that stood at once would split the vote and leave the election
+// to the election timeout.
 func (n *Node) peerGone(t *authTransport, id string) {
 	if _, leader := n.raft.LeaderWithID(); string(leader) != id || n.raft.State() != raft.Follower {
 		return
@@ -154,7 +155,7 @@ func (n *Node) peerGone(t *authTransport, id string) {
 			return
 		}
 		select {
-		case <-time.After(time.Duration(rank+1) * n.cfg.HeartbeatTimeout / 5):
+		case <-time.After(time.Duration(rank+2) * n.cfg.HeartbeatTimeout / 5):
 		case <-n.done:
 			return
 		}

@@ -12,7 +12,7 @@ import "time"
 // steps down, and followers stand for election once a quorum of them has
 // heard nothing for a heartbeat timeout (pre-vote turns away a lone one).
 // A leader that crashes does not cost a heartbeat timeout: its followers
-// see its connections close and elect a new leader about a fifth of a
+// see its connections close and elect a new leader two fifths of a
 // heartbeat timeout later (crashwatch.go). A host that vanishes without
 // closing them (power loss, a partition) costs one to three heartbeat
 // timeouts. Timeouts change how fast a failover is, never what is signed:
