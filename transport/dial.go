@@ -46,14 +46,14 @@ func dialSocket(ctx context.Context, network, address string, timeout time.Durat
 
 // crashResetConn is a TCP connection that the kernel resets, rather than
 // closes gracefully, if this process dies with it open. A validator node
-// (CometBFT v0.38 to v0.40) drops its signer connection only on an error
-// from a socket call: the EOF it reads from a gracefully closed one makes
-// it retry its request on the same dead connection, and its next write,
-// 100 ms later, still succeeds, so it reaches the new leader's waiting
-// connection only on its third try (about 300 ms after asking). After a
-// reset its first write fails and it takes the new connection on the
-// next try, 100 ms later. A deliberate Close restores the graceful close,
-// so a reply just written is still delivered.
+// (CometBFT v0.38 to v0.40) drops its signer connection only on a socket
+// error, never on EOF, and its SecretConnection swallows the error of a
+// buffered write: after a graceful close it retries its request on the dead
+// connection every 100 ms and reaches the new leader's waiting connection
+// only on its fourth try, 300 ms after asking. After a reset its second
+// try fails on the write and drops the connection, and the third, 200 ms
+// after asking, takes the new one. A deliberate Close restores the
+// graceful close, so a reply just written is still delivered.
 type crashResetConn struct {
 	*net.TCPConn
 }
