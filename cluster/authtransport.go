@@ -59,8 +59,13 @@ type authTransport struct {
 	consume chan raft.RPC
 	hb      atomic.Pointer[func(raft.RPC)]
 
+	// gone, if set, hears of a peer whose last inbound connection closed
+	// (crashwatch.go).
+	gone atomic.Pointer[func(id string)]
+
 	mu     sync.Mutex
 	peers  map[string]*inboundPeer
+	dialed map[*dialedConn]struct{} // outbound connections, closed by Close
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -72,13 +77,16 @@ type inboundPeer struct {
 	id    string
 	conns *connQueue
 	trans *raft.NetworkTransport
+	// open counts the peer's inbound connections not closed yet.
+	open atomic.Int64
 }
 
 func newAuthTransport(stream raft.StreamLayer, gate *peerGate, peerID PeerIDFunc, log *slog.Logger,
 	onRefused func(error),
 ) *authTransport {
 	t := &authTransport{stream: stream, gate: gate, peerID: peerID, log: log, onRefused: onRefused,
-		timeout: 2 * time.Second, consume: make(chan raft.RPC), peers: map[string]*inboundPeer{}}
+		timeout: 2 * time.Second, consume: make(chan raft.RPC), peers: map[string]*inboundPeer{},
+		dialed: map[*dialedConn]struct{}{}}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.out = raft.NewNetworkTransportWithLogger(&dialOnly{t: t, done: t.ctx.Done()}, 5, t.timeout,
 		newHCLogAdapter(log.With("component", "raft-transport")))
@@ -107,8 +115,12 @@ func (t *authTransport) acceptLoop() {
 			continue
 		}
 		p := t.inbound(id)
-		if p == nil || !p.conns.put(conn) {
+		if p == nil {
 			conn.Close()
+			return
+		}
+		if tc := t.track(p, conn); !p.conns.put(tc) {
+			tc.Close()
 			return
 		}
 	}
@@ -256,7 +268,7 @@ func (t *authTransport) dial(addr raft.ServerAddress, timeout time.Duration) (ne
 		conn.Close()
 		return nil, fmt.Errorf("cluster: raft dial %s: %w", addr, err)
 	}
-	return conn, nil
+	return t.keepDialed(conn)
 }
 
 func (t *authTransport) Consumer() <-chan raft.RPC             { return t.consume }
@@ -305,6 +317,7 @@ func (t *authTransport) Close() error {
 		t.cancel()
 		err = t.stream.Close()
 		t.out.Close()
+		t.closeDialed()
 		t.mu.Lock()
 		peers := t.peers
 		t.peers = nil // inbound makes no more after Close

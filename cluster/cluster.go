@@ -345,6 +345,9 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	gate.history.Store(&history)
 	gate.raft.Store(r)
 	n.countElections(r)
+	if at, ok := trans.(*authTransport); ok {
+		n.watchLeaderCrash(at)
+	}
 	joins.raft.Store(r)
 	n.wg.Add(2)
 	go n.watchLeadership()

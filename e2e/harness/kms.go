@@ -12,27 +12,38 @@ import (
 	"time"
 )
 
-// RaftTimings are the cluster timings written to every kms.yaml.
+// RaftTimings are the cluster timings written to every kms.yaml. A zero
+// field is left out, so the node runs kms-ha's own default: the tests then
+// measure what an operator gets without tuning.
 type RaftTimings struct {
-	HeartbeatTimeout   time.Duration // default 500ms
-	ElectionTimeout    time.Duration // default 500ms
-	LeaderLeaseTimeout time.Duration // default 250ms
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
 	// ValidatorHandoverAfter, if set, is written as
 	// cluster.validator_handover_after ("0s" turns the handover off);
 	// empty leaves kms-ha's default.
 	ValidatorHandoverAfter string
 }
 
-func (r *RaftTimings) defaults() {
-	if r.HeartbeatTimeout == 0 {
-		r.HeartbeatTimeout = 500 * time.Millisecond
+// yaml is the timings' lines of the cluster section.
+func (r RaftTimings) yaml() string {
+	var b strings.Builder
+	for _, f := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"heartbeat_timeout", r.HeartbeatTimeout},
+		{"election_timeout", r.ElectionTimeout},
+		{"leader_lease_timeout", r.LeaderLeaseTimeout},
+	} {
+		if f.v != 0 {
+			fmt.Fprintf(&b, "  %s: %s\n", f.key, f.v)
+		}
 	}
-	if r.ElectionTimeout == 0 {
-		r.ElectionTimeout = 500 * time.Millisecond
+	if r.ValidatorHandoverAfter != "" {
+		fmt.Fprintf(&b, "  validator_handover_after: %s\n", r.ValidatorHandoverAfter)
 	}
-	if r.LeaderLeaseTimeout == 0 {
-		r.LeaderLeaseTimeout = 250 * time.Millisecond
-	}
+	return b.String()
 }
 
 // KMSNode is one kms-ha cluster member.
@@ -140,7 +151,6 @@ func (n *KMSNode) WriteConfig(chains []ChainConfig, t RaftTimings) error {
 	if len(chains) == 0 {
 		return fmt.Errorf("%s: WriteConfig: no chains", n.ID)
 	}
-	t.defaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by the kms-ha e2e harness.
 cluster:
@@ -149,14 +159,7 @@ cluster:
   raft_addr: %s
   advertise_addr: %s
   api_addr: %s
-  heartbeat_timeout: %s
-  election_timeout: %s
-  leader_lease_timeout: %s
-`, n.ID, n.RaftAddr, n.RaftAddr, n.APIAddr,
-		t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout)
-	if t.ValidatorHandoverAfter != "" {
-		fmt.Fprintf(&b, "  validator_handover_after: %s\n", t.ValidatorHandoverAfter)
-	}
+%s`, n.ID, n.RaftAddr, n.RaftAddr, n.APIAddr, t.yaml())
 	b.WriteString("chains:\n")
 	for _, c := range chains {
 		fmt.Fprintf(&b, "  - id: %s\n", c.ChainID)
