@@ -37,6 +37,7 @@ type options struct {
 	keep     bool
 	kinds    string
 	handover string
+	commit   time.Duration
 
 	inner    bool
 	work     string
@@ -52,6 +53,17 @@ func envInt(k string, def int) int {
 	return def
 }
 
+// defaultTimeoutCommit is the published runs' block pace: short, so a run
+// sees many heights per fault.
+const defaultTimeoutCommit = 100 * time.Millisecond
+
+func envDuration(k string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(k)); err == nil {
+		return v
+	}
+	return def
+}
+
 func main() {
 	var o options
 	flag.IntVar(&o.faults, "faults", envInt("CHAOS_FAULTS", 100), "number of fault steps (env CHAOS_FAULTS)")
@@ -62,6 +74,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (homes, logs) after a passing run")
 	flag.StringVar(&o.kinds, "kinds", os.Getenv("CHAOS_KINDS"), "comma-separated fault kinds to draw from (default all; env CHAOS_KINDS), e.g. leader-validator")
 	flag.StringVar(&o.handover, "handover", os.Getenv("CHAOS_HANDOVER"), "kms-ha's cluster.validator_handover_after (default kms-ha's; 0s turns it off; env CHAOS_HANDOVER)")
+	flag.DurationVar(&o.commit, "timeout-commit", envDuration("CHAOS_TIMEOUT_COMMIT", defaultTimeoutCommit), "the testnet's consensus.timeout_commit (env CHAOS_TIMEOUT_COMMIT; 1s for mainnet-like block times)")
 	flag.BoolVar(&o.inner, "inner", false, "internal: run inside the router namespace")
 	flag.StringVar(&o.work, "work", "", "internal")
 	flag.StringVar(&o.prefix, "prefix", "", "internal")
@@ -140,6 +153,7 @@ func runOuter(o options) int {
 	args := []string{"netns", "exec", topo.Router, self, "-inner",
 		"-faults", strconv.Itoa(o.faults), "-seed", strconv.FormatUint(o.seed, 10),
 		"-out", o.out, "-docs", o.docs, fmt.Sprintf("-critical=%v", o.critical), "-kinds", o.kinds, "-handover", o.handover,
+		"-timeout-commit", o.commit.String(),
 		"-work", work, "-prefix", topo.Prefix, "-kmsha", bins.KMSHA, "-cometbft", bins.CometBFT}
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

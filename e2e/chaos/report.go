@@ -215,8 +215,8 @@ func (r *Run) writeOutputs(rep report, heights []int64, seen func(int64) time.Ti
 	}
 	switch {
 	case r.o.docs == "":
-	case r.o.kinds != "" || r.o.handover != "":
-		logf("docs: %s left alone: a run restricted to some faults or with a non-default handover is not the published one", r.o.docs)
+	case r.o.kinds != "" || r.o.handover != "" || r.o.commit != defaultTimeoutCommit:
+		logf("docs: %s left alone: a run restricted to some faults, or with a non-default handover or block time, is not the published one", r.o.docs)
 	default:
 		if err := r.writeDocs(rep.summary, png); err != nil {
 			logf("docs: %v", err)
@@ -334,8 +334,8 @@ func (r *Run) report(latest int64, signed, baseline, sigs, connects, evidence, c
 	}
 	var s bytes.Buffer
 	fmt.Fprintf(&s, "Command: `%s`  \n", r.command())
-	fmt.Fprintf(&s, "Seed %d, %d fault steps, %s of faults, %d heights (%d signed by kms-ha), kms-ha validator holds %s.\n\n",
-		r.o.seed, len(r.windows), time.Since(r.start).Round(time.Second), latest, signed, crit)
+	fmt.Fprintf(&s, "Seed %d, %d fault steps, %s of faults, %d heights (%d signed by kms-ha), timeout_commit %v, kms-ha validator holds %s.\n\n",
+		r.o.seed, len(r.windows), time.Since(r.start).Round(time.Second), latest, signed, r.o.commit, crit)
 	fmt.Fprintf(&s, "**Safety: %d evidence, %d conflicting sign bytes, %d watermark regressions, %d signatures outside leadership** (%d signatures, %d validator connections checked).\n\n",
 		evidence, conflicts, regressions, boolInt(strings.Contains(strings.Join(r.violations, "\n"), "OUTSIDE LEADERSHIP")), sigs, connects)
 	s.WriteString("| fault (target) | runs | missed blocks (total) | missed per run (max) | heal → next signed block, median | max | not recovered in 30 s | longest block gap, median | max |\n")
@@ -398,6 +398,9 @@ func (r *Run) command() string {
 	}
 	if r.o.handover != "" {
 		cmd += " CHAOS_HANDOVER=" + r.o.handover
+	}
+	if r.o.commit != defaultTimeoutCommit {
+		cmd += " CHAOS_TIMEOUT_COMMIT=" + r.o.commit.String()
 	}
 	return cmd
 }

@@ -241,7 +241,7 @@ func (r *Run) setup(ctx context.Context) error {
 		Dir:      r.o.work,
 		Bin:      harness.Binaries{KMSHA: r.o.kmsha, CometBFT: r.o.cometbft},
 		Nodes:    3,
-		Testnet:  &harness.TestnetOptions{ChainID: "chaos-testnet", Powers: powers, Remote: 4, Host: hostIP},
+		Testnet:  &harness.TestnetOptions{ChainID: "chaos-testnet", Powers: powers, Remote: 4, Host: hostIP, TimeoutCommit: r.o.commit},
 		Raft:     harness.RaftTimings{ValidatorHandoverAfter: r.o.handover},
 		NodeHost: hostIP,
 		Logf:     logf,
