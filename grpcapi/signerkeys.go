@@ -1,6 +1,7 @@
 package grpcapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -107,6 +108,27 @@ func openSignerKey(k SignerKey, log *slog.Logger) (*openedKey, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// ErrConsensusKey: a SignerService key is also a consensus key of this node.
+var ErrConsensusKey = errors.New("a SignerService key must not be a validator's consensus key")
+
+// refuseConsensusKeys fails if any opened key has the public key of one of
+// consensus (raw bytes). The comparison is on public keys, not on paths,
+// labels or ARNs, so the same key reached through another file, alias or
+// token object is caught too.
+func (ks *SignerKeys) refuseConsensusKeys(consensus [][]byte) error {
+	for _, id := range ks.ids {
+		pub := ks.byID[id].pubKey()
+		for _, c := range consensus {
+			if bytes.Equal(pub, c) {
+				return fmt.Errorf("signer service: key %q: %w: the SignerService signs any payload its clients send, "+
+					"with no double-sign protection, so it could sign conflicting votes and get the validator tombstoned; "+
+					"give the SignerService a key of its own", id, ErrConsensusKey)
+			}
+		}
+	}
+	return nil
 }
 
 // get is the key named id, or nil.

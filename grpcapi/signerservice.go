@@ -48,6 +48,12 @@ type SignerServiceConfig struct {
 	AllowUnauthenticatedClients bool
 	// Keys are the keys the service signs with.
 	Keys []SignerKey
+	// ConsensusKeys are the public keys (raw bytes, as keys.Signer's
+	// PubKey().Bytes()) of the node's consensus keys. A SignerService key
+	// equal to one of them is refused: the service signs whatever its
+	// clients send, with no watermark, so it could sign two conflicting
+	// votes and tombstone the validator.
+	ConsensusKeys [][]byte
 }
 
 // SignerKey is one SignerService key: an id, a backend and an algorithm,
@@ -153,6 +159,10 @@ func StartSignerService(cfg SignerServiceConfig, log *slog.Logger) (*SignerServi
 	}
 	keys, err := OpenSignerKeys(cfg.Keys, log)
 	if err != nil {
+		return nil, err
+	}
+	if err := keys.refuseConsensusKeys(cfg.ConsensusKeys); err != nil {
+		keys.Close()
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)

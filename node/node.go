@@ -167,7 +167,11 @@ func New(c *config.Config, opts Options, log *slog.Logger) (*Node, error) {
 		n.metrics.SetBuildInfo(cmp.Or(opts.Version, "dev"))
 	}
 	if g := c.GRPC; g != nil {
-		if n.signerSvc, err = grpcapi.StartSignerService(g.SignerService(), log.With("component", "signerservice")); err != nil {
+		svc := g.SignerService()
+		for _, k := range n.keys {
+			svc.ConsensusKeys = append(svc.ConsensusKeys, k.PubKey().Bytes())
+		}
+		if n.signerSvc, err = grpcapi.StartSignerService(svc, log.With("component", "signerservice")); err != nil {
 			return nil, fmt.Errorf("node: grpc: %w", err)
 		}
 	}
