@@ -177,8 +177,18 @@ func (k *Key) Sign(ctx context.Context, msg []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keys/pkcs11: sign: %w", err)
 	}
+	// A token that answers a wrong signature must not get it to the
+	// validator, nor, for a key that is not deterministic, into the
+	// replicated state, where it would be returned on every retry.
+	if !k.pub.VerifySignature(msg, sig) {
+		return nil, fmt.Errorf("keys/pkcs11: sign: %w", ErrBadSignature)
+	}
 	return sig, nil
 }
+
+// ErrBadSignature: the token answered a signature that does not verify
+// against the key's public key. It is never passed on.
+var ErrBadSignature = errors.New("the token returned a signature that does not verify against the key's public key; refusing it")
 
 func (k *Key) sign(ctx context.Context, op string, msg []byte) ([]byte, error) {
 	// The C call may outlive this function (timeout); it signs a private
