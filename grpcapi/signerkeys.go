@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -106,6 +107,14 @@ func openSignerKey(k SignerKey, log *slog.Logger) (*openedKey, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	// A file holds whatever key type it holds: an Ed25519 entry reading a
+	// secp256k1 or ML-DSA file would answer with the wrong scheme.
+	if o.ed != nil {
+		if got := keys.AlgorithmOf(o.ed.PubKey()); got != keys.Ed25519 {
+			o.ed.Close()
+			return nil, fmt.Errorf("the key is %s but grpc.keys[].algorithm is ed25519: point the entry at an Ed25519 key", cmp.Or(got, o.ed.PubKey().Type()))
+		}
 	}
 	return o, nil
 }

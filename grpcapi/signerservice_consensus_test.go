@@ -4,8 +4,12 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	cmtsecp "github.com/cometbft/cometbft/crypto/secp256k1"
+	"github.com/cometbft/cometbft/privval"
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
 )
 
@@ -51,4 +55,23 @@ func TestSignerServiceRefusesAConsensusKey(t *testing.T) {
 		t.Fatalf("start with unrelated consensus keys: %v", err)
 	}
 	l.Stop()
+}
+
+// An ed25519 entry that reads a key file of another type is refused at
+// start, not served under the wrong scheme.
+func TestSignerServiceEd25519EntryRefusesAnotherKeyType(t *testing.T) {
+	f := newSignerFixture(t)
+	f.cfg.API = APIReleased
+	dir := t.TempDir()
+	keyPath, statePath := filepath.Join(dir, "key.json"), filepath.Join(dir, "state.json")
+	privval.NewFilePV(cmtsecp.GenPrivKey(), keyPath, statePath).Save()
+	f.cfg.Keys = []SignerKey{{ID: "ed", Backend: BackendFile, Algorithm: AlgoEd25519, KeyFile: keyPath}}
+	l, err := StartSignerService(f.cfg, slog.New(slog.DiscardHandler))
+	if err == nil {
+		l.Stop()
+		t.Fatal("an ed25519 entry served a secp256k1 key file")
+	}
+	if !strings.Contains(err.Error(), "the key is secp256k1") {
+		t.Fatalf("error does not name the key's type: %v", err)
+	}
 }
