@@ -55,7 +55,11 @@ func TestNoiseTransport(t *testing.T) {
 	dir := workDir(t)
 
 	noise := &harness.Noise{CometBFT: bins.CometBFT}
-	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3, Setup: noise.Setup})
+	// The validator handover is off: part 2 holds a leader the validator
+	// refuses for 5 s and checks the chain waits for it; with the handover
+	// (5 s by default) that leader would hand on at the window's end.
+	c := newCluster(ctx, t, harness.Config{Dir: dir, Nodes: 3, Setup: noise.Setup,
+		Raft: harness.RaftTimings{ValidatorHandoverAfter: "0s"}})
 	if err := noise.Finish(ctx, c); err != nil {
 		t.Fatal(err)
 	}
