@@ -86,12 +86,12 @@ func (h *handover) heardFrom(chain string, now time.Time) {
 
 // due reports whether every chain has been silent for the current wait,
 // and for how long the most recent one has been. wms are the replicated
-// watermarks now: any chain past its mark means the last handover (or a
+// watermarks now: any watched chain past its mark means the last handover (or a
 // later leader) brought signing back, and the wait starts over.
 func (h *handover) due(now time.Time, wms map[string]fsm.HRS) (bool, time.Duration, time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.mark != nil && progressed(h.mark, wms) {
+	if h.mark != nil && h.progressed(wms) {
 		h.mark, h.wait = nil, h.base
 	}
 	silent := time.Duration(-1)
@@ -118,9 +118,17 @@ func (h *handover) handedOver(wms map[string]fsm.HRS) {
 // follower up to date yet): the next attempt comes one wait later.
 func (h *handover) retryLater(now time.Time) { h.startTerm(now) }
 
-func progressed(mark, now map[string]fsm.HRS) bool {
-	for c, w := range now {
-		if m, ok := mark[c]; !ok || w.Compare(m) > 0 {
+// progressed reports whether a watched chain signed past its mark. Only
+// watched chains count: a reconnect: false chain that keeps signing while
+// every watched chain is cut off would otherwise reset the wait at each
+// check, and leadership would move every base wait for ever.
+func (h *handover) progressed(now map[string]fsm.HRS) bool {
+	for c := range h.heard {
+		w, ok := now[c]
+		if !ok {
+			continue
+		}
+		if m, ok := h.mark[c]; !ok || w.Compare(m) > 0 {
 			return true
 		}
 	}

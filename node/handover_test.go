@@ -152,3 +152,26 @@ func TestLeaderWithoutValidatorHandsOver(t *testing.T) {
 		t.Fatalf("n1's next wait is %s, want %s (nothing was signed since)", next, 2*wait)
 	}
 }
+
+// TestHandoverIgnoresUnwatchedChains: a reconnect: false chain that keeps
+// signing says nothing about the watched chains; its watermark moving
+// must not reset the doubled wait, or leadership would move every base
+// wait for ever while the watched validator is unreachable from everyone.
+func TestHandoverIgnoresUnwatchedChains(t *testing.T) {
+	base := 5 * time.Second
+	h := newHandover(base, []string{"watched"})
+	h.startTerm(at(0))
+	wms := map[string]fsm.HRS{"watched": wm(10), "other": wm(100)}
+	if due, _, _ := h.due(at(base), wms); !due {
+		t.Fatal("not due after the base wait")
+	}
+	h.handedOver(wms)
+	h.startTerm(at(0))
+	moved := map[string]fsm.HRS{"watched": wm(10), "other": wm(101)}
+	if due, _, wait := h.due(at(base), moved); due || wait != 2*base {
+		t.Fatalf("due=%v wait=%s after only the unwatched chain signed, want the doubled %s", due, wait, 2*base)
+	}
+	if _, _, wait := h.due(at(base), map[string]fsm.HRS{"watched": wm(11), "other": wm(101)}); wait != base {
+		t.Fatalf("wait %s after the watched chain signed, want the base %s", wait, base)
+	}
+}
