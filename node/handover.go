@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -135,6 +136,33 @@ func (h *handover) progressed(now map[string]fsm.HRS) bool {
 	return false
 }
 
+// handoverTarget names the voter to hand leadership to: the next
+// reachable voter after self in id order, wrapping round, or "" when there
+// is none. Letting raft choose would not do: it takes the first voter in
+// configuration order among equally caught-up followers (the normal case
+// once signing stopped), so with A, B, C and the validators reachable only
+// from C, A handed to B and B back to A for ever. Each node handing to its
+// successor takes leadership round every reachable voter. A target that
+// lags is no obstacle: raft brings it up to date before it hands over.
+func handoverTarget(self string, members []cluster.MemberHealth) string {
+	var ids []string
+	for _, m := range members {
+		if m.Suffrage == "Voter" && m.Reachable && m.ID != self {
+			ids = append(ids, m.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return ""
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if id > self {
+			return id
+		}
+	}
+	return ids[0]
+}
+
 func watermarkPositions(cl *cluster.Node) map[string]fsm.HRS {
 	out := map[string]fsm.HRS{}
 	for c, w := range cl.FSM().Watermarks() {
@@ -161,14 +189,19 @@ func (n *Node) watchValidatorReach(ctx context.Context, cl *cluster.Node) {
 		if !due {
 			continue
 		}
-		// Otherwise healthy: another voter answers, or there is nobody
-		// to hand to and raft would refuse anyway.
-		if hl, ok := cl.Health(); !ok || hl.ReachableVoters < 2 {
+		// Only when otherwise healthy: another voter answers, or there
+		// is nobody to hand to and raft would refuse anyway.
+		hl, ok := cl.Health()
+		if !ok {
+			continue
+		}
+		to := handoverTarget(cl.ID(), hl.Members)
+		if to == "" {
 			continue
 		}
 		n.log.Warn("no validator heard from: handing leadership to another node, which may reach them",
-			"silent_for", silent.Round(time.Millisecond), "wait", wait)
-		if err := cl.TransferLeadership(); err != nil {
+			"to", to, "silent_for", silent.Round(time.Millisecond), "wait", wait)
+		if err := cl.TransferLeadershipTo(to); err != nil {
 			n.log.Warn("validator handover refused; trying again after the same wait", "err", err)
 			h.retryLater(time.Now())
 			continue

@@ -175,3 +175,57 @@ func TestHandoverIgnoresUnwatchedChains(t *testing.T) {
 		t.Fatalf("wait %s after the watched chain signed, want the base %s", wait, base)
 	}
 }
+
+func TestHandoverTarget(t *testing.T) {
+	voter := func(id string) cluster.MemberHealth {
+		return cluster.MemberHealth{ID: id, Suffrage: "Voter", Reachable: true}
+	}
+	down := voter("b")
+	down.Reachable = false
+	learner := voter("b")
+	learner.Suffrage = "Nonvoter"
+	abc := []cluster.MemberHealth{voter("c"), voter("a"), voter("b")} // configuration order is not id order
+	for _, tc := range []struct {
+		name    string
+		self    string
+		members []cluster.MemberHealth
+		want    string
+	}{
+		{"next after self", "a", abc, "b"},
+		{"next after self, not the first in the configuration", "b", abc, "c"},
+		{"wraps round", "c", abc, "a"},
+		{"skips an unreachable voter", "a", []cluster.MemberHealth{voter("a"), down, voter("c")}, "c"},
+		{"skips a non-voter", "a", []cluster.MemberHealth{voter("a"), learner, voter("c")}, "c"},
+		{"self not in the list", "bb", abc, "c"},
+		{"nobody else", "a", []cluster.MemberHealth{voter("a")}, ""},
+		{"nobody reachable", "a", []cluster.MemberHealth{voter("a"), down}, ""},
+	} {
+		if got := handoverTarget(tc.self, tc.members); got != tc.want {
+			t.Errorf("%s: handoverTarget(%q) = %q, want %q", tc.name, tc.self, got, tc.want)
+		}
+	}
+}
+
+// TestHandoverTargetGoesRound: following the targets from any voter
+// visits every voter before coming back (A, B, C with the validators
+// reachable only from C used to go A, B, A, B... and never C).
+func TestHandoverTargetGoesRound(t *testing.T) {
+	var ms []cluster.MemberHealth
+	for _, id := range []string{"n3", "n5", "n1", "n4", "n2"} {
+		ms = append(ms, cluster.MemberHealth{ID: id, Suffrage: "Voter", Reachable: true})
+	}
+	for _, start := range []string{"n1", "n3", "n5"} {
+		seen := map[string]bool{start: true}
+		at := start
+		for range len(ms) - 1 {
+			at = handoverTarget(at, ms)
+			if seen[at] {
+				t.Fatalf("from %s: %s led twice before every voter was tried (%v)", start, at, seen)
+			}
+			seen[at] = true
+		}
+		if next := handoverTarget(at, ms); next != start {
+			t.Fatalf("from %s: after every voter, %s hands to %s, want %s", start, at, next, start)
+		}
+	}
+}
