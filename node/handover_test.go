@@ -229,3 +229,63 @@ func TestHandoverTargetGoesRound(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoverReachesTheThirdVoter: n1 and n2 cannot reach the validator
+// (n1 dials a listener that never completes a handshake; n2 watches the
+// chain and hears nothing), n3 stands for the node that can (it has
+// nothing to hand over for, so it keeps leading). Raft's own choice
+// bounced leadership between n1 and n2, the first two voters in the
+// configuration; the handover must reach n3 within two waits.
+func TestHandoverReachesTheThirdVoter(t *testing.T) {
+	addr, _ := dialCounter(t)
+	home1, _, _ := testHome(t, validatorEntry(addr))
+	cfg1, err := config.Load(home1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, r2, _ := memberHome(t, home1, "n2")
+	h3, r3, _ := memberHome(t, home1, "n3")
+	peers := []cluster.Server{{ID: "n1", Address: cfg1.Cluster.RaftAddr}, {ID: "n2", Address: r2}, {ID: "n3", Address: r3}}
+	const wait = 1500 * time.Millisecond
+	ms := []*member{{id: "n1", home: home1}, {id: "n2", home: h2}, {id: "n3", home: h3}}
+	ms[0].node, ms[0].stop = runNode(t, home1, peers, nil,
+		func(n *Node) { n.handover = newHandover(wait, handoverChains(n.validators)) })
+	ms[1].node, ms[1].stop = runNode(t, h2, nil, []string{"n1"},
+		func(n *Node) { n.handover = newHandover(wait, []string{testChain}) })
+	ms[2].node, ms[2].stop = runNode(t, h3, nil, []string{"n1"}, nil)
+
+	for _, m := range ms {
+		raftOf(t, m.node)
+	}
+	if first := waitLeader(t, ms); first.id == "n3" {
+		// Start from a node that cannot reach the validator.
+		if err := raftOf(t, first.node).TransferLeadershipTo("n1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var led []string
+	start := time.Now()
+	// Two waits and two transfers; the rest is room for a loaded machine.
+	for deadline := start.Add(7 * wait); ; time.Sleep(20 * time.Millisecond) {
+		cur := ""
+		for _, m := range ms {
+			if m.node.cluster.Load().IsLeader() {
+				cur = m.id
+			}
+		}
+		if cur != "" && (len(led) == 0 || led[len(led)-1] != cur) {
+			led = append(led, cur)
+		}
+		if cur == "n3" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n3 has not led %s after the test started watching; leaders in turn: %v", 7*wait, led)
+		}
+	}
+	t.Logf("leaders in turn: %v; n3 led %s later", led, time.Since(start).Round(10*time.Millisecond))
+	time.Sleep(wait + time.Second)
+	if !ms[2].node.cluster.Load().IsLeader() {
+		t.Fatalf("n3, which has nothing to hand over for, no longer leads")
+	}
+}
