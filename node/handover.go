@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -86,12 +87,12 @@ func (h *handover) heardFrom(chain string, now time.Time) {
 
 // due reports whether every chain has been silent for the current wait,
 // and for how long the most recent one has been. wms are the replicated
-// watermarks now: any chain past its mark means the last handover (or a
+// watermarks now: any watched chain past its mark means the last handover (or a
 // later leader) brought signing back, and the wait starts over.
 func (h *handover) due(now time.Time, wms map[string]fsm.HRS) (bool, time.Duration, time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.mark != nil && progressed(h.mark, wms) {
+	if h.mark != nil && h.progressed(wms) {
 		h.mark, h.wait = nil, h.base
 	}
 	silent := time.Duration(-1)
@@ -118,13 +119,48 @@ func (h *handover) handedOver(wms map[string]fsm.HRS) {
 // follower up to date yet): the next attempt comes one wait later.
 func (h *handover) retryLater(now time.Time) { h.startTerm(now) }
 
-func progressed(mark, now map[string]fsm.HRS) bool {
-	for c, w := range now {
-		if m, ok := mark[c]; !ok || w.Compare(m) > 0 {
+// progressed reports whether a watched chain signed past its mark. Only
+// watched chains count: a reconnect: false chain that keeps signing while
+// every watched chain is cut off would otherwise reset the wait at each
+// check, and leadership would move every base wait for ever.
+func (h *handover) progressed(now map[string]fsm.HRS) bool {
+	for c := range h.heard {
+		w, ok := now[c]
+		if !ok {
+			continue
+		}
+		if m, ok := h.mark[c]; !ok || w.Compare(m) > 0 {
 			return true
 		}
 	}
 	return false
+}
+
+// handoverTarget names the voter to hand leadership to: the next
+// reachable voter after self in id order, wrapping round, or "" when there
+// is none. Letting raft choose would not do: it takes the first voter in
+// configuration order among equally caught-up followers (the normal case
+// once signing stopped), so with A, B, C and the validators reachable only
+// from C, A handed to B and B back to A for ever. Each node handing to its
+// successor takes leadership round every reachable voter. A target that
+// lags is no obstacle: raft brings it up to date before it hands over.
+func handoverTarget(self string, members []cluster.MemberHealth) string {
+	var ids []string
+	for _, m := range members {
+		if m.Suffrage == "Voter" && m.Reachable && m.ID != self {
+			ids = append(ids, m.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return ""
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if id > self {
+			return id
+		}
+	}
+	return ids[0]
 }
 
 func watermarkPositions(cl *cluster.Node) map[string]fsm.HRS {
@@ -153,14 +189,19 @@ func (n *Node) watchValidatorReach(ctx context.Context, cl *cluster.Node) {
 		if !due {
 			continue
 		}
-		// Otherwise healthy: another voter answers, or there is nobody
-		// to hand to and raft would refuse anyway.
-		if hl, ok := cl.Health(); !ok || hl.ReachableVoters < 2 {
+		// Only when otherwise healthy: another voter answers, or there
+		// is nobody to hand to and raft would refuse anyway.
+		hl, ok := cl.Health()
+		if !ok {
+			continue
+		}
+		to := handoverTarget(cl.ID(), hl.Members)
+		if to == "" {
 			continue
 		}
 		n.log.Warn("no validator heard from: handing leadership to another node, which may reach them",
-			"silent_for", silent.Round(time.Millisecond), "wait", wait)
-		if err := cl.TransferLeadership(); err != nil {
+			"to", to, "silent_for", silent.Round(time.Millisecond), "wait", wait)
+		if err := cl.TransferLeadershipTo(to); err != nil {
 			n.log.Warn("validator handover refused; trying again after the same wait", "err", err)
 			h.retryLater(time.Now())
 			continue

@@ -152,3 +152,140 @@ func TestLeaderWithoutValidatorHandsOver(t *testing.T) {
 		t.Fatalf("n1's next wait is %s, want %s (nothing was signed since)", next, 2*wait)
 	}
 }
+
+// TestHandoverIgnoresUnwatchedChains: a reconnect: false chain that keeps
+// signing says nothing about the watched chains; its watermark moving
+// must not reset the doubled wait, or leadership would move every base
+// wait for ever while the watched validator is unreachable from everyone.
+func TestHandoverIgnoresUnwatchedChains(t *testing.T) {
+	base := 5 * time.Second
+	h := newHandover(base, []string{"watched"})
+	h.startTerm(at(0))
+	wms := map[string]fsm.HRS{"watched": wm(10), "other": wm(100)}
+	if due, _, _ := h.due(at(base), wms); !due {
+		t.Fatal("not due after the base wait")
+	}
+	h.handedOver(wms)
+	h.startTerm(at(0))
+	moved := map[string]fsm.HRS{"watched": wm(10), "other": wm(101)}
+	if due, _, wait := h.due(at(base), moved); due || wait != 2*base {
+		t.Fatalf("due=%v wait=%s after only the unwatched chain signed, want the doubled %s", due, wait, 2*base)
+	}
+	if _, _, wait := h.due(at(base), map[string]fsm.HRS{"watched": wm(11), "other": wm(101)}); wait != base {
+		t.Fatalf("wait %s after the watched chain signed, want the base %s", wait, base)
+	}
+}
+
+func TestHandoverTarget(t *testing.T) {
+	voter := func(id string) cluster.MemberHealth {
+		return cluster.MemberHealth{ID: id, Suffrage: "Voter", Reachable: true}
+	}
+	down := voter("b")
+	down.Reachable = false
+	learner := voter("b")
+	learner.Suffrage = "Nonvoter"
+	abc := []cluster.MemberHealth{voter("c"), voter("a"), voter("b")} // configuration order is not id order
+	for _, tc := range []struct {
+		name    string
+		self    string
+		members []cluster.MemberHealth
+		want    string
+	}{
+		{"next after self", "a", abc, "b"},
+		{"next after self, not the first in the configuration", "b", abc, "c"},
+		{"wraps round", "c", abc, "a"},
+		{"skips an unreachable voter", "a", []cluster.MemberHealth{voter("a"), down, voter("c")}, "c"},
+		{"skips a non-voter", "a", []cluster.MemberHealth{voter("a"), learner, voter("c")}, "c"},
+		{"self not in the list", "bb", abc, "c"},
+		{"nobody else", "a", []cluster.MemberHealth{voter("a")}, ""},
+		{"nobody reachable", "a", []cluster.MemberHealth{voter("a"), down}, ""},
+	} {
+		if got := handoverTarget(tc.self, tc.members); got != tc.want {
+			t.Errorf("%s: handoverTarget(%q) = %q, want %q", tc.name, tc.self, got, tc.want)
+		}
+	}
+}
+
+// TestHandoverTargetGoesRound: following the targets from any voter
+// visits every voter before coming back (A, B, C with the validators
+// reachable only from C used to go A, B, A, B... and never C).
+func TestHandoverTargetGoesRound(t *testing.T) {
+	var ms []cluster.MemberHealth
+	for _, id := range []string{"n3", "n5", "n1", "n4", "n2"} {
+		ms = append(ms, cluster.MemberHealth{ID: id, Suffrage: "Voter", Reachable: true})
+	}
+	for _, start := range []string{"n1", "n3", "n5"} {
+		seen := map[string]bool{start: true}
+		at := start
+		for range len(ms) - 1 {
+			at = handoverTarget(at, ms)
+			if seen[at] {
+				t.Fatalf("from %s: %s led twice before every voter was tried (%v)", start, at, seen)
+			}
+			seen[at] = true
+		}
+		if next := handoverTarget(at, ms); next != start {
+			t.Fatalf("from %s: after every voter, %s hands to %s, want %s", start, at, next, start)
+		}
+	}
+}
+
+// TestHandoverReachesTheThirdVoter: n1 and n2 cannot reach the validator
+// (n1 dials a listener that never completes a handshake; n2 watches the
+// chain and hears nothing), n3 stands for the node that can (it has
+// nothing to hand over for, so it keeps leading). Raft's own choice
+// bounced leadership between n1 and n2, the first two voters in the
+// configuration; the handover must reach n3 within two waits.
+func TestHandoverReachesTheThirdVoter(t *testing.T) {
+	addr, _ := dialCounter(t)
+	home1, _, _ := testHome(t, validatorEntry(addr))
+	cfg1, err := config.Load(home1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, r2, _ := memberHome(t, home1, "n2")
+	h3, r3, _ := memberHome(t, home1, "n3")
+	peers := []cluster.Server{{ID: "n1", Address: cfg1.Cluster.RaftAddr}, {ID: "n2", Address: r2}, {ID: "n3", Address: r3}}
+	const wait = 1500 * time.Millisecond
+	ms := []*member{{id: "n1", home: home1}, {id: "n2", home: h2}, {id: "n3", home: h3}}
+	ms[0].node, ms[0].stop = runNode(t, home1, peers, nil,
+		func(n *Node) { n.handover = newHandover(wait, handoverChains(n.validators)) })
+	ms[1].node, ms[1].stop = runNode(t, h2, nil, []string{"n1"},
+		func(n *Node) { n.handover = newHandover(wait, []string{testChain}) })
+	ms[2].node, ms[2].stop = runNode(t, h3, nil, []string{"n1"}, nil)
+
+	for _, m := range ms {
+		raftOf(t, m.node)
+	}
+	if first := waitLeader(t, ms); first.id == "n3" {
+		// Start from a node that cannot reach the validator.
+		if err := raftOf(t, first.node).TransferLeadershipTo("n1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var led []string
+	start := time.Now()
+	// Two waits and two transfers; the rest is room for a loaded machine.
+	for deadline := start.Add(7 * wait); ; time.Sleep(20 * time.Millisecond) {
+		cur := ""
+		for _, m := range ms {
+			if m.node.cluster.Load().IsLeader() {
+				cur = m.id
+			}
+		}
+		if cur != "" && (len(led) == 0 || led[len(led)-1] != cur) {
+			led = append(led, cur)
+		}
+		if cur == "n3" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n3 has not led %s after the test started watching; leaders in turn: %v", 7*wait, led)
+		}
+	}
+	t.Logf("leaders in turn: %v; n3 led %s later", led, time.Since(start).Round(10*time.Millisecond))
+	time.Sleep(wait + time.Second)
+	if !ms[2].node.cluster.Load().IsLeader() {
+		t.Fatalf("n3, which has nothing to hand over for, no longer leads")
+	}
+}
