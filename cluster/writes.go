@@ -19,10 +19,19 @@ var ErrLeaderItself = errors.New("that node is the leader")
 // ErrNotLeader is returned by writes on a node that is not the leader.
 var ErrNotLeader = errors.New("not the leader")
 
-// ErrNotCommitted is returned by a write that did not commit within its
-// timeout (no quorum answered in time, or this process was paused). The
-// entry may still commit later; nothing was decided for the caller.
+// ErrNotCommitted is returned by a write that this node could not see
+// committed: it did not commit within the apply timeout (no quorum
+// answered in time, or this process was paused), the caller's context
+// ended first, raft did not take the entry in time (a full queue) or shut
+// down. The entry may still commit later; nothing was decided for the
+// caller, who may retry. The cause stays in the chain (errors.Is with
+// context.DeadlineExceeded, raft.ErrEnqueueTimeout, ...).
 var ErrNotCommitted = errors.New("not committed")
+
+// notCommitted types a write that failed before this node saw it commit.
+func notCommitted(cause error) error {
+	return fmt.Errorf("%w: %w", ErrNotCommitted, cause)
+}
 
 // Reserve commits a reservation of hrs for chainID through raft and returns
 // the FSM's decision once the entry is committed by a quorum and applied.
@@ -71,14 +80,14 @@ func applyAs[T any](ctx context.Context, n *Node, data []byte) (T, error) {
 
 func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, notCommitted(err)
 	}
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
 	if timeout <= 0 {
-		return nil, context.DeadlineExceeded
+		return nil, notCommitted(context.DeadlineExceeded)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -94,7 +103,7 @@ func (n *Node) apply(ctx context.Context, data []byte) (any, error) {
 			return res, err
 		}
 		if !backoff.Sleep(ctx, 10*time.Millisecond) {
-			return nil, ctx.Err()
+			return nil, notCommitted(ctx.Err())
 		}
 		if time.Until(deadline) <= 0 {
 			return nil, fmt.Errorf("%w: a leadership transfer is still in progress", ErrNotLeader)
@@ -108,13 +117,15 @@ func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration
 	go func() { errCh <- f.Error() }()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
+	// Every way out but a committed entry is typed ErrNotLeader or
+	// ErrNotCommitted: the signer drops the validator's connection on
+	// those so that CometBFT retries, where an error answer would lose the
+	// vote for good. The timer and ctx.Done fire together when the timeout
+	// was cut to ctx's deadline; either way is ErrNotCommitted.
 	select {
 	case err := <-errCh:
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
-		}
 		if err != nil {
-			return nil, err
+			return nil, futureError(err)
 		}
 		return f.Response(), nil
 	case <-timer.C:
@@ -122,7 +133,22 @@ func (n *Node) applyOnce(ctx context.Context, data []byte, timeout time.Duration
 		// up, and nothing was signed for it.
 		return nil, fmt.Errorf("%w within %s (is a quorum reachable?)", ErrNotCommitted, timeout)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, notCommitted(ctx.Err())
+	}
+}
+
+// futureError types the error of an apply future: raft reports it for an
+// entry this node did not see committed.
+func futureError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return err // apply waits for the transfer to end
+	default:
+		// A full queue (ErrEnqueueTimeout), a shutdown, a restore, a
+		// failed log write (raft steps down then).
+		return notCommitted(err)
 	}
 }
 

@@ -243,15 +243,18 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 
 // dropForRetry reports a request that failed for a reason the validator
 // should retry: this node stopped leading while it waited for the commit,
-// the reservation did not commit within apply_timeout (a paused leader, a
-// quorum that answered too late), or the cluster holds no watermark for
-// the chain yet. It is answered with
+// the reservation or the record of a signature did not commit in time (a
+// paused leader, a quorum that answered too late, the request's deadline,
+// a full raft queue, a shutdown: cluster.ErrNotCommitted), or the cluster
+// holds no watermark for the chain yet. It is answered with
 // nothing: the transport drops the connection, and CometBFT's signer
 // client retries a connection error (it never retries a
 // RemoteSignerError, and a lost vote can stall a chain whose other
 // validators cannot outvote it). The retry reaches the new leader, or
-// finds the state the operator imported meanwhile. Nothing was signed; if
-// a reservation commits after all, the next leader signs the same bytes.
+// finds the state the operator imported meanwhile. Nothing was released;
+// if a reservation commits after all, the retry signs the same bytes, and
+// if a recorded signature does, the retry's reservation (ordered after it
+// in the raft log) returns that signature rather than a second one.
 func (s *Signer) dropForRetry(chainID string, err error) bool {
 	if err == nil {
 		return false
@@ -266,7 +269,7 @@ func (s *Signer) dropForRetry(chainID string, err error) bool {
 		// Measured in the chaos run with kms-ha holding 40% of the power:
 		// a precommit answered with this error was lost for good and the
 		// chain halted, its other validators waiting for it forever.
-		s.log.Warn("the reservation did not commit in time: dropping the connection so the validator retries",
+		s.log.Warn("a raft write did not commit in time: dropping the connection so the validator retries",
 			"chain", chainID, "err", err)
 		s.cfg.Observer.Refused(chainID, "unavailable")
 		return true
