@@ -255,6 +255,11 @@ func (s *Signer) Handle(ctx context.Context, connChainID string, req privvalprot
 // if a reservation commits after all, the retry signs the same bytes, and
 // if a recorded signature does, the retry's reservation (ordered after it
 // in the raft log) returns that signature rather than a second one.
+// errKeyTimedOut: the key backend did not sign within the request's
+// deadline (a slow HSM or KMS). Like an uncommitted reservation, it is a
+// reason to drop the connection, not a signer error.
+var errKeyTimedOut = errors.New("the key did not sign in time")
+
 func (s *Signer) dropForRetry(chainID string, err error) bool {
 	if err == nil {
 		return false
@@ -272,6 +277,13 @@ func (s *Signer) dropForRetry(chainID string, err error) bool {
 		s.log.Warn("a raft write did not commit in time: dropping the connection so the validator retries",
 			"chain", chainID, "err", err)
 		s.cfg.Observer.Refused(chainID, "unavailable")
+		return true
+	}
+	if errors.Is(err, errKeyTimedOut) {
+		// Nothing was released: the key's answer, if it comes, is dropped.
+		s.log.Warn("the key did not sign in time: dropping the connection so the validator retries",
+			"chain", chainID, "err", err)
+		s.cfg.Observer.Refused(chainID, "key")
 		return true
 	}
 	var re *requestError
@@ -349,6 +361,9 @@ func (s *Signer) signVote(ctx context.Context, connChainID, reqChainID string, v
 		vote.Signature = sig
 		if withExt {
 			extSig, err := c.key.Sign(ctx, types.VoteExtensionSignBytes(c.id, vote))
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				return fmt.Errorf("%w: sign vote extension: %w", errKeyTimedOut, err)
+			}
 			if err != nil {
 				return &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign vote extension: %w", err)}
 			}
@@ -448,6 +463,9 @@ func (s *Signer) signOnce(ctx context.Context, c *chain, hrs fsm.HRS, d fsm.Deci
 	sig, err := c.key.Sign(ctx, d.SignBytes)
 	s.cfg.Observer.ObserveKeySign(c.id, s.cfg.Backends[c.id], time.Since(keyStart))
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return nil, fmt.Errorf("%w: sign %s: %w", errKeyTimedOut, hrs, err)
+		}
 		return nil, &requestError{code: CodeKey, reason: "key", err: fmt.Errorf("sign %s: %w", hrs, err)}
 	}
 	if c.key.Deterministic() {
