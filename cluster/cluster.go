@@ -296,6 +296,8 @@ type Node struct {
 	health memberTracker
 	// elections counts this node's transitions to candidate.
 	elections atomic.Uint64
+	// stood rate-limits the crash watch's elections (crashwatch.go).
+	stood standLimit
 }
 
 // Open starts a raft member on cfg.DataDir. A node with no state waits to

@@ -110,23 +110,34 @@ func (t *authTransport) openConns(id string) int64 {
 }
 
 // timeoutNow hands raft the request a leader sends to the follower it
-// transfers leadership to: become a candidate now.
-func (t *authTransport) timeoutNow() error {
+// transfers leadership to: become a candidate now. raft obeys it in any
+// state, so it is handed over only while still() holds, checked right
+// before each try, and only if raft's loop is waiting for an RPC at that
+// very moment: a node that went from follower to leader in between (a
+// vote round trip) must not step down for it. It gives up after within.
+func (t *authTransport) timeoutNow(still func() bool, within time.Duration) (sent bool, err error) {
 	resp := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{
 		Command:  &raft.TimeoutNowRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}},
 		RespChan: resp,
 	}
-	select {
-	case t.consume <- rpc:
-	case <-t.ctx.Done():
-		return raft.ErrTransportShutdown
-	}
-	select {
-	case r := <-resp:
-		return r.Error
-	case <-t.ctx.Done():
-		return raft.ErrTransportShutdown
+	for deadline := time.Now().Add(within); ; time.Sleep(time.Millisecond) {
+		if !still() || time.Now().After(deadline) {
+			return false, nil
+		}
+		select {
+		case <-t.ctx.Done():
+			return false, raft.ErrTransportShutdown
+		case t.consume <- rpc:
+		default:
+			continue // raft is busy; look again before the next try
+		}
+		select {
+		case r := <-resp:
+			return true, r.Error
+		case <-t.ctx.Done():
+			return true, raft.ErrTransportShutdown
+		}
 	}
 }
 
@@ -136,11 +147,15 @@ func (n *Node) watchLeaderCrash(t *authTransport) {
 	t.gone.Store(&fn)
 }
 
+// standEvery is how many election timeouts apart this node stands at
+// most: a link to the leader that flaps costs one election per window.
+const standEvery = 10
+
 // peerGone runs when the last raft connection from id closed. If id is
 // this voter's leader, it waits out two of the leader's longest heartbeat
 // intervals (raft sends one every tenth to fifth of the heartbeat timeout;
 // a live leader whose connection broke redials for the next one) and
-// starts an election if id sent nothing since and is still the leader.
+// starts an election if id sent nothing since and no other leader is known.
 // The followers take turns, one such interval apart in the order of their
 // ids: two that stood at once would split the vote and leave the election
 // to the election timeout.
@@ -154,24 +169,88 @@ func (n *Node) peerGone(t *authTransport, id string) {
 		if !ok {
 			return
 		}
+		interval := n.cfg.HeartbeatTimeout / 5
 		select {
-		case <-time.After(time.Duration(rank+2) * n.cfg.HeartbeatTimeout / 5):
+		case <-time.After(time.Duration(rank+2) * interval):
 		case <-n.done:
 			return
 		}
-		_, leader := n.raft.LeaderWithID()
-		switch {
-		case string(leader) != id, n.raft.State() != raft.Follower, n.raft.CurrentTerm() != term:
-			return // an election already happened, or another leader spoke
-		case n.raft.LastContact().After(since), t.openConns(id) > 0:
-			return // the leader is alive: it reconnected
-		}
-		n.log.Warn("leader's raft connections closed and no heartbeat since: starting an election now",
-			"leader", id, "silent_for", time.Since(since).Round(time.Millisecond))
-		if err := t.timeoutNow(); err != nil {
-			n.log.Warn("could not start an election; the heartbeat timeout will", "err", err)
-		}
+		n.standFor(t, id, term, since, interval)
 	}()
+}
+
+// standFor starts an election if leader id of term, silent since since,
+// still looks dead and this node has not stood lately.
+func (n *Node) standFor(t *authTransport, id string, term uint64, since time.Time, within time.Duration) {
+	now, view := n.raft.CurrentTerm(), n.watchView(t, id)
+	if !shouldStand(view, id, since) {
+		return
+	}
+	if !n.stood.take(id, term, standEvery*n.cfg.ElectionTimeout, time.Now()) {
+		n.log.Warn("leader's raft connections closed again; leaving it to the heartbeat timeout, this node stood lately",
+			"leader", id)
+		return
+	}
+	still := func() bool {
+		v := n.watchView(t, id)
+		return shouldStand(v, id, since) && v.leader == view.leader && n.raft.CurrentTerm() == now
+	}
+	n.log.Warn("leader's raft connections closed and no heartbeat since: starting an election now",
+		"leader", id, "silent_for", time.Since(since).Round(time.Millisecond))
+	if sent, err := t.timeoutNow(still, within); err != nil || !sent {
+		n.log.Warn("did not start an election; the heartbeat timeout will", "err", err)
+	}
+}
+
+// watchView is what the crash watch decides on.
+type watchView struct {
+	state   raft.RaftState
+	leader  string // this node's leader; "" when it knows none
+	contact time.Time
+	open    int64 // inbound raft connections from the silent leader
+}
+
+func (n *Node) watchView(t *authTransport, id string) watchView {
+	_, leader := n.raft.LeaderWithID()
+	return watchView{state: n.raft.State(), leader: string(leader), contact: n.raft.LastContact(), open: t.openConns(id)}
+}
+
+// shouldStand reports whether a follower should stand now for leader id,
+// silent since since. A term change alone is no reason to give up: a
+// lagging follower that stood first and lost raised the term and left no
+// leader, and this one must then stand. A known other leader, a heartbeat,
+// a reconnection, or a vote granted (raft counts it as contact) are.
+func shouldStand(v watchView, id string, since time.Time) bool {
+	switch {
+	case v.state != raft.Follower:
+		return false // this node is already a candidate or the leader
+	case v.leader != "" && v.leader != id:
+		return false // another node leads
+	case v.contact.After(since), v.open > 0:
+		return false // the leader is alive, or a candidate got this node's vote
+	}
+	return true
+}
+
+// standLimit lets a node stand once per silent leader and term, and at
+// most once per window.
+type standLimit struct {
+	mu     sync.Mutex
+	leader string
+	term   uint64
+	at     time.Time
+}
+
+// take reports whether the node may stand for leader of term at now, and
+// if so records it.
+func (l *standLimit) take(leader string, term uint64, window time.Duration, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.at.IsZero() && (leader == l.leader && term == l.term || now.Sub(l.at) < window) {
+		return false
+	}
+	l.leader, l.term, l.at = leader, term, now
+	return true
 }
 
 // voterRank is this node's place among the voters other than leader, in
