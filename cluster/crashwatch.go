@@ -25,9 +25,17 @@ import (
 // Only when an election starts changes here, never what it decides: a vote
 // still goes only to a candidate whose log holds every committed entry, so
 // the new leader holds every watermark, and a signature still waits for its
-// own commit on a quorum. A false alarm (a live leader whose connections
-// all closed and whose heartbeats all stalled) costs one election, as a
-// heartbeat timeout would.
+// own commit on a quorum. TimeoutNow skips pre-vote and makes the other
+// voters set their live leader aside, so a false alarm deposes a leader
+// even when only its link to this follower broke (a firewall REJECT, a
+// conntrack flush) and it still holds a quorum. Hence the limits: a node
+// stands once per silent leader and term and at most once per ten
+// election timeouts, so a flapping link costs one election per window; it
+// re-checks right before handing raft the request that it is still that
+// leader's follower in the same term; and a follower whose turn comes
+// gives it up only for a known other leader or a sign of life, not for a
+// higher term alone (a lagging follower that stood first and lost leaves
+// one, with no leader).
 
 // trackedConn counts an inbound connection as open until it is closed.
 type trackedConn struct {
