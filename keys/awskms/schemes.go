@@ -14,10 +14,10 @@ import (
 	"github.com/cometbft/cometbft/crypto/mldsa65"
 	"github.com/cometbft/cometbft/crypto/secp256k1"
 	"github.com/cometbft/cometbft/crypto/secp256k1eth"
-	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
 
 	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/internal/ecdsasig"
+	ksecp "github.com/kms-ha/kms-ha/keys/secp256k1"
 )
 
 // scheme is how one consensus key algorithm maps onto AWS KMS: the key
@@ -74,7 +74,7 @@ var schemes = map[string]*scheme{
 			return d[:], nil
 		},
 		parsePub: func(der []byte) (crypto.PubKey, error) {
-			p, err := parseSecp256k1SPKI(der)
+			p, err := ksecp.ParseSPKI(der)
 			if err != nil {
 				return nil, err
 			}
@@ -90,7 +90,7 @@ var schemes = map[string]*scheme{
 		messageType: types.MessageTypeDigest,
 		payload:     func(msg []byte) ([]byte, error) { return ecdsasig.Keccak256(msg), nil },
 		parsePub: func(der []byte) (crypto.PubKey, error) {
-			p, err := parseSecp256k1SPKI(der)
+			p, err := ksecp.ParseSPKI(der)
 			if err != nil {
 				return nil, err
 			}
@@ -108,7 +108,7 @@ var schemes = map[string]*scheme{
 		algorithm: keys.MLDSA65, spec: types.KeySpecMlDsa65, signing: types.SigningAlgorithmSpecMlDsaShake256,
 		messageType: types.MessageTypeRaw, payload: rawMessage,
 		parsePub: func(der []byte) (crypto.PubKey, error) {
-			raw, err := spkiKey(der, oidMLDSA65, nil)
+			raw, err := spkiKey(der, oidMLDSA65)
 			if err != nil {
 				return nil, err
 			}
@@ -125,17 +125,13 @@ func rawMessage(msg []byte) ([]byte, error) {
 	return msg, nil
 }
 
-var (
-	oidECPublicKey = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
-	oidSecp256k1   = asn1.ObjectIdentifier{1, 3, 132, 0, 10}
-	// id-ml-dsa-65 (FIPS 204, RFC 9881): the SPKI has no parameters.
-	oidMLDSA65 = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 3, 18}
-)
+// oidMLDSA65 is id-ml-dsa-65 (FIPS 204, RFC 9881): the SPKI has no
+// parameters.
+var oidMLDSA65 = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 3, 18}
 
 // spkiKey returns the key bits of a SubjectPublicKeyInfo whose algorithm
-// is alg (and, when curve is set, whose parameters name that curve). Go's
-// x509 knows neither secp256k1 nor ML-DSA.
-func spkiKey(der []byte, alg, curve asn1.ObjectIdentifier) ([]byte, error) {
+// is alg. Go's x509 does not know ML-DSA.
+func spkiKey(der []byte, alg asn1.ObjectIdentifier) ([]byte, error) {
 	var spki struct {
 		Algorithm struct {
 			Algorithm  asn1.ObjectIdentifier
@@ -150,19 +146,5 @@ func spkiKey(der []byte, alg, curve asn1.ObjectIdentifier) ([]byte, error) {
 	if !spki.Algorithm.Algorithm.Equal(alg) {
 		return nil, fmt.Errorf("a public key of algorithm %v, want %v", spki.Algorithm.Algorithm, alg)
 	}
-	if curve != nil {
-		var got asn1.ObjectIdentifier
-		if _, err := asn1.Unmarshal(spki.Algorithm.Parameters.FullBytes, &got); err != nil || !got.Equal(curve) {
-			return nil, fmt.Errorf("an EC public key on curve %v, want secp256k1 (%v)", got, curve)
-		}
-	}
 	return spki.PublicKey.RightAlign(), nil
-}
-
-func parseSecp256k1SPKI(der []byte) (*dsecp.PublicKey, error) {
-	raw, err := spkiKey(der, oidECPublicKey, oidSecp256k1)
-	if err != nil {
-		return nil, err
-	}
-	return dsecp.ParsePubKey(raw)
 }

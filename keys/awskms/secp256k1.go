@@ -10,10 +10,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	dsecp "github.com/decred/dcrd/dcrec/secp256k1/v4"
 
+	"github.com/kms-ha/kms-ha/keys"
 	"github.com/kms-ha/kms-ha/keys/secp256k1"
 )
-
-const secp256k1CreateHint = "aws kms create-key --key-spec ECC_SECG_P256K1 --key-usage SIGN_VERIFY"
 
 // Secp256k1Key is a secp256k1 key held by AWS KMS (key spec
 // ECC_SECG_P256K1, algorithm ECDSA_SHA_256), for the SignerService. It
@@ -31,14 +30,21 @@ type Secp256k1Key struct {
 // self-test signature against it. Like Open, it addresses the key by ARN
 // from then on.
 func OpenSecp256k1(ctx context.Context, cfg Config) (*Secp256k1Key, error) {
+	// The key spec, usage, state, signing algorithm and public key are
+	// checked as for a secp256k1 consensus key.
+	cfg.Algorithm = keys.Secp256k1
 	k, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	e := &Secp256k1Key{k: k}
-	if err := e.inspect(ctx); err != nil {
+	if err := k.inspect(ctx); err != nil {
 		return nil, err
 	}
+	pub, err := dsecp.ParsePubKey(k.pub.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("keys/awskms: key %s: %w", k.name, err)
+	}
+	e := &Secp256k1Key{k: k, pub: pub}
 	digest := sha256.Sum256([]byte(selfTestMessage))
 	raw, err := e.SignDigest(ctx, digest[:])
 	if err == nil {
@@ -50,51 +56,6 @@ func OpenSecp256k1(ctx context.Context, cfg Config) (*Secp256k1Key, error) {
 	k.log.Info("AWS KMS secp256k1 key ready", "key_id", cfg.KeyID, "arn", k.arn, "region", k.region,
 		"endpoint", cfg.Endpoint, "pub_key", fmt.Sprintf("%X", e.pub.SerializeCompressed()))
 	return e, nil
-}
-
-func (e *Secp256k1Key) inspect(ctx context.Context) error {
-	k := e.k
-	callCtx, cancel := context.WithTimeout(ctx, k.timeout)
-	desc, err := k.client.DescribeKey(callCtx, &kms.DescribeKeyInput{KeyId: aws.String(k.name)})
-	if err != nil {
-		err = k.apiError("DescribeKey", ctx, callCtx, err)
-	}
-	cancel()
-	if err != nil {
-		return err
-	}
-	md := desc.KeyMetadata
-	if md == nil {
-		return fmt.Errorf("keys/awskms: key %s: DescribeKey returned no key metadata: %w", k.name, ErrUnavailable)
-	}
-	if md.Arn != nil && *md.Arn != "" {
-		k.arn = *md.Arn
-	}
-	switch {
-	case md.KeySpec != types.KeySpecEccSecgP256k1:
-		return k.unsuitable("has key spec %s; a secp256k1 key needs ECC_SECG_P256K1 (create it with %s)", md.KeySpec, secp256k1CreateHint)
-	case md.KeyUsage != types.KeyUsageTypeSignVerify:
-		return k.unsuitable("has key usage %s; kms-ha needs SIGN_VERIFY (create the key with %s)", md.KeyUsage, secp256k1CreateHint)
-	case md.KeyState != types.KeyStateEnabled:
-		return k.stateError(md.KeyState)
-	case !hasAlgorithm(md.SigningAlgorithms, types.SigningAlgorithmSpecEcdsaSha256):
-		return k.unsuitable("does not offer ECDSA_SHA_256 (it offers %v)", md.SigningAlgorithms)
-	}
-	callCtx, cancel = context.WithTimeout(ctx, k.timeout)
-	pk, err := k.client.GetPublicKey(callCtx, &kms.GetPublicKeyInput{KeyId: aws.String(k.arn)})
-	if err != nil {
-		err = k.apiError("GetPublicKey", ctx, callCtx, err)
-	}
-	cancel()
-	if err != nil {
-		return err
-	}
-	pub, err := secp256k1.ParseSPKI(pk.PublicKey)
-	if err != nil {
-		return &Error{kind: ErrUnsuitableKey, msg: fmt.Sprintf("keys/awskms: key %s: GetPublicKey returned no secp256k1 public key", k.name), err: err}
-	}
-	e.pub = pub
-	return nil
 }
 
 // PubKey is the key's public key, as fetched at Open.

@@ -60,7 +60,7 @@ func TestSecp256k1KeyTypeChecked(t *testing.T) {
 	tk := newToken(t, "secp256k1-type")
 	pkcs11test.GenerateSecp256k1(t, tk.module, tk.label, goodPin, "eth", nil)
 	_, err := OpenSecp256k1(context.Background(), tk.config(t))
-	if err == nil || !strings.Contains(err.Error(), `key_label "validator" is not an EC key`) {
+	if err == nil || !strings.Contains(err.Error(), `key_label "validator" is not a secp256k1 key (CKK_EC`) {
 		t.Errorf("secp256k1 open of the Ed25519 key: %v", err)
 	}
 	cfg := tk.config(t)
@@ -72,7 +72,7 @@ func TestSecp256k1KeyTypeChecked(t *testing.T) {
 	pkcs11test.GenerateP256(t, tk.module, tk.label, goodPin, "p256", nil)
 	cfg.KeyLabel = "p256"
 	_, err = OpenSecp256k1(context.Background(), cfg)
-	if err == nil || !strings.Contains(err.Error(), `key_label "p256" is not on curve secp256k1`) {
+	if err == nil || !strings.Contains(err.Error(), `key_label "p256": the EC key is not on secp256k1`) {
 		t.Errorf("secp256k1 open of a P-256 key: %v", err)
 	}
 }

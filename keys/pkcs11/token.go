@@ -170,7 +170,7 @@ func (k *Key) checkKeyType(c *pkcs11.Ctx, s *session) error {
 		if k.algo.keyType == pkcs11.CKK_EC {
 			want = "a secp256k1 key (CKK_EC"
 		}
-		return fmt.Errorf("%s is not %s 0x%X; CKA_KEY_TYPE is 0x%X), as keys[].algorithm %s needs",
+		return fmt.Errorf("%s is not %s 0x%X; CKA_KEY_TYPE is 0x%X), as algorithm %s needs",
 			k.keyDesc(), want, k.algo.keyType, attrs[0].Value, k.algo.name)
 	}
 	return nil
@@ -210,7 +210,11 @@ func (k *Key) readPublicKey(c *pkcs11.Ctx, s *session) (crypto.PubKey, error) {
 	if len(attrs) > 1 {
 		params = attrs[1].Value
 	}
-	return k.algo.parsePub(params, attrs[0].Value)
+	pub, err := k.algo.parsePub(params, attrs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", k.keyDesc(), err)
+	}
+	return pub, nil
 }
 
 // parseECPoint accepts CKA_EC_POINT both as the DER OCTET STRING that
