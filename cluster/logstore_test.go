@@ -310,3 +310,58 @@ func TestMixedLogStoresCluster(t *testing.T) {
 		waitHeight(m, 7)
 	}
 }
+
+// raft-boltdb keeps a follower's old entries after it installs a snapshot
+// far ahead of them, leaving a gap raft-wal cannot hold: the migration
+// keeps the tail after the gap when a snapshot covers the rest, and
+// refuses without moving anything when none does.
+func TestMigrationSkipsEntriesBeforeAGap(t *testing.T) {
+	for _, covered := range []bool{true, false} {
+		t.Run(fmt.Sprintf("covered=%v", covered), func(t *testing.T) {
+			c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet, LogStore: LogStoreBolt}
+			c.setDefaults()
+			st, err := openStores(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs []*raft.Log
+			for _, i := range []uint64{1, 2, 3, 4, 5, 50, 51, 52} {
+				logs = append(logs, &raft.Log{Index: i, Term: 2, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("entry %d", i))})
+			}
+			if err := st.db.StoreLogs(logs); err != nil {
+				t.Fatal(err)
+			}
+			st.db.SetUint64(keyCurrentTerm, 2)
+			st.Close()
+			if covered {
+				snapDir := filepath.Join(c.DataDir, "snapshots", "2-49-123")
+				os.MkdirAll(snapDir, 0o700)
+				os.WriteFile(filepath.Join(snapDir, "meta.json"), []byte(`{"Version":1,"ID":"2-49-123","Index":49,"Term":2}`), 0o600)
+				os.WriteFile(filepath.Join(snapDir, "state.bin"), nil, 0o600)
+			}
+			c.LogStore = LogStoreWAL
+			s, err := ReadState(c, time.Second)
+			if !covered {
+				if err == nil || !strings.Contains(err.Error(), "gap before entry 50") ||
+					!exists(filepath.Join(c.DataDir, boltFileName)) || exists(filepath.Join(c.DataDir, walDirName)) {
+					t.Fatalf("uncovered gap: %+v %v; want a refusal with raft.db untouched", s, err)
+				}
+				return
+			}
+			if err != nil || !s.HasRaftState {
+				t.Fatalf("%+v %v", s, err)
+			}
+			st, err = openStores(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			first, _ := st.db.FirstIndex()
+			last, _ := st.db.LastIndex()
+			var l raft.Log
+			if first != 50 || last != 52 || st.db.GetLog(51, &l) != nil || string(l.Data) != "entry 51" {
+				t.Fatalf("WAL holds %d to %d (entry 51 %q)", first, last, l.Data)
+			}
+		})
+	}
+}

@@ -56,9 +56,10 @@ func prepareWAL(c *Config, lockWait time.Duration) error {
 	return nil
 }
 
-// migration is what one migration copied, for the log.
+// migration is what one migration copied, for the log: entries first to
+// last, after skipping the indexes before a gap.
 type migration struct {
-	first, last uint64
+	first, last, skipped uint64
 }
 
 // migrateToWAL copies the bolt store at src into a new WAL and puts the
@@ -103,8 +104,9 @@ func migrateToWAL(c *Config, src string, lockWait time.Duration) error {
 	if m.last > 0 {
 		entries = m.last - m.first + 1
 	}
-	c.Logger.Info("raft log store migrated from raft.db to the WAL", "data_dir", dir,
-		"entries", entries, "first_index", m.first, "last_index", m.last, "took", time.Since(start).Round(time.Millisecond))
+	c.Logger.Info("raft log store migrated from raft.db to the WAL", "data_dir", dir, "entries", entries,
+		"first_index", m.first, "last_index", m.last, "indexes_skipped_before_a_gap", m.skipped,
+		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -123,6 +125,9 @@ func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, e
 	if err != nil {
 		return m, fmt.Errorf("cluster: migrate to the WAL: read %s: %w", src, err)
 	}
+	if err := skipToTail(c, bs, &m); err != nil {
+		return m, err
+	}
 	if err := os.RemoveAll(tmp); err != nil {
 		return m, fmt.Errorf("cluster: migrate to the WAL: remove a stale %s: %w", tmp, err)
 	}
@@ -130,7 +135,7 @@ func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, e
 	if err != nil {
 		return m, err
 	}
-	err = copyStores(w, bs, m.last)
+	err = copyStores(w, logsFrom{LogStore: bs, first: m.first}, bs, m.last)
 	if cerr := w.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("cluster: migrate to the WAL: close %s: %w", tmp, cerr)
 	}
@@ -145,12 +150,12 @@ func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, e
 
 // copyStores copies the log (if any) and every stable key raft and
 // kms-ha write.
-func copyStores(w *walStore, bs *raftboltdb.BoltStore, last uint64) error {
+func copyStores(w *walStore, logs raft.LogStore, bs *raftboltdb.BoltStore, last uint64) error {
 	ctx := context.Background()
 	// CopyLogs reads from FirstIndex to LastIndex: on an empty log that
 	// is entry 0, which does not exist.
 	if last > 0 {
-		if err := migrate.CopyLogs(ctx, w, bs, 1<<20, nil); err != nil {
+		if err := migrate.CopyLogs(ctx, w, logs, 1<<20, nil); err != nil {
 			return fmt.Errorf("cluster: migrate to the WAL: copy the log: %w", err)
 		}
 	}
@@ -163,6 +168,57 @@ func copyStores(w *walStore, bs *raftboltdb.BoltStore, last uint64) error {
 	}
 	return nil
 }
+
+// skipToTail moves m.first past the last gap in bs's log. raft-boltdb is
+// not a monotonic store: a follower that installs a snapshot far ahead of
+// its log keeps its old entries (raft compacts only beyond TrailingLogs)
+// and appends after the snapshot, leaving a gap that raft-wal cannot hold.
+// The entries before it are covered by that snapshot, and raft never reads
+// them; a data dir with a gap and no snapshot covering it is refused here,
+// before anything moves.
+func skipToTail(c *Config, bs raft.LogStore, m *migration) error {
+	if m.last == 0 {
+		return nil
+	}
+	tail := m.first
+	for i := m.last; i > m.first; i-- {
+		var l raft.Log
+		err := bs.GetLog(i-1, &l)
+		if errors.Is(err, raft.ErrLogNotFound) {
+			tail = i
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("cluster: migrate to the WAL: read log entry %d: %w", i-1, err)
+		}
+	}
+	if tail == m.first {
+		return nil
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(c.DataDir, c.SnapshotRetain,
+		newHCLogAdapter(c.Logger.With("component", "snapshots")))
+	var list []*raft.SnapshotMeta
+	if err == nil {
+		list, err = snaps.List()
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: migrate to the WAL: list snapshots in %s: %w", c.DataDir, err)
+	}
+	if len(list) == 0 || list[0].Index < tail-1 {
+		return fmt.Errorf("cluster: migrate to the WAL: the log in %s has a gap before entry %d that no snapshot covers; "+
+			"move the data dir away and admit this node again with `kms-ha join`", c.DataDir, tail)
+	}
+	m.skipped, m.first = tail-m.first, tail
+	return nil
+}
+
+// logsFrom is a log store read from first on.
+type logsFrom struct {
+	raft.LogStore
+	first uint64
+}
+
+func (l logsFrom) FirstIndex() (uint64, error) { return l.first, nil }
 
 // boltStable reads a missing key as raft-wal does (empty, 0) instead of
 // raft-boltdb's ErrKeyNotFound, so that a key never written (no vote yet,
