@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,11 +95,17 @@ func wantMigrated(t *testing.T, c Config) {
 func TestMigrateBoltToWAL(t *testing.T) {
 	c := boltDir(t)
 	c.LogStore = LogStoreWAL
+	var logged strings.Builder
+	c.Logger = slog.New(slog.NewTextHandler(&logged, nil))
 	s, err := ReadState(c, time.Second)
 	if err != nil || !s.HasRaftState || !s.Joined {
 		t.Fatalf("after the migration: %+v %v", s, err)
 	}
 	wantMigrated(t, c)
+	if !strings.Contains(logged.String(), "level=INFO msg=\"raft log store migrated from raft.db to the WAL\"") ||
+		!strings.Contains(logged.String(), "entries=40 first_index=1 last_index=40") {
+		t.Errorf("the migration's log: %s", logged.String())
+	}
 	// A second open finds the WAL and leaves it as it is.
 	if _, err := ReadState(c, time.Second); err != nil {
 		t.Fatal(err)
