@@ -194,6 +194,13 @@ func TestConflictingStoresAreRefused(t *testing.T) {
 	if _, err := ReadState(c2, time.Second); !errors.Is(err, ErrStoreConflict) {
 		t.Fatalf("raft.db next to raft.db.pre-wal: %v", err)
 	}
+	// bolt after a move stopped between steps b and c: refused, rather
+	// than an empty raft.db beside the renamed one.
+	c2.LogStore = LogStoreBolt
+	os.Remove(filepath.Join(c2.DataDir, boltFileName))
+	if _, err := ReadState(c2, time.Second); !errors.Is(err, ErrStoreConflict) || exists(filepath.Join(c2.DataDir, boltFileName)) {
+		t.Fatalf("bolt beside raft.db.pre-wal: %v", err)
+	}
 	// An unknown store.
 	c2.LogStore = "badger"
 	if _, err := ReadState(c2, time.Second); err == nil || !strings.Contains(err.Error(), `unknown log store "badger"`) {
