@@ -22,7 +22,7 @@ import (
 // still counts.
 func damagedDataDir(t *testing.T) (Config, string) {
 	t.Helper()
-	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet}
+	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet, LogStore: LogStoreBolt}
 	c.setDefaults()
 	st, err := openStores(&c)
 	if err != nil {
@@ -32,13 +32,13 @@ func damagedDataDir(t *testing.T) (Config, string) {
 	for i := uint64(1); i <= 500; i++ {
 		logs = append(logs, &raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: bytes.Repeat([]byte{byte(i)}, 200)})
 	}
-	if err := st.bolt.StoreLogs(logs); err != nil {
+	if err := st.db.StoreLogs(logs); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.bolt.SetUint64(keyCurrentTerm, 1); err != nil {
+	if err := st.db.SetUint64(keyCurrentTerm, 1); err != nil {
 		t.Fatal(err)
 	}
-	st.bolt.Close()
+	st.Close()
 	return c, filepath.Join(c.DataDir, "raft.db")
 }
 

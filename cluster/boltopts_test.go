@@ -16,7 +16,7 @@ import (
 // binary from before opens it (a downgrade), and the other way round (an
 // upgrade), with entries deleted in between so the free list is not empty.
 func TestBoltFreelistSyncEitherWay(t *testing.T) {
-	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet}
+	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet, LogStore: LogStoreBolt}
 	c.setDefaults()
 	path := filepath.Join(c.DataDir, "raft.db")
 	write := func(from, to uint64) {
@@ -29,7 +29,7 @@ func TestBoltFreelistSyncEitherWay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer st.bolt.Close()
+		defer st.Close()
 		if err := st.logs.StoreLogs(logs); err != nil {
 			t.Fatal(err)
 		}
@@ -57,22 +57,22 @@ func TestBoltFreelistSyncEitherWay(t *testing.T) {
 		}
 	}
 	write(1, 400)
-	if err := checkBoltFile(path, time.Second); err != nil {
+	if err := checkBoltFile(path, c.DataDir, time.Second); err != nil {
 		t.Fatalf("check after a write without freelist sync: %v", err)
 	}
 	old(401, 800)
-	if err := checkBoltFile(path, time.Second); err != nil {
+	if err := checkBoltFile(path, c.DataDir, time.Second); err != nil {
 		t.Fatalf("check after a write with freelist sync: %v", err)
 	}
 	write(801, 1200)
-	if err := checkBoltFile(path, time.Second); err != nil {
+	if err := checkBoltFile(path, c.DataDir, time.Second); err != nil {
 		t.Fatalf("check after switching back: %v", err)
 	}
 	st, err := openStores(&c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.bolt.Close()
+	defer st.Close()
 	last, err := st.logs.LastIndex()
 	if err != nil || last != 1200 {
 		t.Fatalf("last index %d (%v), want 1200", last, err)

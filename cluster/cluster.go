@@ -12,14 +12,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/kms-ha/kms-ha/fsm"
 	"github.com/kms-ha/kms-ha/internal/backoff"
@@ -28,8 +25,11 @@ import (
 // Config is what a raft node needs; node builds it from kms.yaml.
 type Config struct {
 	NodeID string
-	// DataDir holds raft.db (log and stable store) and snapshots/.
+	// DataDir holds the log and stable store (wal/, or raft.db with
+	// LogStore bolt), snapshots/ and the LOCK file.
 	DataDir string
+	// LogStore is LogStoreWAL (the default when empty) or LogStoreBolt.
+	LogStore string
 	// BindAddr is where the raft transport listens; AdvertiseAddr is what
 	// peers dial (defaults to BindAddr).
 	BindAddr      string
@@ -78,7 +78,7 @@ type Config struct {
 	// part of the config so that no term can start without it.
 	Leading []func(ctx context.Context)
 
-	// lockTimeout bounds the wait for raft.db's file lock.
+	// lockTimeout bounds the wait for the data dir's lock.
 	lockTimeout time.Duration
 
 	// WrapFSM, if set, wraps the state machine raft applies to; tests use
@@ -143,12 +143,26 @@ type TLS struct {
 
 // stores are the durable parts of a raft node.
 type stores struct {
-	bolt *raftboltdb.BoltStore
-	// logs is bolt behind raft's log cache: the leader's replication reads
-	// each new entry back to send it, and a cached entry is neither a bolt
-	// read nor a msgpack decode. Writes go to bolt first, as before.
+	// lock is the data dir's (lock.go), held until the stores close.
+	lock *dirLock
+	// db is the log and stable store: raft-wal or raft-boltdb
+	// (logstore.go).
+	db logStore
+	// logs is db behind raft's log cache: the leader's replication reads
+	// each new entry back to send it, and a cached entry is neither a disk
+	// read nor a decode. Writes go to db first, as before.
 	logs  raft.LogStore
 	snaps raft.SnapshotStore
+}
+
+// Close closes the store, then lets go of the data dir.
+func (s *stores) Close() error {
+	err := s.db.Close()
+	s.lock.release()
+	if err != nil {
+		return fmt.Errorf("cluster: close the raft log store: %w", err)
+	}
+	return nil
 }
 
 // logCacheSize holds the entries a follower a little behind still needs
@@ -159,51 +173,31 @@ func openStores(c *Config) (*stores, error) {
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: create data dir %s: %w", c.DataDir, err)
 	}
-	path := filepath.Join(c.DataDir, "raft.db")
-	// NoSync stays false: a watermark must be on disk before a quorum
-	// counts it, or a power cut could roll a majority back.
 	lockWait := c.lockTimeout
 	if lockWait == 0 {
 		lockWait = time.Second
 	}
-	// bbolt trusts its file: check it first, so damage is an error that
-	// says what to do rather than a SIGBUS or a panic (see boltcheck.go).
-	err := checkBoltFile(path, lockWait)
-	var bs *raftboltdb.BoltStore
-	if err == nil {
-		bs, err = raftboltdb.New(raftboltdb.Options{
-			Path:        path,
-			BoltOptions: boltOptions(lockWait),
-		})
-	}
+	lock, err := lockDataDir(c.DataDir, lockWait)
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
-			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w", path, err)
-		}
-		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
+		return nil, err
 	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(c.DataDir, c.SnapshotRetain,
+	db, err := openLogStore(c, lockWait)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	st := &stores{lock: lock, db: db}
+	st.snaps, err = raft.NewFileSnapshotStoreWithLogger(c.DataDir, c.SnapshotRetain,
 		newHCLogAdapter(c.Logger.With("component", "snapshots")))
 	if err != nil {
-		bs.Close()
+		st.Close()
 		return nil, fmt.Errorf("cluster: open snapshot store in %s: %w", c.DataDir, err)
 	}
-	logs, err := raft.NewLogCache(logCacheSize, bs)
-	if err != nil {
-		bs.Close()
+	if st.logs, err = raft.NewLogCache(logCacheSize, db); err != nil {
+		st.Close()
 		return nil, fmt.Errorf("cluster: log cache: %w", err)
 	}
-	return &stores{bolt: bs, logs: logs, snaps: snaps}, nil
-}
-
-// boltOptions open raft.db. NoFreelistSync leaves bbolt's list of free
-// pages out of each commit (one page write less per entry, on the sign
-// path); bbolt rebuilds it from the pages on open. What a commit makes
-// durable is unchanged: the entry's pages, then the meta page, each
-// followed by fdatasync. The map freelist keeps that rebuild and each
-// allocation cheap.
-func boltOptions(lockWait time.Duration) *bbolt.Options {
-	return &bbolt.Options{Timeout: lockWait, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}
+	return st, nil
 }
 
 // Server is one voter of an initial configuration.
@@ -223,8 +217,8 @@ func Bootstrap(c Config, servers []Server) error {
 	if err != nil {
 		return err
 	}
-	defer st.bolt.Close()
-	exists, err := raft.HasExistingState(st.bolt, st.bolt, st.snaps)
+	defer st.Close()
+	exists, err := raft.HasExistingState(st.db, st.db, st.snaps)
 	if err != nil {
 		return fmt.Errorf("cluster: bootstrap: read %s: %w", c.DataDir, err)
 	}
@@ -254,7 +248,7 @@ func Bootstrap(c Config, servers []Server) error {
 		return fmt.Errorf("cluster: bootstrap: this node (%s) must be one of the voters", c.NodeID)
 	}
 	_, trans := raft.NewInmemTransport(raft.ServerAddress(c.AdvertiseAddr))
-	if err := raft.BootstrapCluster(c.raftConfig(), st.bolt, st.bolt, st.snaps, trans, conf); err != nil {
+	if err := raft.BootstrapCluster(c.raftConfig(), st.db, st.db, st.snaps, trans, conf); err != nil {
 		return fmt.Errorf("cluster: bootstrap: %w", err)
 	}
 	return bindNodeID(st, &c)
@@ -317,7 +311,7 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	trans := cfg.Transport
 	if trans == nil {
 		if trans, err = openTransport(&cfg, gate, hosts, joins.reach); err != nil {
-			st.bolt.Close()
+			st.Close()
 			return nil, err
 		}
 	}
@@ -334,9 +328,9 @@ func Open(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	rf = appliedFSM{FSM: rf, a: &n.applied}
 	n.obs = observe(trans)
-	r, err := raft.NewRaft(rc, rf, st.logs, st.bolt, st.snaps, n.obs)
+	r, err := raft.NewRaft(rc, rf, st.logs, st.db, st.snaps, n.obs)
 	if err != nil {
-		st.bolt.Close()
+		st.Close()
 		if c, ok := trans.(io.Closer); ok && cfg.Transport == nil {
 			c.Close()
 		}
@@ -503,7 +497,7 @@ func (n *Node) shutdown() error {
 	if c, ok := n.trans.(io.Closer); ok && n.cfg.Transport == nil {
 		c.Close()
 	}
-	if cerr := n.st.bolt.Close(); err == nil {
+	if cerr := n.st.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {

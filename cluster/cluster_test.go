@@ -44,14 +44,14 @@ func TestReadStateGatesRaft(t *testing.T) {
 	if st, _ := ReadState(c, time.Second); !st.HasRaftState {
 		t.Fatal("bootstrap left no raft state")
 	}
-	// Snapshots without raft.db: the term and vote are lost; refuse.
+	// Snapshots without the log store: the term and vote are lost; refuse.
 	snapDir := filepath.Join(c.DataDir, "snapshots", "1-5-123")
 	os.MkdirAll(snapDir, 0o700)
 	os.WriteFile(filepath.Join(snapDir, "meta.json"), []byte(`{"Version":1,"ID":"1-5-123","Index":5,"Term":1}`), 0o600)
 	os.WriteFile(filepath.Join(snapDir, "state.bin"), nil, 0o600)
-	os.Remove(filepath.Join(c.DataDir, "raft.db"))
-	if _, err := ReadState(c, time.Second); err == nil || !strings.Contains(err.Error(), "no raft.db") {
-		t.Fatalf("snapshots without raft.db: %v", err)
+	os.RemoveAll(filepath.Join(c.DataDir, walDirName))
+	if _, err := ReadState(c, time.Second); err == nil || !strings.Contains(err.Error(), "no raft log store") {
+		t.Fatalf("snapshots without the log store: %v", err)
 	}
 }
 
@@ -288,11 +288,11 @@ func TestCompactedLogWithoutSnapshotIsRefused(t *testing.T) {
 	for i := uint64(5); i <= 8; i++ {
 		logs = append(logs, &raft.Log{Index: i, Term: 1, Type: raft.LogNoop})
 	}
-	if err := st.bolt.StoreLogs(logs); err != nil {
+	if err := st.db.StoreLogs(logs); err != nil {
 		t.Fatal(err)
 	}
-	st.bolt.SetUint64(keyCurrentTerm, 1)
-	st.bolt.Close()
+	st.db.SetUint64(keyCurrentTerm, 1)
+	st.Close()
 	if _, err := ReadState(c, time.Second); err == nil || !strings.Contains(err.Error(), "no snapshot covers") {
 		t.Fatalf("got %v", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 )
 
 // A node that lost its raft data (a wiped disk, a deleted data_dir) must
@@ -15,8 +14,9 @@ import (
 // entries with none of the state it acknowledged before, and a lagging
 // candidate could win an election without a watermark the cluster already
 // committed. So a node with no raft state runs raft only once it has been
-// (re)admitted, and the mark that says so lives inside raft.db itself:
-// whatever deletes the raft state deletes the mark with it.
+// (re)admitted, and the mark that says so lives inside the raft store
+// itself (wal/ or raft.db): whatever deletes the raft state deletes the
+// mark with it.
 var keyJoined = []byte("kmsha_joined")
 
 // keyNodeID binds a data dir to the node it belongs to: a data dir copied
@@ -53,13 +53,15 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 	if err != nil {
 		return LocalState{}, err
 	}
-	defer st.bolt.Close()
+	defer st.Close()
 	var s LocalState
-	term, err := st.bolt.GetUint64(keyCurrentTerm)
+	// A key never written reads as raft-boltdb's ErrKeyNotFound, or as
+	// empty (0) with no error from raft-wal.
+	term, err := st.db.GetUint64(keyCurrentTerm)
 	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
 	}
-	last, err := st.bolt.LastIndex()
+	last, err := st.db.LastIndex()
 	if err != nil {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
 	}
@@ -70,21 +72,21 @@ func ReadState(c Config, lockWait time.Duration) (LocalState, error) {
 	if len(snaps) > 0 && term == 0 && last == 0 {
 		// The term and the vote are gone but a snapshot is not: the node
 		// could vote twice in one term. Refuse rather than guess.
-		return s, fmt.Errorf("cluster: %s holds snapshots but no raft.db (term and vote lost); "+
+		return s, fmt.Errorf("cluster: %s holds snapshots but no raft log store (term and vote lost); "+
 			"move the whole data dir away and re-admit this node with `kms-ha join`", c.DataDir)
 	}
 	s.HasRaftState = term > 0 || last > 0 || len(snaps) > 0
-	if owner, err := st.bolt.Get(keyNodeID); err == nil && len(owner) > 0 && string(owner) != c.NodeID {
+	if owner, err := st.db.Get(keyNodeID); err == nil && len(owner) > 0 && string(owner) != c.NodeID {
 		return s, fmt.Errorf("cluster: %s belongs to node %q, not %q: a data dir must never be copied between nodes; "+
 			"move it away and admit this node with `kms-ha join`", c.DataDir, owner, c.NodeID)
 	}
-	if first, err := st.bolt.FirstIndex(); err == nil && first > 1 && (len(snaps) == 0 || snaps[0].Index < first-1) {
+	if first, err := st.db.FirstIndex(); err == nil && first > 1 && (len(snaps) == 0 || snaps[0].Index < first-1) {
 		// The log was compacted behind a snapshot that is gone: raft
 		// cannot rebuild the state and would panic at start.
 		return s, fmt.Errorf("cluster: %s: the log starts at index %d but no snapshot covers what came before; "+
 			"the snapshots were lost or damaged. Move the data dir away and admit this node again with `kms-ha join`", c.DataDir, first)
 	}
-	joined, err := st.bolt.GetUint64(keyJoined)
+	joined, err := st.db.GetUint64(keyJoined)
 	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
 		return s, fmt.Errorf("cluster: read %s: %w", c.DataDir, err)
 	}
@@ -100,18 +102,18 @@ func MarkJoined(c Config, lockWait time.Duration, members []string) error {
 	if err != nil {
 		return err
 	}
-	defer st.bolt.Close()
-	if err := st.bolt.Set(keyJoinPeers, []byte(strings.Join(members, "\n"))); err != nil {
+	defer st.Close()
+	if err := st.db.Set(keyJoinPeers, []byte(strings.Join(members, "\n"))); err != nil {
 		return fmt.Errorf("cluster: record the members that admitted %s: %w", c.DataDir, err)
 	}
-	if err := st.bolt.SetUint64(keyJoined, 1); err != nil {
+	if err := st.db.SetUint64(keyJoined, 1); err != nil {
 		return fmt.Errorf("cluster: mark %s as joined: %w", c.DataDir, err)
 	}
 	return bindNodeID(st, &c)
 }
 
 func readJoinPeers(st *stores) []string {
-	b, err := st.bolt.Get(keyJoinPeers)
+	b, err := st.db.Get(keyJoinPeers)
 	if err != nil || len(b) == 0 {
 		return nil
 	}
@@ -119,7 +121,7 @@ func readJoinPeers(st *stores) []string {
 }
 
 func bindNodeID(st *stores, c *Config) error {
-	if err := st.bolt.Set(keyNodeID, []byte(c.NodeID)); err != nil {
+	if err := st.db.Set(keyNodeID, []byte(c.NodeID)); err != nil {
 		return fmt.Errorf("cluster: record the node id in %s: %w", c.DataDir, err)
 	}
 	return nil
@@ -130,7 +132,7 @@ func openStoresWait(c *Config, lockWait time.Duration) (*stores, error) {
 	c.lockTimeout = lockWait
 	defer func() { c.lockTimeout = prev }()
 	st, err := openStores(c)
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, ErrLocked) {
 		return nil, ErrLocked
 	}
 	return st, err

@@ -89,14 +89,14 @@ func (n *Node) LogMemberAPIs() map[string]string {
 	for id, m := range n.fsm.Members() {
 		out[id] = m.APIAddr
 	}
-	first, err1 := n.st.bolt.FirstIndex()
-	last, err2 := n.st.bolt.LastIndex()
+	first, err1 := n.st.db.FirstIndex()
+	last, err2 := n.st.db.LastIndex()
 	if err1 != nil || err2 != nil {
 		return out
 	}
 	for i := max(first, 1); i <= last; i++ {
 		var l raft.Log
-		if n.st.bolt.GetLog(i, &l) != nil || l.Type != raft.LogCommand {
+		if n.st.db.GetLog(i, &l) != nil || l.Type != raft.LogCommand {
 			continue
 		}
 		if t, body, err := fsm.Decode(l.Data); err == nil && t == fsm.CmdSetMember {

@@ -52,7 +52,7 @@ func recoverDir(c Config, write bool) (Recovery, error) {
 	if err != nil {
 		return r, err
 	}
-	defer st.bolt.Close()
+	defer st.Close()
 
 	f := fsm.New()
 	// Replay what the node holds: the newest snapshot, then every log entry
@@ -73,11 +73,11 @@ func recoverDir(c Config, write bool) (Recovery, error) {
 		after, r.LastIndex, r.LastTerm = meta.Index, meta.Index, meta.Term
 		r.Servers = meta.Configuration.Servers
 	}
-	first, _ := st.bolt.FirstIndex()
-	last, _ := st.bolt.LastIndex()
+	first, _ := st.db.FirstIndex()
+	last, _ := st.db.LastIndex()
 	for i := max(first, after+1); i <= last && i > 0; i++ {
 		var l raft.Log
-		if err := st.bolt.GetLog(i, &l); err != nil {
+		if err := st.db.GetLog(i, &l); err != nil {
 			return r, fmt.Errorf("cluster: recover: read log entry %d: %w", i, err)
 		}
 		switch l.Type {
@@ -94,7 +94,7 @@ func recoverDir(c Config, write bool) (Recovery, error) {
 	}
 	self := raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(c.NodeID), Address: raft.ServerAddress(c.AdvertiseAddr)}
 	_, trans := raft.NewInmemTransport(self.Address)
-	if err := raft.RecoverCluster(c.raftConfig(), fsm.New(), st.bolt, st.bolt, st.snaps, trans,
+	if err := raft.RecoverCluster(c.raftConfig(), fsm.New(), st.db, st.db, st.snaps, trans,
 		raft.Configuration{Servers: []raft.Server{self}}); err != nil {
 		return r, fmt.Errorf("cluster: recover: %w", err)
 	}

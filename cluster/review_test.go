@@ -59,7 +59,7 @@ func TestAppliedHistoryIsNeverReplaced(t *testing.T) {
 	victim, _ := startVictim(t, newAuthPKI(t))
 	applied := victim.applied.index.Load()
 	var l raft.Log
-	if err := victim.st.bolt.GetLog(applied, &l); err != nil {
+	if err := victim.st.db.GetLog(applied, &l); err != nil {
 		t.Fatal(err)
 	}
 	same := &raft.AppendEntriesRequest{Entries: []*raft.Log{{Index: applied, Term: l.Term}}}

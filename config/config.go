@@ -75,6 +75,11 @@ type Cluster struct {
 	// that an explicit 0 differs from a missing line (the default).
 	ValidatorHandoverAfter *time.Duration `yaml:"validator_handover_after"`
 
+	// LogStore is the raft log store: "wal" (raft-wal, the default) or
+	// "bolt" (raft.db, the store of earlier versions). A raft.db is
+	// migrated into the WAL in place at start.
+	LogStore string `yaml:"log_store"`
+
 	// Mutual TLS for raft and the cluster API: the cluster CA, and this
 	// node's certificate and key issued by it (`kms-ha certs`). There is no
 	// plaintext mode.
@@ -297,6 +302,9 @@ func (c *Config) setDefaults() {
 	}
 	if cl.MaxImportJump == 0 {
 		cl.MaxImportJump = DefaultMaxImportJump
+	}
+	if cl.LogStore == "" {
+		cl.LogStore = cluster.LogStoreWAL
 	}
 	if cl.ValidatorHandoverAfter == nil {
 		d := DefaultValidatorHandoverAfter

@@ -133,6 +133,9 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"handover negative", singleChain + "  validator_handover_after: -1s\n", "cluster.validator_handover_after"},
 		{"handover off", singleChain + "  validator_handover_after: 0s\n", ""},
 		{"handover ok", singleChain + "  validator_handover_after: 8s\n", ""},
+		{"log store wal", singleChain + "  log_store: wal\n", ""},
+		{"log store bolt", singleChain + "  log_store: bolt\n", ""},
+		{"log store unknown", singleChain + "  log_store: badger\n", `cluster.log_store: "badger" is not a log store: "wal" (the default) or "bolt"`},
 		{"grpc without keys", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n", "grpc.keys: is empty"},
 		{"grpc ok", singleChain + "grpc:\n  listen: 127.0.0.1:9090\n  tls_cert: c\n  tls_key: k\n  client_ca: ca\n  keys: [{id: a, key_file: a.hex}]\n", ""},
 		{"grpc only", "cluster:\n  node_id: n1\n  raft_addr: 127.0.0.1:7001\n  api_addr: 127.0.0.1:7101\n" +

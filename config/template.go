@@ -45,6 +45,10 @@ cluster:
   # A leader that hears from none of its validators this long hands
   # leadership to another node, which may reach them; 0s turns it off.
   # validator_handover_after: 5s
+  # The raft log store: wal (the default; a raft.db from an earlier version
+  # is migrated at start) or bolt (raft.db). See docs/production.md before
+  # switching a node back.
+  # log_store: wal
 
 # One entry per chain to sign for (the chain id from genesis.json).
 chains: []

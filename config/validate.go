@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kms-ha/kms-ha/cluster"
 	"github.com/kms-ha/kms-ha/grpcapi"
 	"github.com/kms-ha/kms-ha/internal/fielderr"
 	"github.com/kms-ha/kms-ha/keys"
@@ -106,6 +107,10 @@ func (c *Config) validateCluster(p *problems) {
 	if d := cl.HandoverAfter(); d != 0 && d < MinValidatorHandoverAfter {
 		p.bad("cluster.validator_handover_after", "%s is too short: at least %s, or 0 to turn the handover off (a healthy idle validator "+
 			"sends nothing for up to 3.3 s between its pings, and must not look unreachable)", d, MinValidatorHandoverAfter)
+	}
+	if cl.LogStore != cluster.LogStoreWAL && cl.LogStore != cluster.LogStoreBolt {
+		p.bad("cluster.log_store", "%q is not a log store: %q (the default) or %q (raft.db, as before the WAL; a data dir "+
+			"already on the WAL cannot go back, see docs/production.md)", cl.LogStore, cluster.LogStoreWAL, cluster.LogStoreBolt)
 	}
 	if cl.ApplyTimeout <= 0 || cl.ApplyTimeout >= 5*time.Second {
 		p.bad("cluster.apply_timeout", "%s must be above 0 and below 5s: the validator drops a connection whose answer takes 5s", cl.ApplyTimeout)

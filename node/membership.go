@@ -20,8 +20,9 @@ import (
 //   - waiting: no raft state. The node serves its API (status says
 //     AwaitingJoin) and does not run raft until `kms-ha join` has had a
 //     member admit it and recorded that, with the members that admitted
-//     it, in raft.db (awaitAdmission). The record lives in raft.db so that
-//     whatever wipes the raft state wipes it too.
+//     it, in the raft store (awaitAdmission). The record lives in the
+//     raft store (wal/ or raft.db) so that whatever wipes the raft state
+//     wipes it too.
 //   - non-voter: raft runs; the leader replicates to it and promotes it
 //     once it sees its log caught up. It counts towards no quorum.
 //   - voter: a full member. register keeps its entry (raft address, API

@@ -50,6 +50,7 @@ func ClusterConfig(c *config.Config, log *slog.Logger) cluster.Config {
 	return cluster.Config{
 		NodeID:             cl.NodeID,
 		DataDir:            cl.DataDir,
+		LogStore:           cl.LogStore,
 		BindAddr:           cl.RaftAddr,
 		AdvertiseAddr:      cl.AdvertiseAddr,
 		HeartbeatTimeout:   cl.HeartbeatTimeout,

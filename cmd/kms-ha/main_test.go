@@ -146,8 +146,10 @@ func TestBootstrapRefusesWhenAPeerRuns(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "already running") {
 		t.Fatalf("exit %d, %q", code, stderr)
 	}
-	if _, err := os.Stat(filepath.Join(home, "raft", "raft.db")); err == nil {
-		t.Fatal("a refused bootstrap left raft state behind")
+	for _, store := range []string{"raft.db", "wal"} {
+		if _, err := os.Stat(filepath.Join(home, "raft", store)); err == nil {
+			t.Fatalf("a refused bootstrap left raft state behind (%s)", store)
+		}
 	}
 }
 
@@ -228,11 +230,20 @@ func TestCertsIssueOperator(t *testing.T) {
 	}
 }
 
-// A damaged raft.db stops `kms-ha start` with one line that names the file
-// and the way out, where bbolt used to die with SIGBUS and a stack trace.
+// A damaged raft.db (log_store bolt) or wal/wal-meta.db (the WAL's bolt
+// meta file) stops `kms-ha start` with one line that names the file and
+// the way out, where bbolt used to die with SIGBUS and a stack trace.
 func TestStartOnDamagedRaftDBIsOneLine(t *testing.T) {
+	for _, store := range []string{"bolt", "wal"} {
+		t.Run(store, func(t *testing.T) { testStartOnDamagedStore(t, store) })
+	}
+}
+
+func testStartOnDamagedStore(t *testing.T, store string) {
+	file := map[string]string{"bolt": "raft.db", "wal": filepath.Join("wal", "wal-meta.db")}[store]
 	for name, damage := range map[string]func(path string) error{
-		"truncated": func(path string) error { return os.Truncate(path, 20000) },
+		// Less than the two header pages of either file.
+		"truncated": func(path string) error { return os.Truncate(path, int64(os.Getpagesize())+2000) },
 		"both meta pages overwritten": func(path string) error {
 			f, err := os.OpenFile(path, os.O_RDWR, 0)
 			if err != nil {
@@ -261,11 +272,14 @@ func TestStartOnDamagedRaftDBIsOneLine(t *testing.T) {
 				{"certs", "issue", "--ca", filepath.Join(dir, "ca"), "--node-id", "n1", "--host", "127.0.0.1", "--out", filepath.Join(home, "tls")},
 				{"bootstrap", "--home", home},
 			} {
+				if args[0] == "bootstrap" {
+					setLogStore(t, home, store)
+				}
 				if _, stderr, code := run(t, args...); code != 0 {
 					t.Fatalf("%v: %s", args, stderr)
 				}
 			}
-			db := filepath.Join(home, "raft", "raft.db")
+			db := filepath.Join(home, "raft", file)
 			if err := damage(db); err != nil {
 				t.Fatal(err)
 			}
@@ -293,6 +307,24 @@ func TestStartOnDamagedRaftDBIsOneLine(t *testing.T) {
 				t.Errorf("stderr has %d lines; want the error alone: %q", len(lines), stderr)
 			}
 		})
+	}
+}
+
+// setLogStore sets cluster.log_store in the kms.yaml `kms-ha init` wrote,
+// on the template's commented line.
+func setLogStore(t *testing.T, home, store string) {
+	t.Helper()
+	path := filepath.Join(home, "kms.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := strings.Replace(string(b), "  # log_store: wal\n", "  log_store: "+store+"\n", 1)
+	if y == string(b) {
+		t.Fatal("kms.yaml has no log_store line")
+	}
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -1,0 +1,270 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/hashicorp/raft-wal/migrate"
+)
+
+// prepareWAL brings a data dir to the WAL layout before the WAL opens:
+// it finishes or redoes a migration a crash interrupted, migrates a
+// raft.db left by an earlier version, and refuses a dir whose stores
+// could hold two different histories. The data dir lock must be held.
+//
+// The migration's order (see migrateToWAL) keeps one complete store
+// under a name that some version opens at every moment, and makes raft.db
+// disappear before wal/ appears: a kms-ha from before the WAL that starts
+// in between finds no raft.db and no join mark and will not run raft,
+// rather than run on a term and vote that this node has since moved past.
+func prepareWAL(c *Config, lockWait time.Duration) error {
+	dir := c.DataDir
+	boltPath := filepath.Join(dir, boltFileName)
+	prePath := filepath.Join(dir, preWALName)
+	walPath := filepath.Join(dir, walDirName)
+	switch hasBolt, hasPre := exists(boltPath), exists(prePath); {
+	case exists(walPath) && hasBolt:
+		return fmt.Errorf("cluster: %s holds both %s/ (this version's log store) and %s (an earlier version's, or one it "+
+			"created after the upgrade): %w; they may hold different histories. If this node ran with %s/ last, move %s "+
+			"out of the data dir; otherwise remove the node from the cluster, move the data dir away and admit it again "+
+			"with `kms-ha join`", dir, walDirName, boltFileName, ErrStoreConflict, walDirName, boltFileName)
+	case exists(walPath) && hasPre:
+		// A crash after step c: the WAL is complete and in place.
+		if err := os.Remove(prePath); err != nil {
+			return fmt.Errorf("cluster: finish the move to the WAL: remove %s: %w", prePath, err)
+		}
+		return syncDir(dir)
+	case exists(walPath):
+		return nil
+	case hasBolt && hasPre:
+		return fmt.Errorf("cluster: %s holds %s, and %s from an unfinished move to the WAL: %w; an earlier kms-ha "+
+			"probably ran in between. Remove the node from the cluster, move the data dir away and admit it again "+
+			"with `kms-ha join`", dir, boltFileName, preWALName, ErrStoreConflict)
+	case hasPre:
+		// A crash between steps b and c: redo the copy from the renamed
+		// file; any wal.tmp/ may be partial.
+		return migrateToWAL(c, prePath, lockWait)
+	case hasBolt:
+		return migrateToWAL(c, boltPath, lockWait)
+	}
+	return nil
+}
+
+// migration is what one migration copied, for the log: entries first to
+// last, after skipping the indexes before a gap.
+type migration struct {
+	first, last, skipped uint64
+}
+
+// migrateToWAL copies the bolt store at src into a new WAL and puts the
+// WAL in raft.db's place:
+//
+//	a. copy logs and stable keys into a fresh wal.tmp/, synced;
+//	b. rename raft.db to raft.db.pre-wal (skipped when src is that already);
+//	c. rename wal.tmp/ to wal/;
+//	d. remove raft.db.pre-wal;
+//
+// each rename made durable by a sync of the data dir before the next.
+func migrateToWAL(c *Config, src string, lockWait time.Duration) error {
+	dir := c.DataDir
+	start := time.Now()
+	tmp := filepath.Join(dir, walTmpName)
+	m, err := copyToWAL(c, src, tmp, lockWait)
+	if err != nil {
+		return err
+	}
+	pre := filepath.Join(dir, preWALName)
+	if src != pre {
+		if err := os.Rename(src, pre); err != nil {
+			return fmt.Errorf("cluster: migrate to the WAL: rename %s: %w", src, err)
+		}
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, walDirName)); err != nil {
+		return fmt.Errorf("cluster: migrate to the WAL: rename %s: %w", tmp, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if err := os.Remove(pre); err != nil {
+		return fmt.Errorf("cluster: migrate to the WAL: remove %s: %w", pre, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	entries := uint64(0)
+	if m.last > 0 {
+		entries = m.last - m.first + 1
+	}
+	c.Logger.Info("raft log store migrated from raft.db to the WAL", "data_dir", dir, "entries", entries,
+		"first_index", m.first, "last_index", m.last, "indexes_skipped_before_a_gap", m.skipped,
+		"took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// copyToWAL is step a: the bolt store at src copied into a fresh WAL at
+// tmp, every file in it synced.
+func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, error) {
+	var m migration
+	bs, err := openBoltStore(src, lockWait)
+	if err != nil {
+		return m, err
+	}
+	defer bs.Close()
+	if m.first, err = bs.FirstIndex(); err == nil {
+		m.last, err = bs.LastIndex()
+	}
+	if err != nil {
+		return m, fmt.Errorf("cluster: migrate to the WAL: read %s: %w", src, err)
+	}
+	if err := skipToTail(c, bs, &m); err != nil {
+		return m, err
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return m, fmt.Errorf("cluster: migrate to the WAL: remove a stale %s: %w", tmp, err)
+	}
+	w, err := openWALStore(c, tmp, lockWait)
+	if err != nil {
+		return m, err
+	}
+	err = copyStores(w, logsFrom{LogStore: bs, first: m.first}, bs, m.last)
+	if cerr := w.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("cluster: migrate to the WAL: close %s: %w", tmp, cerr)
+	}
+	if err != nil {
+		return m, err
+	}
+	if err := syncTree(tmp); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// copyStores copies the log (if any) and every stable key raft and
+// kms-ha write.
+func copyStores(w *walStore, logs raft.LogStore, bs *raftboltdb.BoltStore, last uint64) error {
+	ctx := context.Background()
+	// CopyLogs reads from FirstIndex to LastIndex: on an empty log that
+	// is entry 0, which does not exist.
+	if last > 0 {
+		if err := migrate.CopyLogs(ctx, w, logs, 1<<20, nil); err != nil {
+			return fmt.Errorf("cluster: migrate to the WAL: copy the log: %w", err)
+		}
+	}
+	// raft-boltdb and raft-wal encode SetUint64 differently: int keys go
+	// through GetUint64/SetUint64, byte keys through Get/Set.
+	err := migrate.CopyStable(ctx, w, boltStable{bs},
+		[][]byte{keyNodeID, keyJoinPeers}, [][]byte{keyJoined}, nil)
+	if err != nil {
+		return fmt.Errorf("cluster: migrate to the WAL: copy the term, vote and marks: %w", err)
+	}
+	return nil
+}
+
+// skipToTail moves m.first past the last gap in bs's log. raft-boltdb is
+// not a monotonic store: a follower that installs a snapshot far ahead of
+// its log keeps its old entries (raft compacts only beyond TrailingLogs)
+// and appends after the snapshot, leaving a gap that raft-wal cannot hold.
+// The entries before it are covered by that snapshot, and raft never reads
+// them; a data dir with a gap and no snapshot covering it is refused here,
+// before anything moves.
+func skipToTail(c *Config, bs raft.LogStore, m *migration) error {
+	if m.last == 0 {
+		return nil
+	}
+	tail := m.first
+	for i := m.last; i > m.first; i-- {
+		var l raft.Log
+		err := bs.GetLog(i-1, &l)
+		if errors.Is(err, raft.ErrLogNotFound) {
+			tail = i
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("cluster: migrate to the WAL: read log entry %d: %w", i-1, err)
+		}
+	}
+	if tail == m.first {
+		return nil
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(c.DataDir, c.SnapshotRetain,
+		newHCLogAdapter(c.Logger.With("component", "snapshots")))
+	var list []*raft.SnapshotMeta
+	if err == nil {
+		list, err = snaps.List()
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: migrate to the WAL: list snapshots in %s: %w", c.DataDir, err)
+	}
+	if len(list) == 0 || list[0].Index < tail-1 {
+		return fmt.Errorf("cluster: migrate to the WAL: the log in %s has a gap before entry %d that no snapshot covers; "+
+			"move the data dir away and admit this node again with `kms-ha join`", c.DataDir, tail)
+	}
+	m.skipped, m.first = tail-m.first, tail
+	return nil
+}
+
+// logsFrom is a log store read from first on.
+type logsFrom struct {
+	raft.LogStore
+	first uint64
+}
+
+func (l logsFrom) FirstIndex() (uint64, error) { return l.first, nil }
+
+// boltStable reads a missing key as raft-wal does (empty, 0) instead of
+// raft-boltdb's ErrKeyNotFound, so that a key never written (no vote yet,
+// not joined) copies as absent rather than failing the copy.
+type boltStable struct{ raft.StableStore }
+
+func (b boltStable) Get(k []byte) ([]byte, error) {
+	v, err := b.StableStore.Get(k)
+	if errors.Is(err, raftboltdb.ErrKeyNotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+func (b boltStable) GetUint64(k []byte) (uint64, error) {
+	v, err := b.StableStore.GetUint64(k)
+	if errors.Is(err, raftboltdb.ErrKeyNotFound) {
+		return 0, nil
+	}
+	return v, err
+}
+
+// syncTree syncs every file in dir, then dir: raft-wal syncs what it
+// counts on, but a migration must not depend on which of its files that
+// covers.
+func syncTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("cluster: sync %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("cluster: sync %s: %w", p, err)
+		}
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("cluster: sync %s: %w", p, err)
+		}
+	}
+	return syncDir(dir)
+}
