@@ -23,6 +23,9 @@ type RaftTimings struct {
 	// cluster.validator_handover_after ("0s" turns the handover off);
 	// empty leaves kms-ha's default.
 	ValidatorHandoverAfter string
+	// LogStore, if set, is written as cluster.log_store ("bolt": raft.db,
+	// as releases before the WAL wrote it); empty leaves the default.
+	LogStore string
 }
 
 // yaml is the timings' lines of the cluster section.
@@ -42,6 +45,9 @@ func (r RaftTimings) yaml() string {
 	}
 	if r.ValidatorHandoverAfter != "" {
 		fmt.Fprintf(&b, "  validator_handover_after: %s\n", r.ValidatorHandoverAfter)
+	}
+	if r.LogStore != "" {
+		fmt.Fprintf(&b, "  log_store: %s\n", r.LogStore)
 	}
 	return b.String()
 }
