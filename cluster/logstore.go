@@ -134,9 +134,11 @@ func openWALStore(c *Config, dir string, lockWait time.Duration) (*walStore, err
 	return &walStore{WAL: w, meta: meta}, nil
 }
 
-// walStore closes the WAL's meta file with the WAL: raft-wal v0.4.0's
-// Close leaves it open, and with it bbolt's lock on it, which a later open
-// in the same process (ReadState, then Open) would wait on for ever.
+// walStore makes sure the WAL's meta file is closed with the WAL: a meta
+// file left open keeps bbolt's lock on it, which a later open in the same
+// process (ReadState, then Open) would wait on for ever. raft-wal v0.4.0's
+// Close left it open; v0.4.2 closes it, and a second close is a no-op, so
+// this holds whichever version a build picks up.
 type walStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
