@@ -379,3 +379,56 @@ func TestMigrationSkipsEntriesBeforeAGap(t *testing.T) {
 		})
 	}
 }
+
+// TestWALTailTruncationSurvivesARestart is what a follower does when a new
+// leader overwrites entries it never committed: raft deletes the log's tail
+// and appends the leader's entries in their place. The node must start
+// again from that log (raft-wal before v0.4.2 left the truncated segment
+// without its index, and the next open failed: hashicorp/raft-wal#33).
+func TestWALTailTruncationSurvivesARestart(t *testing.T) {
+	c := Config{NodeID: "n1", DataDir: filepath.Join(t.TempDir(), "raft"), BindAddr: "127.0.0.1:1", Logger: quiet}
+	c.setDefaults()
+	write := func(from, to, term uint64) {
+		t.Helper()
+		st, err := openStores(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if from <= to {
+			last, err := st.db.LastIndex()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last >= from {
+				if err := st.db.DeleteRange(from, last); err != nil {
+					t.Fatalf("delete the tail %d..%d: %v", from, last, err)
+				}
+			}
+			for i := from; i <= to; i++ {
+				l := &raft.Log{Index: i, Term: term, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("term %d entry %d", term, i))}
+				if err := st.db.StoreLogs([]*raft.Log{l}); err != nil {
+					t.Fatalf("append %d: %v", i, err)
+				}
+			}
+		}
+	}
+	write(1, 30, 2)
+	write(25, 26, 3) // a new leader's entries replace 25..30
+	write(1, 0, 0)   // a restart with nothing to write
+	st, err := openStores(&c)
+	if err != nil {
+		t.Fatalf("the node does not start after its log's tail was replaced: %v", err)
+	}
+	defer st.Close()
+	last, err := st.db.LastIndex()
+	if err != nil || last != 26 {
+		t.Fatalf("last index after the restart = %d, %v; want 26", last, err)
+	}
+	for i, want := range map[uint64]string{1: "term 2 entry 1", 24: "term 2 entry 24", 25: "term 3 entry 25", 26: "term 3 entry 26"} {
+		var l raft.Log
+		if err := st.db.GetLog(i, &l); err != nil || string(l.Data) != want {
+			t.Errorf("entry %d after the restart = %q, %v; want %q", i, l.Data, err, want)
+		}
+	}
+}
