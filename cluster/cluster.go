@@ -81,6 +81,10 @@ type Config struct {
 	// lockTimeout bounds the wait for the data dir's lock.
 	lockTimeout time.Duration
 
+	// walSegmentSize replaces raft-wal's segment size (64 MiB) when set;
+	// tests use it to fill a segment in a few entries.
+	walSegmentSize int
+
 	// WrapFSM, if set, wraps the state machine raft applies to; tests use
 	// it to check every apply from outside.
 	WrapFSM func(raft.FSM) raft.FSM

@@ -124,8 +124,15 @@ func openWALStore(c *Config, dir string, lockWait time.Duration) (*walStore, err
 		}
 		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
 	}
+	size := wal.DefaultSegmentSize
+	if c.walSegmentSize > 0 {
+		size = c.walSegmentSize
+	}
+	if err := repairSealedTail(c, dir, size); err != nil {
+		return nil, err
+	}
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(dir, wal.WithMetaStore(meta),
+	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithSegmentSize(size),
 		wal.WithLogger(newHCLogAdapter(c.Logger.With("component", "wal"))))
 	if err != nil {
 		meta.Close()
