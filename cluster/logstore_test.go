@@ -122,9 +122,11 @@ func TestMigrationResumesAfterACrash(t *testing.T) {
 		}
 	}
 	copied := func(t *testing.T, c Config) {
-		if _, err := copyToWAL(&c, filepath.Join(c.DataDir, boltFileName), filepath.Join(c.DataDir, walTmpName), time.Second); err != nil {
+		_, bs, err := copyToWAL(&c, filepath.Join(c.DataDir, boltFileName), filepath.Join(c.DataDir, walTmpName), time.Second)
+		if err != nil {
 			t.Fatal(err)
 		}
+		bs.Close() // the crash: the process and its lock are gone
 	}
 	for _, tc := range []struct {
 		name  string
@@ -430,5 +432,44 @@ func TestWALTailTruncationSurvivesARestart(t *testing.T) {
 		if err := st.db.GetLog(i, &l); err != nil || string(l.Data) != want {
 			t.Errorf("entry %d after the restart = %q, %v; want %q", i, l.Data, err, want)
 		}
+	}
+}
+
+// closeProbe records what the data dir looked like when the migration let
+// go of raft.db's bbolt lock.
+type closeProbe struct {
+	dir       string
+	bolt, pre bool
+	closed    bool
+}
+
+func (p *closeProbe) Close() error {
+	p.closed = true
+	p.bolt = exists(filepath.Join(p.dir, boltFileName))
+	p.pre = exists(filepath.Join(p.dir, preWALName))
+	return nil
+}
+
+// The migration lets go of raft.db's lock only once the file is no longer
+// called raft.db: a kms-ha from before the data dir LOCK, waiting on that
+// lock, finds no raft.db to open.
+func TestMigrationHoldsRaftDBUntilRenamed(t *testing.T) {
+	dir := t.TempDir()
+	src, pre := filepath.Join(dir, boltFileName), filepath.Join(dir, preWALName)
+	if err := os.WriteFile(src, []byte("db"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &closeProbe{dir: dir}
+	if err := renameHeld(src, pre, p); err != nil {
+		t.Fatal(err)
+	}
+	if !p.closed || p.bolt || !p.pre {
+		t.Fatalf("the store was closed=%v with raft.db there=%v and raft.db.pre-wal there=%v; want closed after the rename",
+			p.closed, p.bolt, p.pre)
+	}
+	// A failed rename still lets go of the store.
+	p = &closeProbe{dir: dir}
+	if err := renameHeld(filepath.Join(dir, "missing"), pre, p); err == nil || !p.closed {
+		t.Fatalf("failed rename: %v, closed=%v", err, p.closed)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -75,18 +76,13 @@ func migrateToWAL(c *Config, src string, lockWait time.Duration) error {
 	dir := c.DataDir
 	start := time.Now()
 	tmp := filepath.Join(dir, walTmpName)
-	m, err := copyToWAL(c, src, tmp, lockWait)
+	m, bs, err := copyToWAL(c, src, tmp, lockWait)
 	if err != nil {
 		return err
 	}
 	pre := filepath.Join(dir, preWALName)
-	if src != pre {
-		if err := os.Rename(src, pre); err != nil {
-			return fmt.Errorf("cluster: migrate to the WAL: rename %s: %w", src, err)
-		}
-		if err := syncDir(dir); err != nil {
-			return err
-		}
+	if err := renameHeld(src, pre, bs); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, walDirName)); err != nil {
 		return fmt.Errorf("cluster: migrate to the WAL: rename %s: %w", tmp, err)
@@ -110,15 +106,46 @@ func migrateToWAL(c *Config, src string, lockWait time.Duration) error {
 	return nil
 }
 
+// renameHeld is step b: src renamed to pre and the rename made durable
+// while bs, the store open on src, still holds bbolt's lock on the file.
+// A kms-ha from before the data dir LOCK waits on that lock: released
+// any earlier, it could open raft.db and write a term or vote there that
+// the copy in the WAL does not hold.
+func renameHeld(src, pre string, bs io.Closer) error {
+	var err error
+	if src != pre {
+		if err = os.Rename(src, pre); err != nil {
+			err = fmt.Errorf("cluster: migrate to the WAL: rename %s: %w", src, err)
+		} else {
+			err = syncDir(filepath.Dir(pre))
+		}
+	}
+	if cerr := bs.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("cluster: migrate to the WAL: close %s: %w", pre, cerr)
+	}
+	return err
+}
+
 // copyToWAL is step a: the bolt store at src copied into a fresh WAL at
-// tmp, every file in it synced.
-func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, error) {
-	var m migration
+// tmp, every file in it synced. It returns the bolt store still open, for
+// renameHeld.
+func copyToWAL(c *Config, src, tmp string, lockWait time.Duration) (migration, io.Closer, error) {
 	bs, err := openBoltStore(src, lockWait)
 	if err != nil {
-		return m, err
+		return migration{}, nil, err
 	}
-	defer bs.Close()
+	m, err := copyFromBolt(c, bs, src, tmp, lockWait)
+	if err != nil {
+		bs.Close()
+		return m, nil, err
+	}
+	return m, bs, nil
+}
+
+// copyFromBolt is copyToWAL's work on the open store; bs stays open.
+func copyFromBolt(c *Config, bs *raftboltdb.BoltStore, src, tmp string, lockWait time.Duration) (migration, error) {
+	var m migration
+	var err error
 	if m.first, err = bs.FirstIndex(); err == nil {
 		m.last, err = bs.LastIndex()
 	}
