@@ -177,16 +177,45 @@ func TestConflictingStoresAreRefused(t *testing.T) {
 	if exists(filepath.Join(c.DataDir, boltFileName)) {
 		t.Fatal("the refused bolt open created raft.db")
 	}
-	// A raft.db next to the WAL (an earlier kms-ha started after the
-	// upgrade): two histories, refused, naming the file to move away.
+	// A raft.db with raft state next to the WAL (an earlier kms-ha ran
+	// after the upgrade): two histories, refused; the only way out is a
+	// new admission.
 	c.LogStore = LogStoreWAL
-	os.WriteFile(filepath.Join(c.DataDir, boltFileName), nil, 0o600)
+	boltPath := filepath.Join(c.DataDir, boltFileName)
+	writeBolt := func(term uint64) {
+		t.Helper()
+		bs, err := openBoltStore(boltPath, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bs.Close()
+		if term > 0 {
+			if err := bs.SetUint64(keyCurrentTerm, term); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	writeBolt(9)
 	_, err = ReadState(c, time.Second)
-	if !errors.Is(err, ErrStoreConflict) || !strings.Contains(err.Error(), "move raft.db") {
+	if !errors.Is(err, ErrStoreConflict) || !strings.Contains(err.Error(), "term 9") ||
+		!strings.Contains(err.Error(), "`kms-ha join`") || strings.Contains(err.Error(), "move raft.db") {
 		t.Fatalf("raft.db next to wal/: %v", err)
 	}
-	if _, err := Open(c, fsm.New()); !errors.Is(err, ErrStoreConflict) {
+	if _, err := Open(c, fsm.New()); !errors.Is(err, ErrStoreConflict) || !exists(boltPath) {
 		t.Fatalf("open with raft.db next to wal/: %v", err)
+	}
+	// The empty raft.db an earlier kms-ha creates when it only looked at
+	// the data dir: removed, and the node starts on its WAL.
+	os.Remove(boltPath)
+	writeBolt(0)
+	var logs syncBuffer
+	c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	s, err := ReadState(c, time.Second)
+	if err != nil || !s.HasRaftState || !s.Joined || exists(boltPath) {
+		t.Fatalf("empty raft.db next to wal/: %+v %v", s, err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN msg=\"removed an empty raft.db beside the WAL") {
+		t.Errorf("no warning of the removal:\n%s", logs.String())
 	}
 	// raft.db and raft.db.pre-wal, no WAL: which one is current is unknown.
 	c2 := boltDir(t)

@@ -29,12 +29,14 @@ func prepareWAL(c *Config, lockWait time.Duration) error {
 	boltPath := filepath.Join(dir, boltFileName)
 	prePath := filepath.Join(dir, preWALName)
 	walPath := filepath.Join(dir, walDirName)
-	switch hasBolt, hasPre := exists(boltPath), exists(prePath); {
-	case exists(walPath) && hasBolt:
-		return fmt.Errorf("cluster: %s holds both %s/ (this version's log store) and %s (an earlier version's, or one it "+
-			"created after the upgrade): %w; they may hold different histories. If this node ran with %s/ last, move %s "+
-			"out of the data dir; otherwise remove the node from the cluster, move the data dir away and admit it again "+
-			"with `kms-ha join`", dir, walDirName, boltFileName, ErrStoreConflict, walDirName, boltFileName)
+	hasBolt := exists(boltPath)
+	if hasBolt && exists(walPath) {
+		if err := removeEmptyBolt(c, boltPath, lockWait); err != nil {
+			return err
+		}
+		hasBolt = false
+	}
+	switch hasPre := exists(prePath); {
 	case exists(walPath) && hasPre:
 		// A crash after step c: the WAL is complete and in place.
 		if err := os.Remove(prePath); err != nil {
@@ -54,6 +56,50 @@ func prepareWAL(c *Config, lockWait time.Duration) error {
 	case hasBolt:
 		return migrateToWAL(c, boltPath, lockWait)
 	}
+	return nil
+}
+
+// removeEmptyBolt deals with a raft.db beside wal/. An older kms-ha
+// started on the data dir after the move to the WAL finds no raft.db and
+// creates an empty one: that one holds nothing and is removed. Any other
+// may hold a term, a vote or entries the WAL lacks (this node ran an
+// older version again, admitted anew), or the WAL may hold what it
+// lacks: neither store can be trusted to be this node's latest state.
+func removeEmptyBolt(c *Config, path string, lockWait time.Duration) error {
+	bs, err := openBoltStore(path, lockWait)
+	if err != nil {
+		return err
+	}
+	term, err := boltStable{bs}.GetUint64(keyCurrentTerm)
+	var last, joined uint64
+	if err == nil {
+		last, err = bs.LastIndex()
+	}
+	if err == nil {
+		joined, err = boltStable{bs}.GetUint64(keyJoined)
+	}
+	if cerr := bs.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: read %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	if term != 0 || last != 0 || joined != 0 {
+		return fmt.Errorf("cluster: %s holds both %s/ (this version's log store) and a %s with raft state (term %d, "+
+			"last log index %d), which an earlier version wrote after the upgrade: %w; neither can be trusted to hold "+
+			"this node's latest term and vote. Remove the node from the cluster (`kms-ha remove` on another member), "+
+			"move the data dir away and admit it again with `kms-ha join`", dir, walDirName, boltFileName, term, last,
+			ErrStoreConflict)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("cluster: remove the empty %s: %w", path, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	c.Logger.Warn("removed an empty raft.db beside the WAL (an earlier kms-ha created it when it looked at this data dir)",
+		"path", path)
 	return nil
 }
 
