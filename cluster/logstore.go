@@ -59,11 +59,18 @@ func openLogStore(c *Config, lockWait time.Duration) (logStore, error) {
 				"to switch a node's store back, remove the node from the cluster (`kms-ha remove`), move its data dir away "+
 				"and admit it again with `kms-ha join`, or set cluster.log_store: wal", dir, walDirName, LogStoreBolt, ErrStoreConflict)
 		}
-		if exists(filepath.Join(dir, preWALName)) && !exists(filepath.Join(dir, boltFileName)) {
+		if exists(filepath.Join(dir, preWALName)) {
 			// A move to the WAL stopped after renaming raft.db: opening
-			// raft.db here would start an empty store beside the real one.
-			return nil, fmt.Errorf("cluster: %s holds %s from an unfinished move to the WAL but cluster.log_store is %q: %w; "+
-				"set cluster.log_store: wal to finish the move", dir, preWALName, LogStoreBolt, ErrStoreConflict)
+			// raft.db here would start an empty store beside the real one,
+			// and a raft.db beside it now (an earlier kms-ha created it)
+			// may not hold this node's latest state.
+			fix := "set cluster.log_store: wal to finish the move"
+			if exists(filepath.Join(dir, boltFileName)) {
+				fix = "an earlier kms-ha probably ran in between; remove the node from the cluster, move the data dir " +
+					"away and admit it again with `kms-ha join`"
+			}
+			return nil, fmt.Errorf("cluster: %s holds %s from an unfinished move to the WAL but cluster.log_store is %q: %w; %s",
+				dir, preWALName, LogStoreBolt, ErrStoreConflict, fix)
 		}
 		return openBoltStore(filepath.Join(dir, boltFileName), lockWait)
 	case LogStoreWAL, "":

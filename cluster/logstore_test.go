@@ -232,6 +232,12 @@ func TestConflictingStoresAreRefused(t *testing.T) {
 	if _, err := ReadState(c2, time.Second); !errors.Is(err, ErrStoreConflict) || exists(filepath.Join(c2.DataDir, boltFileName)) {
 		t.Fatalf("bolt beside raft.db.pre-wal: %v", err)
 	}
+	// The same with a raft.db there too: refused all the same.
+	os.WriteFile(filepath.Join(c2.DataDir, boltFileName), nil, 0o600)
+	if _, err := ReadState(c2, time.Second); !errors.Is(err, ErrStoreConflict) || !strings.Contains(err.Error(), preWALName) ||
+		!strings.Contains(err.Error(), "`kms-ha join`") {
+		t.Fatalf("bolt with raft.db beside raft.db.pre-wal: %v", err)
+	}
 	// An unknown store.
 	c2.LogStore = "badger"
 	if _, err := ReadState(c2, time.Second); err == nil || !strings.Contains(err.Error(), `unknown log store "badger"`) {
