@@ -24,7 +24,8 @@ import (
 // background, records the seal and the next segment in wal-meta.db; a
 // tail DeleteRange likewise seals the tail before it commits the meta.
 // A crash in between leaves a meta file whose unsealed tail is a sealed
-// file. raft-wal v0.4.2's Open takes that file as the tail, and every
+// file, and so does a Close that wins the race with that background
+// rotation (raft-wal then skips it, leaving it to recovery). raft-wal v0.4.2's Open takes that file as the tail, and every
 // later append fails with "segment is sealed": the node can never write
 // again. The repair commits what the rotation would have: the tail
 // sealed at its last entry, and an empty next segment, whose file
@@ -67,8 +68,8 @@ func repairSealedTail(c *Config, dir string, segmentSize int) error {
 	if err := meta.CommitState(ps); err != nil {
 		return fmt.Errorf("cluster: finish the raft log's interrupted segment rotation in %s: %w", dir, err)
 	}
-	c.Logger.Warn("raft log: finished a segment rotation that a crash interrupted (the tail segment was sealed "+
-		"but not recorded as such); no entry changed", "wal_dir", dir,
+	c.Logger.Warn("raft log: finished a segment rotation that a crash or shutdown interrupted (the tail segment "+
+		"was sealed but not recorded as such); no entry changed", "wal_dir", dir,
 		"sealed_segment_id", sealed.ID, "sealed_first_index", sealed.MinIndex, "sealed_last_index", sealed.MaxIndex,
 		"new_segment_id", next.ID, "new_segment_base_index", next.BaseIndex)
 	return nil
