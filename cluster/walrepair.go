@@ -25,9 +25,9 @@ import (
 // tail DeleteRange likewise seals the tail before it commits the meta.
 // A crash in between leaves a meta file whose unsealed tail is a sealed
 // file, and so does a Close that wins the race with that background
-// rotation (raft-wal then skips it, leaving it to recovery). raft-wal v0.4.2's Open takes that file as the tail, and every
-// later append fails with "segment is sealed": the node can never write
-// again. The repair commits what the rotation would have: the tail
+// rotation (raft-wal then skips it, leaving it to recovery). raft-wal
+// v0.4.2's Open takes that file as the tail, and every later append fails
+// with "segment is sealed": the node can never write again. The repair commits what the rotation would have: the tail
 // sealed at its last entry, and an empty next segment, whose file
 // wal.Open creates.
 //
