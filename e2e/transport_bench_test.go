@@ -27,11 +27,14 @@ const benchEnv = "KMSHA_E2E_BENCH"
 //
 //	(a) by cometbft's own file signer (priv_validator_laddr empty),
 //	(b) by a 3-node kms-ha cluster over tcp:// (SecretConnection),
-//	(c) over noise:// (libp2p Noise, shared cluster identity),
-//	(d) over unix://,
+//	(c) by a 1-node kms-ha cluster over tcp:// (no quorum to wait for: the
+//	    bound a cluster cannot beat on this host),
+//	(d) by a 3-node cluster over noise:// (libp2p Noise, shared cluster
+//	    identity),
+//	(e) and over unix://,
 //
 // each for the same measured window after a warm-up, on a fresh chain and
-// cluster. The windows are interleaved in rounds (a b c d, then d c b a,
+// cluster. The windows are interleaved in rounds (a b c d e, then e d c b a,
 // ...), so a drift of the machine's speed hits every signer alike: each
 // kms-ha window is compared with the file signer's window of its own
 // round, and the table gives the median of those ratios over the rounds.
@@ -121,6 +124,15 @@ func benchCases(opts harness.CometOptions) []benchCase {
 			}
 			return c.Comet, c
 		}},
+		// One node: the privval round trip and one log append, no quorum;
+		// the bound a cluster cannot beat on this host.
+		{"kms-ha tcp:// 1 node", func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster) {
+			c := newCluster(ctx, t, harness.Config{Dir: dir, Logf: quiet, Comet: opts, Nodes: 1})
+			if err := c.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return c.Comet, c
+		}},
 		{"kms-ha noise://", func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster) {
 			noise := &harness.Noise{CometBFT: bins.CometBFT}
 			c := newCluster(ctx, t, harness.Config{Dir: dir, Logf: quiet, Comet: opts, Setup: noise.Setup})
@@ -158,6 +170,7 @@ type benchRow struct {
 	sigs          int
 	laterRounds   int
 	leaderChanges int
+	nodes         int
 	load          string
 }
 
@@ -197,6 +210,7 @@ func measureCase(ctx context.Context, t *testing.T, n *harness.CometNode, c *har
 	if c == nil {
 		return r
 	}
+	r.nodes = len(c.Nodes)
 	scan, err := c.Scan()
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +251,7 @@ func benchTable(cases []benchCase, rows [][]benchRow, window, warmup time.Durati
 			ratio, sigs, notes := 100*row.bps()/rows[0][r].bps(), "-", ""
 			if i > 0 {
 				sigs = fmt.Sprintf("%.0f", float64(row.sigs)/row.elapsed.Seconds())
-				notes = fmt.Sprintf("3 kms-ha nodes; %d precommits in round > 0; %d leader elections", row.laterRounds, row.leaderChanges)
+				notes = fmt.Sprintf("%d kms-ha nodes; %d precommits in round > 0; %d leader elections", row.nodes, row.laterRounds, row.leaderChanges)
 			}
 			fmt.Fprintf(&b, "%-22s %5d %9.1f %11.0f%% %8s %6s %s\n", bc.name, r+1, row.bps(), ratio, sigs, row.load, notes)
 		}
