@@ -27,14 +27,16 @@ const benchEnv = "KMSHA_E2E_BENCH"
 //
 //	(a) by cometbft's own file signer (priv_validator_laddr empty),
 //	(b) by a 3-node kms-ha cluster over tcp:// (SecretConnection),
-//	(c) by a 1-node kms-ha cluster over tcp:// (no quorum to wait for: the
+//	(c) by CometBFT's FilePV as a remote signer (the privval round trip
+//	    without a cluster),
+//	(d) by a 1-node kms-ha cluster over tcp:// (no quorum to wait for: the
 //	    bound a cluster cannot beat on this host),
-//	(d) by a 3-node cluster over noise:// (libp2p Noise, shared cluster
+//	(e) by a 3-node cluster over noise:// (libp2p Noise, shared cluster
 //	    identity),
-//	(e) and over unix://,
+//	(f) and over unix://,
 //
 // each for the same measured window after a warm-up, on a fresh chain and
-// cluster. The windows are interleaved in rounds (a b c d e, then e d c b a,
+// cluster. The windows are interleaved in rounds (a b c d e f, then f e d c b a,
 // ...), so a drift of the machine's speed hits every signer alike: each
 // kms-ha window is compared with the file signer's window of its own
 // round, and the table gives the median of those ratios over the rounds.
@@ -123,6 +125,11 @@ func benchCases(opts harness.CometOptions) []benchCase {
 				t.Fatal(err)
 			}
 			return c.Comet, c
+		}},
+		// CometBFT's FilePV as a remote signer: what the privval round trip
+		// alone costs, without a cluster.
+		{"cometbft filepv remote", func(ctx context.Context, t *testing.T, dir string) (*harness.CometNode, *harness.Cluster) {
+			return startFilePVRemote(ctx, t, dir, opts), nil
 		}},
 		// One node: the privval round trip and one log append, no quorum;
 		// the bound a cluster cannot beat on this host.
@@ -249,7 +256,10 @@ func benchTable(cases []benchCase, rows [][]benchRow, window, warmup time.Durati
 	for i, bc := range cases {
 		for r, row := range rows[i] {
 			ratio, sigs, notes := 100*row.bps()/rows[0][r].bps(), "-", ""
-			if i > 0 {
+			switch {
+			case i > 0 && row.nodes == 0:
+				notes = "FilePV behind cometbft's remote-signer loop, one process"
+			case i > 0:
 				sigs = fmt.Sprintf("%.0f", float64(row.sigs)/row.elapsed.Seconds())
 				notes = fmt.Sprintf("%d kms-ha nodes; %d precommits in round > 0; %d leader elections", row.nodes, row.laterRounds, row.leaderChanges)
 			}

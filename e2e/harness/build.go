@@ -121,3 +121,12 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// BuildLoadgen builds the load generator (e2e/cmd/loadgen) into outDir: its
+// filepv-signer command is CometBFT's own FilePV behind CometBFT's own
+// remote-signer loop, the single-node remote signer the measurements
+// compare kms-ha with.
+func BuildLoadgen(ctx context.Context, repoRoot, outDir string) (string, error) {
+	out := filepath.Join(outDir, "loadgen")
+	return out, goBuild(ctx, repoRoot, out, "./e2e/cmd/loadgen")
+}
