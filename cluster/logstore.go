@@ -172,17 +172,21 @@ func exists(path string) bool {
 }
 
 // syncDir makes a rename or removal in dir durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
+func syncDir(dir string) error { return syncPath(dir) }
+
+// syncPath fsyncs a directory or a file (Linux syncs either through a
+// read-only descriptor).
+func syncPath(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("cluster: sync %s: %w", dir, err)
+		return fmt.Errorf("cluster: sync %s: %w", path, err)
 	}
 	err = f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("cluster: sync %s: %w", dir, err)
+		return fmt.Errorf("cluster: sync %s: %w", path, err)
 	}
 	return nil
 }

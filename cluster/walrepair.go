@@ -31,9 +31,14 @@ import (
 // sealed at its last entry, and an empty next segment, whose file
 // wal.Open creates.
 //
-// Only the meta file changes. Entries the tail holds stay; an interrupted
-// DeleteRange never returned, so raft still counts them and truncates
-// again when its leader says so.
+// Only the meta file changes (after the segment file is synced). Entries
+// the tail holds stay; an interrupted DeleteRange never returned, so raft
+// still counts them and truncates again when its leader says so. It also
+// fires when the sealing append itself was torn (its index frame reached
+// the disk, its commit frame did not): raft-wal's recovery then drops that
+// append, which never returned either, and the seal is recorded at the
+// last entry before it, once every entry up to there reads back the same
+// through the index.
 func repairSealedTail(c *Config, dir string, segmentSize int) error {
 	if !exists(filepath.Join(dir, metadb.FileName)) {
 		return nil // a new WAL
@@ -69,7 +74,8 @@ func repairSealedTail(c *Config, dir string, segmentSize int) error {
 		return fmt.Errorf("cluster: finish the raft log's interrupted segment rotation in %s: %w", dir, err)
 	}
 	c.Logger.Warn("raft log: finished a segment rotation that a crash or shutdown interrupted (the tail segment "+
-		"was sealed but not recorded as such); no entry changed", "wal_dir", dir,
+		"was sealed but not recorded as such); every entry up to the sealed last index read back through the index",
+		"wal_dir", dir,
 		"sealed_segment_id", sealed.ID, "sealed_first_index", sealed.MinIndex, "sealed_last_index", sealed.MaxIndex,
 		"new_segment_id", next.ID, "new_segment_base_index", next.BaseIndex)
 	return nil
@@ -93,12 +99,17 @@ func sealedTail(dir string, tail types.SegmentInfo) (*types.SegmentInfo, error) 
 		return nil, err
 	}
 	last := sw.LastIndex()
-	if last == 0 || last < tail.MinIndex {
+	if last == 0 {
 		// A seal with no entry before it: the rotation's next segment
 		// would start where this one does. raft-wal never seals an empty
 		// segment; do not guess.
 		return nil, fmt.Errorf("cluster: the raft log's tail segment %d in %s is sealed but holds no entry: %w", tail.ID, dir,
 			&corruptError{dataDir: filepath.Dir(dir), why: "a sealed empty WAL segment"})
+	}
+	if last < tail.MinIndex {
+		return nil, fmt.Errorf("cluster: the raft log's tail segment %d in %s ends at index %d, before its first index %d: %w",
+			tail.ID, dir, last, tail.MinIndex,
+			&corruptError{dataDir: filepath.Dir(dir), why: "a WAL segment that lost entries its meta file records"})
 	}
 	s := tail
 	s.SealTime = time.Now()
@@ -107,6 +118,12 @@ func sealedTail(dir string, tail types.SegmentInfo) (*types.SegmentInfo, error) 
 	if err := checkSealed(filer, sw, s); err != nil {
 		return nil, fmt.Errorf("cluster: the raft log's tail segment %d in %s: %w", tail.ID, dir,
 			&corruptError{dataDir: filepath.Dir(dir), why: err.Error()})
+	}
+	// What was just read may be only in the page cache (the process died
+	// during the append's own sync), and once the meta file says sealed
+	// nothing syncs this file again: new entries go to the next segment.
+	if err := syncPath(filepath.Join(dir, segment.FileName(tail))); err != nil {
+		return nil, err
 	}
 	return &s, nil
 }

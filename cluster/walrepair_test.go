@@ -276,3 +276,53 @@ func TestWALTornSealIsRefused(t *testing.T) {
 		t.Error("the refused repair changed wal-meta.db")
 	}
 }
+
+// TestWALTornSealingAppendIsRepaired: the append that fills a segment was
+// torn, its index frame on disk and its commit frame not. raft-wal's
+// recovery drops that append (it never returned) but still takes the
+// segment for sealed; the repair records the seal at the entry before it,
+// and the node appends in a new term from there and reads every entry back.
+func TestWALTornSealingAppendIsRepaired(t *testing.T) {
+	c, logs := smallWALDir(t)
+	dir := filepath.Join(c.DataDir, walDirName)
+	sealedAt := sealWithoutRotation(t, &c)
+	meta := &metadb.BoltMetaDB{}
+	ps, err := meta.Load(dir)
+	meta.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := ps.Segments[len(ps.Segments)-1]
+	is := tailIndexStart(t, dir)
+	// The commit frame follows the index frame: an 8-byte header, 4 bytes
+	// per entry, padded to 8.
+	n := int(sealedAt - tail.BaseIndex + 1)
+	commitOff := int64(is) - 8 + int64(8+n*4+((8-(n*4)%8)%8))
+	f, err := os.OpenFile(filepath.Join(dir, segment.FileName(tail)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 8), commitOff); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	st, err := openStores(&c)
+	if err != nil {
+		t.Fatalf("the node does not start after a torn sealing append: %v", err)
+	}
+	last, err := st.db.LastIndex()
+	st.Close()
+	if err != nil || last != sealedAt-1 {
+		t.Fatalf("last index after the repair = %d, %v; want %d (the torn append dropped)", last, err, sealedAt-1)
+	}
+	if !strings.Contains(logs.String(), "finished a segment rotation") {
+		t.Errorf("no WARN about the repair in the log:\n%s", logs.String())
+	}
+	appendOpen(t, &c, false, last+1, last+20, 2)
+	wantLog(t, &c, last+20, func(i uint64) uint64 {
+		if i > last {
+			return 2
+		}
+		return 1
+	})
+}
