@@ -151,10 +151,10 @@ func readBoltMetas(f *os.File) ([]boltMeta, error) {
 // checkBoltFile checks a bolt file (raft.db, or the WAL's wal-meta.db)
 // before raft-boltdb or raft-wal opens it; dataDir is what to move away if
 // it is damaged. It reads the header first, then every bucket, key and
-// value through bbolt with faults turned into panics and recovered, then bbolt's own consistency check (which
-// catches a damaged free list before a later write would overwrite live
-// pages). An absent or empty file is a new node's and passes. The header
-// is read before any lock, which is safe on a running node's file (bbolt
+// value through bbolt with faults turned into panics and recovered, then
+// bbolt's own consistency check (which catches a damaged free list
+// before a later write would overwrite live pages). An absent or empty
+// file is a new node's and passes. The header is read before any lock, which is safe on a running node's file (bbolt
 // rewrites one meta page at a time and only grows the file); bbolt then
 // takes a shared lock for the rest, so a running node's file is reported
 // as bbolt.ErrTimeout, never walked mid-write.

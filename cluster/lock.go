@@ -43,8 +43,7 @@ func lockDataDir(dir string, wait time.Duration) (*dirLock, error) {
 		}
 		if !time.Now().Before(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w",
-				dir, ErrLocked)
+			return nil, lockedError(dir)
 		}
 		time.Sleep(min(lockPoll, time.Until(deadline)+time.Millisecond))
 	}
@@ -56,4 +55,11 @@ func (l *dirLock) release() {
 		l.f.Close()
 		l.f = nil
 	}
+}
+
+// lockedError says that another process holds path (the data dir, or one
+// of its files for a kms-ha from before the data dir lock).
+func lockedError(path string) error {
+	return fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w",
+		path, ErrLocked)
 }

@@ -101,7 +101,7 @@ func openBoltStore(path string, lockWait time.Duration) (*raftboltdb.BoltStore, 
 		if errors.Is(err, bbolt.ErrTimeout) {
 			// Only a kms-ha from before the data dir lock holds raft.db
 			// without holding LOCK.
-			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w", path, ErrLocked)
+			return nil, lockedError(path)
 		}
 		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
 	}
@@ -120,14 +120,14 @@ func boltOptions(lockWait time.Duration) *bbolt.Options {
 
 // openWALStore opens (or creates) the WAL in dir. Its meta file is bolt,
 // opened by raft-wal without our checks: check it first, as raft.db.
-func openWALStore(c *Config, dir string, lockWait time.Duration) (*walStore, error) {
+func openWALStore(c *Config, dir string, lockWait time.Duration) (*wal.WAL, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: create %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, metadb.FileName)
 	if err := checkBoltFile(path, c.DataDir, lockWait); err != nil {
 		if errors.Is(err, bbolt.ErrTimeout) {
-			return nil, fmt.Errorf("cluster: open %s: locked by another process (is kms-ha already running with this --home?): %w", path, ErrLocked)
+			return nil, lockedError(path)
 		}
 		return nil, fmt.Errorf("cluster: open %s: %w", path, err)
 	}
@@ -138,6 +138,9 @@ func openWALStore(c *Config, dir string, lockWait time.Duration) (*walStore, err
 	if err := repairSealedTail(c, dir, size); err != nil {
 		return nil, err
 	}
+	// The meta store is ours to close when Open fails (raft-wal leaves it
+	// open, and with it bbolt's lock, which a later open in this process
+	// would wait on for ever); once open, the WAL's Close closes it.
 	meta := &metadb.BoltMetaDB{}
 	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithSegmentSize(size),
 		wal.WithLogger(newHCLogAdapter(c.Logger.With("component", "wal"))))
@@ -145,25 +148,7 @@ func openWALStore(c *Config, dir string, lockWait time.Duration) (*walStore, err
 		meta.Close()
 		return nil, fmt.Errorf("cluster: open the raft log in %s: %w", dir, err)
 	}
-	return &walStore{WAL: w, meta: meta}, nil
-}
-
-// walStore makes sure the WAL's meta file is closed with the WAL: a meta
-// file left open keeps bbolt's lock on it, which a later open in the same
-// process (ReadState, then Open) would wait on for ever. raft-wal v0.4.0's
-// Close left it open; v0.4.2 closes it, and a second close is a no-op, so
-// this holds whichever version a build picks up.
-type walStore struct {
-	*wal.WAL
-	meta *metadb.BoltMetaDB
-}
-
-func (s *walStore) Close() error {
-	err := s.WAL.Close()
-	if merr := s.meta.Close(); err == nil {
-		err = merr
-	}
-	return err
+	return w, nil
 }
 
 func exists(path string) bool {

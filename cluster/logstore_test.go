@@ -60,8 +60,8 @@ func wantMigrated(t *testing.T, c Config) {
 			t.Errorf("%s is still there after the migration", gone)
 		}
 	}
-	// raft-wal's own Open, not ours; its meta file closed by hand, as
-	// walStore does.
+	// raft-wal's own Open, not ours; its meta file closed by hand too, in
+	// case a failed Open left it open.
 	meta := &metadb.BoltMetaDB{}
 	w, err := wal.Open(filepath.Join(c.DataDir, walDirName), wal.WithMetaStore(meta))
 	if err != nil {

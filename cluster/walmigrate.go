@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/migrate"
 )
 
@@ -223,7 +224,7 @@ func copyFromBolt(c *Config, bs *raftboltdb.BoltStore, src, tmp string, lockWait
 
 // copyStores copies the log (if any) and every stable key raft and
 // kms-ha write.
-func copyStores(w *walStore, logs raft.LogStore, bs *raftboltdb.BoltStore, last uint64) error {
+func copyStores(w *wal.WAL, logs raft.LogStore, bs *raftboltdb.BoltStore, last uint64) error {
 	ctx := context.Background()
 	// CopyLogs reads from FirstIndex to LastIndex: on an empty log that
 	// is entry 0, which does not exist.
@@ -326,17 +327,8 @@ func syncTree(dir string) error {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		p := filepath.Join(dir, e.Name())
-		f, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			return fmt.Errorf("cluster: sync %s: %w", p, err)
-		}
-		err = f.Sync()
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("cluster: sync %s: %w", p, err)
+		if err := syncPath(filepath.Join(dir, e.Name())); err != nil {
+			return err
 		}
 	}
 	return syncDir(dir)

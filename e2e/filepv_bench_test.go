@@ -6,40 +6,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/kms-ha/kms-ha/e2e/harness"
 )
-
-var (
-	loadgenOnce sync.Once
-	loadgenBin  string
-	loadgenErr  error
-)
-
-// loadgen builds the load generator once per test run, for the tests that
-// need CometBFT's FilePV as a remote signer (its filepv-signer command).
-func loadgen(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	loadgenOnce.Do(func() {
-		root, err := harness.RepoRoot()
-		if err != nil {
-			loadgenErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "kms-ha-e2e-loadgen-")
-		if err != nil {
-			loadgenErr = err
-			return
-		}
-		loadgenBin, loadgenErr = harness.BuildLoadgen(ctx, root, dir)
-	})
-	if loadgenErr != nil {
-		t.Fatalf("build the load generator: %v", loadgenErr)
-	}
-	return loadgenBin
-}
 
 // startFilePVRemote starts a validator that waits for a remote signer and
 // serves it with CometBFT's own FilePV behind CometBFT's own remote-signer
@@ -47,7 +17,16 @@ func loadgen(ctx context.Context, t *testing.T) string {
 // remote signer design, one process, its state file fsynced per signature.
 func startFilePVRemote(ctx context.Context, t *testing.T, dir string, opts harness.CometOptions) *harness.CometNode {
 	t.Helper()
-	bin := loadgen(ctx, t)
+	// Built into the case's own directory, removed with it; go's build
+	// cache makes every build after the first a link.
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := harness.BuildLoadgen(ctx, root, dir)
+	if err != nil {
+		t.Fatalf("build the load generator: %v", err)
+	}
 	n, err := harness.NewComet(ctx, bins.CometBFT, dir, opts)
 	if err != nil {
 		t.Fatal(err)
