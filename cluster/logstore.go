@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -146,6 +147,10 @@ func openWALStore(c *Config, dir string, lockWait time.Duration) (*wal.WAL, erro
 		wal.WithLogger(newHCLogAdapter(c.Logger.With("component", "wal"))))
 	if err != nil {
 		meta.Close()
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, fmt.Errorf("cluster: open the raft log in %s: %w (the log preallocates segment files of %d MiB: "+
+				"free space on the data dir's disk, a few hundred MiB in all)", dir, err, size>>20)
+		}
 		return nil, fmt.Errorf("cluster: open the raft log in %s: %w", dir, err)
 	}
 	return w, nil

@@ -284,7 +284,10 @@ func (r *Run) setup(ctx context.Context) error {
 		return err
 	}
 
-	// node3's Raft data on a 64 MiB tmpfs. This process has a mount
+	// node3's Raft data on a 256 MiB tmpfs: room for raft-wal's
+	// preallocated 64 MiB segments (the one in use and the next, made at
+	// a rotation) and the snapshots, which a smaller one would refuse at
+	// the first start. This process has a mount
 	// namespace of its own (ip netns exec made it), so the mount is seen
 	// only by it and the processes it starts, and goes away with them.
 	dataDir := filepath.Join(c.Node(diskNode).Home, "raft")
@@ -294,10 +297,10 @@ func (r *Run) setup(ctx context.Context) error {
 	if ents, _ := os.ReadDir(dataDir); len(ents) > 0 {
 		return fmt.Errorf("%s is not empty before the tmpfs mount", dataDir)
 	}
-	if err := syscall.Mount("tmpfs", dataDir, "tmpfs", 0, "size=64m,mode=0700"); err != nil {
+	if err := syscall.Mount("tmpfs", dataDir, "tmpfs", 0, "size=256m,mode=0700"); err != nil {
 		return fmt.Errorf("mount tmpfs on %s: %w", dataDir, err)
 	}
-	logf("%s: Raft data on a 64 MiB tmpfs at %s", diskNode, dataDir)
+	logf("%s: Raft data on a 256 MiB tmpfs at %s", diskNode, dataDir)
 
 	if err := c.StartSigners(ctx); err != nil {
 		return err
